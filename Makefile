@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh machine with Python 3.11:
+#   make book   -- create .venv, install requirements, build the static site into _build/html
+#   make test   -- the same install and build, then unit tests, nbval over every notebook in book/,
+#                  and the headless-browser check of the built site
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MATHJAX_VERSION := 3.2.2
+MATHJAX := book/_static/mathjax/tex-mml-chtml.js
+
+.PHONY: all book test unit notebooks clean
+
+all: book
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+# MathJax 3 served from the book itself, so the site typesets equations offline (no CDN).
+$(MATHJAX):
+	rm -rf build/npm book/_static/mathjax
+	mkdir -p build/npm book/_static
+	npm install --silent --no-save --no-audit --no-fund --prefix build/npm mathjax@$(MATHJAX_VERSION)
+	cp -r build/npm/node_modules/mathjax/es5 book/_static/mathjax
+
+book: $(STAMP) $(MATHJAX)
+	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+notebooks: $(STAMP)
+	$(BIN)/python -m pytest --nbval --nbval-current-env book
+
+test: book
+	$(BIN)/python -m pytest tests book --nbval --nbval-current-env
+
+clean:
+	rm -rf _build build book/_static/mathjax
