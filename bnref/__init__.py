@@ -1,1 +1,60 @@
-"""bnref."""
+"""bnref: a verified reference for Batch Normalization.
+
+The top level holds the NumPy reference, the conventions and the gradient check; it imports nothing but
+NumPy. The framework modules are imported explicitly when needed::
+
+    import bnref                  # NumPy only
+    from bnref import torch_bn    # PyTorch from scratch + adapters to torch.nn.BatchNorm*
+    from bnref import keras_bn    # TensorFlow / Keras 3 from scratch + adapters
+    from bnref import agreement   # every implementation on one case, as a table
+"""
+
+from .conventions import (
+    CONVENTIONS,
+    KERAS,
+    PAPER,
+    PYTORCH,
+    PYTORCH_CUMULATIVE,
+    Convention,
+    get_convention,
+)
+from .gradcheck import gradcheck, numerical_gradients, relative_error
+from .reference import (
+    BatchNormCache,
+    RunningStats,
+    batch_mean_var,
+    batch_norm_backward,
+    batch_norm_backward_staged,
+    batch_norm_forward,
+    batch_norm_inference,
+    fold_into_preceding,
+    inference_affine,
+    running_update,
+    update_running_stats,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchNormCache",
+    "CONVENTIONS",
+    "Convention",
+    "KERAS",
+    "PAPER",
+    "PYTORCH",
+    "PYTORCH_CUMULATIVE",
+    "RunningStats",
+    "batch_mean_var",
+    "batch_norm_backward",
+    "batch_norm_backward_staged",
+    "batch_norm_forward",
+    "batch_norm_inference",
+    "fold_into_preceding",
+    "get_convention",
+    "gradcheck",
+    "inference_affine",
+    "numerical_gradients",
+    "relative_error",
+    "running_update",
+    "update_running_stats",
+]

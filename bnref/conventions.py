@@ -1,0 +1,143 @@
+"""Each framework's Batch Normalization convention, written once as data.
+
+Every implementation, test and chapter reads eps, momentum, the running-variance bias and the
+default channel axis from here, so a convention is stated in exactly one place.
+
+The running estimates of all three conventions are one update rule (book, eq. ``eq-running-update``)::
+
+    r_k = (1 - w_k) * r_{k-1} + w_k * b_k
+
+where ``b_k`` is the statistic of batch ``k`` (the mean, or the variance with the convention's bias),
+and the weight ``w_k`` on the new value is
+
+=================  =================================================================
+convention          w_k
+=================  =================================================================
+PyTorch             ``momentum`` (default 0.1)
+Keras               ``1 - momentum`` (default momentum 0.99, so w = 0.01)
+cumulative / paper  ``1 / k`` (PyTorch ``momentum=None``; Ioffe & Szegedy, Algorithm 2)
+=================  =================================================================
+
+With ``w_k = 1/k`` the first batch replaces the initial value, and after k steps ``r_k`` is the plain
+average of the k batch statistics. For the variance with the unbiased correction this is exactly the
+paper's Algorithm 2 inference statistic ``Var[x] = m / (m - 1) * E_B[sigma_B^2]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "Convention",
+    "PYTORCH",
+    "PYTORCH_CUMULATIVE",
+    "KERAS",
+    "PAPER",
+    "CONVENTIONS",
+    "get_convention",
+]
+
+
+@dataclass(frozen=True)
+class Convention:
+    """A Batch Normalization convention as data.
+
+    Attributes
+    ----------
+    name : str
+        Short identifier (``"pytorch"``, ``"keras"``, ``"paper"``, ...).
+    eps : float
+        The stabiliser added to the variance inside the square root, ``sqrt(var + eps)``.
+    momentum : float or None
+        The framework's own momentum argument, in the framework's own meaning (see
+        ``momentum_weights``). ``None`` selects the cumulative average, weight ``1/k`` at step ``k``.
+    momentum_weights : {"new", "old"}
+        ``"new"``: momentum is the weight of the new batch statistic (PyTorch).
+        ``"old"``: momentum is the weight kept on the old running value (Keras).
+    running_var : {"unbiased", "biased"}
+        Which batch variance feeds the running estimate: ``"unbiased"`` multiplies the biased
+        variance by ``m / (m - 1)`` with ``m`` the number of values per channel; ``"biased"`` uses it
+        as is. Normalisation in training always uses the biased variance in all conventions here.
+    axis : int
+        The default channel axis: 1 for NCHW / (N, C) layouts, -1 for channels-last.
+    init_mean, init_var : float
+        Initial running mean and variance (0 and 1 in both frameworks).
+    """
+
+    name: str
+    eps: float
+    momentum: float | None
+    momentum_weights: Literal["new", "old"]
+    running_var: Literal["unbiased", "biased"]
+    axis: int
+    init_mean: float = 0.0
+    init_var: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.eps > 0):
+            raise ValueError(f"eps must be > 0, got {self.eps!r}")
+        if self.momentum is not None and not (0.0 <= self.momentum <= 1.0):
+            raise ValueError(f"momentum must lie in [0, 1] or be None, got {self.momentum!r}")
+        if self.momentum_weights not in ("new", "old"):
+            raise ValueError(f"momentum_weights must be 'new' or 'old', got {self.momentum_weights!r}")
+        if self.running_var not in ("unbiased", "biased"):
+            raise ValueError(f"running_var must be 'unbiased' or 'biased', got {self.running_var!r}")
+
+    def new_value_weight(self, step: int) -> float:
+        """Weight ``w_k`` of the new batch statistic in the running update at 1-based step ``k``.
+
+        Parameters
+        ----------
+        step : int
+            The number of training batches seen *including* the current one (PyTorch's
+            ``num_batches_tracked`` after it is incremented), so the first batch is step 1.
+        """
+        if self.momentum is None:
+            if step < 1:
+                raise ValueError(f"the cumulative average needs step >= 1, got {step}")
+            return 1.0 / step
+        return self.momentum if self.momentum_weights == "new" else 1.0 - self.momentum
+
+    def replace(self, **changes: object) -> "Convention":
+        """A copy with some fields changed, e.g. ``PYTORCH.replace(momentum=None)``."""
+        return dataclasses.replace(self, **changes)
+
+
+#: ``torch.nn.BatchNorm1d/2d/3d`` defaults: eps 1e-5, r = (1 - 0.1) r + 0.1 b, unbiased running variance, NCHW.
+PYTORCH = Convention(
+    name="pytorch", eps=1e-5, momentum=0.1, momentum_weights="new", running_var="unbiased", axis=1
+)
+
+#: PyTorch with ``momentum=None``: the cumulative average of the batch statistics.
+PYTORCH_CUMULATIVE = PYTORCH.replace(name="pytorch-cumulative", momentum=None)
+
+#: ``keras.layers.BatchNormalization`` defaults: eps 1e-3, r = 0.99 r + 0.01 b, biased running variance, NHWC.
+KERAS = Convention(
+    name="keras", eps=1e-3, momentum=0.99, momentum_weights="old", running_var="biased", axis=-1
+)
+
+#: Ioffe & Szegedy (2015), Algorithm 2: the population mean is the average of the batch means and the
+#: population variance is m/(m-1) times the average batch variance. As a running update this is the
+#: cumulative average with the unbiased variance, i.e. the same rule as ``PYTORCH_CUMULATIVE``. The paper
+#: names no value for eps; 1e-5 is used here, as in PyTorch.
+PAPER = Convention(
+    name="paper", eps=1e-5, momentum=None, momentum_weights="new", running_var="unbiased", axis=1
+)
+
+CONVENTIONS: dict[str, Convention] = {
+    c.name: c for c in (PYTORCH, PYTORCH_CUMULATIVE, KERAS, PAPER)
+}
+
+
+def get_convention(name: str | Convention) -> Convention:
+    """Look a convention up by name (``"pytorch"``, ``"pytorch-cumulative"``, ``"keras"``, ``"paper"``)."""
+    if isinstance(name, Convention):
+        return name
+    try:
+        return CONVENTIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown convention {name!r}; known: {', '.join(sorted(CONVENTIONS))}"
+        ) from None
