@@ -139,11 +139,11 @@ def candidate_paths(path: str | os.PathLike | None = None) -> list[tuple[str, Pa
     Returns
     -------
     list of (str, Path)
-        ``(source, path)`` pairs; source is ``"path argument"``, ``"$BNREF_MNIST"`` or ``"Keras cache"``.
+        ``(source, path)`` pairs; source is ``"the path argument"``, ``"$BNREF_MNIST"`` or ``"Keras cache"``.
     """
     found: list[tuple[str, Path]] = []
     if path is not None:
-        found.append(("path argument", Path(path).expanduser()))
+        found.append(("the path argument", Path(path).expanduser()))
     env = os.environ.get(ENV_VAR)
     if env:
         found.append((f"${ENV_VAR}", Path(env).expanduser()))
@@ -164,9 +164,10 @@ def array_sha256(a: np.ndarray) -> str:
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     """Read every array of an ``.npz`` into memory, turning every way it can fail into MnistError."""
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not isinstance(f, np.lib.npyio.NpzFile):
-                raise MnistError(f"{path} is a single .npy array, not an .npz archive of four arrays")
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise MnistError(f"{path} is a single .npy array, not an .npz archive of four arrays")
+        with loaded as f:
             missing = [k for k in KEYS if k not in f.files]
             if missing:
                 raise MnistError(
@@ -287,7 +288,7 @@ def load_mnist(
             looked.append(f"{candidate} ({source}): no such file")
             if explicit:
                 raise MnistNotFoundError(
-                    f"MNIST file not found at {candidate} (named by the {source}).\n"
+                    f"MNIST file not found at {candidate} (named by {source}).\n"
                     f"{_report(looked)}\n{HOW_TO_PROVIDE}"
                 )
             continue
