@@ -1,0 +1,364 @@
+"""bnref.models, bnref.training and the bnref.train command line, on tiny synthetic data (no MNIST)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+import torch
+
+from bnref import models, training
+from bnref.models import build_keras_model, build_torch_model, initial_weights
+
+U32 = 2.0**-24  # unit roundoff of float32 (half of eps = 1.19e-7)
+
+
+def easy_problem(n_train: int = 512, n_test: int = 256, d: int = 16, seed: int = 0):
+    """Ten well-separated Gaussian clusters in d dimensions (centre distance ~17 sigma): an easy problem."""
+    rng = np.random.default_rng(seed)
+    centres = 3.0 * rng.normal(size=(10, d))
+    y_train = rng.integers(0, 10, size=n_train)
+    y_test = rng.integers(0, 10, size=n_test)
+    x_train = (centres[y_train] + rng.normal(size=(n_train, d))).astype(np.float32)
+    x_test = (centres[y_test] + rng.normal(size=(n_test, d))).astype(np.float32)
+    return x_train, y_train, x_test, y_test
+
+
+def bn_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if "batchnorm" in type(m).__name__.lower()]
+
+
+# ---------------------------------------------------------------------------------------------
+# models: structure and initialisation
+# ---------------------------------------------------------------------------------------------
+
+
+def test_torch_after_is_the_articles_order():
+    model = build_torch_model("native", "after", seed=0)
+    kinds = [type(m).__name__ for m in model]
+    assert kinds == ["Linear", "ReLU", "BatchNorm1d", "Linear", "ReLU", "BatchNorm1d", "Linear"]
+    assert all(m.bias is not None for m in model if isinstance(m, torch.nn.Linear))
+    assert [m.out_features for m in model if isinstance(m, torch.nn.Linear)] == [64, 32, 10]
+
+
+def test_torch_before_drops_the_bias_that_bn_cancels():
+    model = build_torch_model("native", "before", seed=0)
+    kinds = [type(m).__name__ for m in model]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
+    layers = list(model)
+    for i, layer in enumerate(layers[:-1]):
+        if isinstance(layer, torch.nn.Linear):
+            assert layer.bias is None and isinstance(layers[i + 1], torch.nn.BatchNorm1d)
+    assert layers[-1].bias is not None  # the output layer keeps its bias
+
+
+@pytest.mark.parametrize("placement", models.PLACEMENTS)
+def test_torch_without_bn(placement):
+    model = build_torch_model("none", placement, seed=0)
+    assert bn_modules(model) == []
+    assert [type(m).__name__ for m in model] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert all(m.bias is not None for m in model if isinstance(m, torch.nn.Linear))
+
+
+def test_initial_weights_are_glorot_uniform_with_zero_bias():
+    ws = initial_weights(seed=3)
+    assert [w.shape for w, _ in ws] == [(784, 64), (64, 32), (32, 10)]
+    for w, b in ws:
+        limit = np.sqrt(6.0 / sum(w.shape))
+        assert w.dtype == np.float32 and np.abs(w).max() <= limit
+        # U(-a, a) has standard deviation a/sqrt(3); with >= 320 draws the sample std is within 15%.
+        assert abs(w.std() / (limit / np.sqrt(3)) - 1) < 0.15
+        assert not b.any()
+    assert not np.array_equal(ws[0][0], initial_weights(seed=4)[0][0])
+
+
+@pytest.mark.parametrize("placement", models.PLACEMENTS)
+def test_torch_starts_from_initial_weights(placement):
+    model = build_torch_model("native", placement, seed=5)
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    for linear, (w, b) in zip(linears, initial_weights(seed=5)):
+        assert torch.equal(linear.weight, torch.from_numpy(w.T.copy()))
+        if linear.bias is not None:
+            assert torch.equal(linear.bias, torch.from_numpy(b))
+    for bn in bn_modules(model):
+        assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and not bn.bias.any()
+
+
+def test_bad_choices_are_value_errors():
+    with pytest.raises(ValueError, match="bn must be one of"):
+        build_torch_model("batchnorm")
+    with pytest.raises(ValueError, match="placement must be one of"):
+        build_torch_model("native", "middle")
+
+
+def float64_forward_with_bound(x: np.ndarray, weights) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of the BN-free network in float64, and a rigorous bound on a float32 evaluation's error.
+
+    Inputs and weights are float32 numbers, so both frameworks start from exactly these values. A
+    float32 dot product of length n, summed in any order, with or without FMA, errs by at most
+    gamma_n * sum|x_i w_i|, gamma_n = n u / (1 - n u) (Higham, Accuracy and Stability, 3.1); adding
+    the bias (zero) and ReLU (1-Lipschitz, exact) add nothing. An error e already in a layer's input
+    grows to at most |e| @ |W| through the next layer. Hence, layer by layer,
+        err_out <= gamma_n (|h| @ |W|) + err_in @ |W|.
+    (|h| is the float64 activation; the float32 one differs by err_in, a second-order term that the
+    factor 2 allowed in the test covers.)
+    """
+    h = x.astype(np.float64)
+    err = np.zeros_like(h)
+    for i, (w, b) in enumerate(weights):
+        n = w.shape[0]
+        gamma = n * U32 / (1 - n * U32)
+        z = h @ w.astype(np.float64) + b
+        err = gamma * (np.abs(h) @ np.abs(w.astype(np.float64))) + err @ np.abs(w.astype(np.float64))
+        h = np.maximum(z, 0.0) if i < len(weights) - 1 else z
+    return h, err
+
+
+def test_torch_forward_without_bn_matches_float64():
+    x = np.random.default_rng(7).random((32, 784), dtype=np.float32)
+    z64, bound = float64_forward_with_bound(x, initial_weights(seed=7))
+    model = build_torch_model("none", seed=7)
+    with torch.no_grad():
+        z32 = model(torch.from_numpy(x)).double().numpy()
+    assert np.all(np.abs(z32 - z64) <= 2 * bound)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras models (native layers work on every backend; the test runs on the installed one)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_keras_structure_and_weights():
+    keras = pytest.importorskip("keras")
+    after = build_keras_model("native", "after", seed=5)
+    assert [type(l).__name__ for l in after.layers] == ["Dense", "BatchNormalization", "Dense", "BatchNormalization", "Dense"]
+    assert [l.activation.__name__ for l in after.layers if isinstance(l, keras.layers.Dense)] == ["relu", "relu", "softmax"]
+    before = build_keras_model("native", "before", seed=5)
+    assert [type(l).__name__ for l in before.layers] == [
+        "Dense", "BatchNormalization", "Activation", "Dense", "BatchNormalization", "Activation", "Dense"
+    ]
+    assert [l.use_bias for l in before.layers if isinstance(l, keras.layers.Dense)] == [False, False, True]
+    none = build_keras_model("none", "before", seed=5)
+    assert [type(l).__name__ for l in none.layers] == ["Dense", "Dense", "Dense"]
+    for model in (after, before, none):
+        dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
+        for layer, (w, b) in zip(dense, initial_weights(seed=5)):
+            np.testing.assert_array_equal(np.asarray(layer.kernel), w)  # same numbers as PyTorch's W.T
+            if layer.use_bias:
+                np.testing.assert_array_equal(np.asarray(layer.bias), b)
+
+
+def test_keras_forward_without_bn_matches_float64():
+    pytest.importorskip("keras")
+    x = np.random.default_rng(8).random((32, 784), dtype=np.float32)
+    z64, bound = float64_forward_with_bound(x, initial_weights(seed=8))
+    p32 = np.asarray(build_keras_model("none", seed=8)(x), dtype=np.float64)
+    p64 = np.exp(z64 - z64.max(axis=1, keepdims=True))
+    p64 /= p64.sum(axis=1, keepdims=True)
+    # softmax's Jacobian diag(p) - p p^T has infinity-norm max_i 2 p_i (1 - p_i) <= 1/2, so a logit
+    # error e moves each probability by <= max|e| / 2; the float32 softmax itself (max, 10 exps, a
+    # sum of 10, a division) adds at most ~16 u to a probability <= 1.
+    allowed = 0.5 * 2 * bound.max(axis=1, keepdims=True) + 16 * U32
+    assert np.all(np.abs(p32 - p64) <= allowed)
+
+
+# ---------------------------------------------------------------------------------------------
+# from-scratch BN layers (written in another issue: these tests run once the modules exist)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("placement", models.PLACEMENTS)
+def test_torch_scratch_bn(placement):
+    torch_bn = pytest.importorskip("bnref.torch_bn", reason="bnref.torch_bn (from-scratch BN) not written yet")
+    model = build_torch_model("scratch", placement, seed=0)
+    assert len([m for m in model if isinstance(m, torch_bn.BatchNorm)]) == 2
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model)
+    rec = training.train_torch(easy_problem(), bn="scratch", placement=placement, epochs=2, batch_size=32, lr=1e-2, progress=False)
+    assert rec.final.test_acc > 0.9
+
+
+def test_keras_scratch_bn():
+    pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        with pytest.raises(ValueError, match="TensorFlow"):
+            build_keras_model("scratch")
+        return
+    keras_bn = pytest.importorskip("bnref.keras_bn", reason="bnref.keras_bn (from-scratch BN) not written yet")
+    model = build_keras_model("scratch", "before", seed=0)
+    assert len([l for l in model.layers if isinstance(l, keras_bn.BatchNormalization)]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# training: records, learning, reproducibility, and the fast loop against the textbook loop
+# ---------------------------------------------------------------------------------------------
+
+
+def test_torch_run_learns_and_writes_a_record(tmp_path):
+    out = tmp_path / "sub" / "run.json"
+    rec = training.train_torch(easy_problem(), epochs=3, batch_size=32, lr=1e-2, progress=False, out=out)
+    # Chance is 0.1; the clusters are ~17 sigma apart, so a working trainer gets nearly all right.
+    assert rec.final.test_acc > 0.9
+    assert rec.epochs[-1].train_loss < rec.epochs[0].train_loss
+    assert [e.epoch for e in rec.epochs] == [1, 2, 3]
+    assert all(e.wall_s > 0 and abs(e.train_s + e.eval_s - e.wall_s) < 1e-9 for e in rec.epochs)
+    assert rec.device["type"] == "cpu" and rec.framework == "torch" and rec.framework_version == torch.__version__
+    assert (rec.config.train_size, rec.config.test_size, rec.config.batch_size) == (512, 256, 32)
+    assert "hostname" not in json.dumps(rec.to_dict()) and os.uname().nodename not in out.read_text()
+    again = training.load_record(out)
+    assert again == rec and again.to_dict() == rec.to_dict()
+
+
+def test_torch_runs_are_reproducible():
+    kw = dict(epochs=2, batch_size=64, lr=1e-2, progress=False)
+    metrics = lambda r: [(e.train_loss, e.train_acc, e.test_loss, e.test_acc) for e in r.epochs]  # noqa: E731
+    a = training.train_torch(easy_problem(), seed=1, **kw)
+    b = training.train_torch(easy_problem(), seed=1, **kw)
+    c = training.train_torch(easy_problem(), seed=2, **kw)
+    assert metrics(a) == metrics(b)
+    assert metrics(a) != metrics(c)
+
+
+@pytest.mark.parametrize("bn, placement", [("native", "after"), ("native", "before"), ("none", "after")])
+def test_fast_loop_equals_textbook_loop(bn, placement):
+    """Flat parameters and index_select batches change how, not what: same numbers as a plain loop."""
+    x_train, y_train, x_test, y_test = easy_problem(n_train=300)  # 300 = 4 * 64 + 44: a short last batch
+    seed, bs, lr, epochs = 3, 64, 1e-2, 2
+    rec = training.train_torch((x_train, y_train, x_test, y_test), bn=bn, placement=placement, epochs=epochs,
+                               batch_size=bs, lr=lr, seed=seed, progress=False)
+
+    torch.manual_seed(seed)
+    model = build_torch_model(bn, placement, seed, input_dim=x_train.shape[1])
+    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    gen = torch.Generator().manual_seed(seed)
+    X, Y = torch.from_numpy(x_train), torch.from_numpy(y_train.astype(np.int64))
+    for epoch in range(epochs):
+        perm = torch.randperm(len(Y), generator=gen)
+        loss_sum = torch.zeros(())
+        for start in range(0, len(Y), bs):
+            idx = perm[start : start + bs]
+            loss = torch.nn.functional.cross_entropy(model(X[idx]), Y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss_sum.add_(loss.detach() * len(idx))
+        # Same operations on the same numbers in the same order: equal to the last bit.
+        assert loss_sum.item() / len(Y) == rec.epochs[epoch].train_loss
+
+
+def test_flat_parameters_keep_gradients_as_views():
+    model = build_torch_model("native", seed=0, input_dim=16)
+    flat, flat_grad = training.flatten_parameters(model)
+    params = list(model.parameters())
+    assert flat.numel() == sum(p.numel() for p in params) == flat_grad.numel()
+    x = torch.from_numpy(easy_problem()[0][:32])
+    model(x).square().mean().backward()
+    offset = 0
+    for p in params:
+        # the model's parameters and gradients are the flat tensors' memory, not copies
+        assert p.data_ptr() == flat.data_ptr() + offset * flat.element_size()
+        assert p.grad.data_ptr() == flat_grad.data_ptr() + offset * flat_grad.element_size()
+        offset += p.numel()
+    assert flat_grad.abs().sum() > 0
+
+
+def test_keras_run_learns_and_writes_a_record(tmp_path):
+    keras = pytest.importorskip("keras")
+    out = tmp_path / "keras.json"
+    rec = training.train_keras(easy_problem(), epochs=3, batch_size=32, lr=1e-2, progress=False, out=out)
+    assert rec.final.test_acc > 0.9
+    assert rec.framework == "keras" and rec.backend == keras.backend.backend()
+    assert rec.framework_version == keras.__version__ and rec.backend_version
+    assert len(rec.epochs) == 3 and all(e.eval_s > 0 and e.train_s > 0 for e in rec.epochs)
+    assert training.load_record(out) == rec
+
+
+def test_bad_arguments():
+    data = easy_problem()
+    with pytest.raises(ValueError, match="epochs"):
+        training.train_torch(data, epochs=0, progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        training.train_torch(data, batch_size=1, progress=False)
+    with pytest.raises(ValueError, match="labels in 0..9"):
+        training.train_torch((data[0], data[1] + 10, data[2], data[3]), progress=False)
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        training.train_torch(data, device="cpu", cuda_graphs=True, progress=False)
+
+
+def test_device_selection():
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert training.select_device("auto").type == expected
+    assert training.select_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="unknown device"):
+        training.select_device("tpu-please")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda"):
+            training.select_device("cuda")
+
+
+# ---------------------------------------------------------------------------------------------
+# loading records
+# ---------------------------------------------------------------------------------------------
+
+
+def test_load_records_reads_runs_and_skips_other_json(tmp_path):
+    rec = training.train_torch(easy_problem(), epochs=1, batch_size=64, progress=False, out=tmp_path / "b-run.json")
+    (tmp_path / "a-bench.json").write_text(json.dumps({"schema": "bnref.benchmark/1", "rows": []}))
+    assert training.load_records(tmp_path) == [rec]
+    assert training.load_records(tmp_path / "missing") == []
+    broken = rec.to_dict()
+    del broken["device"]
+    (tmp_path / "c-broken.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match=r"c-broken.json: missing fields \['device'\]"):
+        training.load_records(tmp_path)
+    (tmp_path / "c-broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        training.load_records(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cli_help_explains_itself(capsys):
+    from bnref import train
+
+    with pytest.raises(SystemExit) as info:
+        train.main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for words in ("results record", "BNREF_MNIST", "examples:", "--framework {torch,keras}", "--bn {native,scratch,none}"):
+        assert words in text
+
+
+def test_cli_trains_and_writes(tmp_path, capsys):
+    from bnref import train
+
+    rng = np.random.default_rng(0)
+    mnist = tmp_path / "mini.npz"
+    np.savez(
+        mnist,
+        x_train=rng.integers(0, 256, (96, 28, 28), dtype=np.uint8), y_train=(np.arange(96) % 10).astype(np.uint8),
+        x_test=rng.integers(0, 256, (32, 28, 28), dtype=np.uint8), y_test=(np.arange(32) % 10).astype(np.uint8),
+    )
+    out = tmp_path / "r.json"
+    rc = train.main(["--framework", "torch", "--bn", "none", "--epochs", "1", "--batch-size", "32", "--device", "cpu",
+                     "--data", str(mnist), "--no-verify", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    rec = training.load_record(out)
+    assert (rec.config.bn, rec.config.epochs, rec.config.train_size) == ("none", 1, 96)
+    assert "final test accuracy" in capsys.readouterr().out
+
+
+def test_cli_reports_missing_data(tmp_path, capsys):
+    from bnref import train
+
+    rc = train.main(["--data", str(tmp_path / "absent.npz"), "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "absent.npz" in err and "BNREF_MNIST=" in err
