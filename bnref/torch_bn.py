@@ -289,6 +289,8 @@ class BatchNorm(nn.Module):
         Weight of the new batch statistic (default ``PYTORCH.momentum``); None: cumulative average.
     affine : bool
         Learnable ``weight`` (gamma, init 1) and ``bias`` (beta, init 0).
+    bias : bool, keyword-only
+        With ``affine``, whether ``bias`` exists (``nn.BatchNorm*`` gained this switch in PyTorch 2.13).
     track_running_stats : bool
         Keep the buffers ``running_mean`` (init 0), ``running_var`` (init 1), ``num_batches_tracked``.
     device, dtype
@@ -311,6 +313,8 @@ class BatchNorm(nn.Module):
         track_running_stats: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(num_features, int) or num_features < 1:
@@ -324,7 +328,10 @@ class BatchNorm(nn.Module):
         self.track_running_stats = track_running_stats
         if affine:
             self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = nn.Parameter(torch.empty(num_features, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(num_features, **factory))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -355,8 +362,9 @@ class BatchNorm(nn.Module):
     def reset_parameters(self) -> None:
         """Running statistics reset; weight (gamma) 1 and bias (beta) 0."""
         self.reset_running_stats()
-        if self.affine:
+        if self.weight is not None:
             nn.init.ones_(self.weight)
+        if self.bias is not None:
             nn.init.zeros_(self.bias)
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -397,5 +405,5 @@ class BatchNorm(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}"
+            f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}"
         )
