@@ -320,11 +320,24 @@ PAGE_REPORT_JS = r"""
   const math = [...document.querySelectorAll('span.math, div.math')];
   report.mathElements = math.length;
   report.mathjax = !!(window.MathJax && MathJax.startup && MathJax.startup.promise);
-  if (report.mathjax) { await MathJax.startup.promise; }
+  if (report.mathjax) {
+    const timeout = new Promise(done => setTimeout(() => done('timeout'), 20000));
+    report.mathjaxTimedOut = (await Promise.race([MathJax.startup.promise, timeout])) === 'timeout';
+  }
   report.mjxContainers = document.querySelectorAll('mjx-container').length;
   report.untypeset = math.filter(e => !e.querySelector('mjx-container')).map(e => e.textContent.trim().slice(0, 120));
   report.mathErrors = [...document.querySelectorAll('mjx-merror')].map(
       e => e.getAttribute('data-mjx-error') || e.textContent);
+  // MathJax's noundefined extension typesets an unknown macro as red text instead of an error box;
+  // find those (and any merror) in the internal MathML of every typeset expression.
+  if (report.mathjax && MathJax.startup.document && MathJax.startup.toMML) {
+    for (const item of MathJax.startup.document.math) {
+      const mml = MathJax.startup.toMML(item.root);
+      if (/<merror|mathcolor="red"/.test(mml)) {
+        report.mathErrors.push(`${item.math.trim()}  (MathML: ${mml.replace(/\s+/g, ' ').slice(0, 200)})`);
+      }
+    }
+  }
 
   // Text a reader sees as prose: every text node outside code, scripts and typeset math.
   const skip = 'script, style, noscript, template, textarea, pre, code, kbd, .highlight, mjx-container';
@@ -361,6 +374,7 @@ RAW_TEX = re.compile(r"\$\$|\\[()\[\]]|\\[A-Za-z]{2,}")
 class PageResult:
     path: str
     report: dict[str, Any] = field(default_factory=dict)
+    load_error: str = ""
     console: list[str] = field(default_factory=list)
     outside_requests: list[str] = field(default_factory=list)
     failed_requests: list[str] = field(default_factory=list)
@@ -487,7 +501,11 @@ def crawl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crawl]:
     try:
         for page in site_pages(HTML_DIR):
             t0 = time.monotonic()
-            report, events = visit(devtools, base + page, final_url(base + page, HTML_DIR / page))
+            try:
+                report, events = visit(devtools, base + page, final_url(base + page, HTML_DIR / page))
+            except (TimeoutError, CDPError) as error:  # recorded, so one broken page does not hide the others
+                results[page] = PageResult(page, load_error=f"{type(error).__name__}: {error}")
+                continue
             outside, failed = network_problems(events)
             results[page] = PageResult(page, report, console_problems(events), outside, failed)
             for shot_page, name, to_math in SCREENSHOTS:
@@ -529,15 +547,24 @@ def test_every_chapter_is_published(crawl: Crawl) -> None:
     assert not empty, f"pages with (almost) no text: {empty}"
 
 
+def loaded(crawl: Crawl) -> list[tuple[str, PageResult]]:
+    """The pages that loaded (the others fail test_every_page_loads)."""
+    return [(p, r) for p, r in crawl.pages.items() if not r.load_error]
+
+
+def test_every_page_loads(crawl: Crawl) -> None:
+    fail_on({p: [r.load_error] if r.load_error else [] for p, r in crawl.pages.items()}, "pages that did not load")
+
+
 def test_no_console_errors(crawl: Crawl) -> None:
-    fail_on({p: r.console for p, r in crawl.pages.items()}, "console errors or uncaught exceptions")
+    fail_on({p: r.console for p, r in loaded(crawl)}, "console errors or uncaught exceptions")
 
 
 def test_site_is_self_contained(crawl: Crawl) -> None:
     fail_on(
         {
             p: [f"outside request: {url}" for url in r.outside_requests] + [f"failed: {f}" for f in r.failed_requests]
-            for p, r in crawl.pages.items()
+            for p, r in loaded(crawl)
         },
         "requests that left localhost, or local resources that failed to load",
     )
@@ -545,8 +572,10 @@ def test_site_is_self_contained(crawl: Crawl) -> None:
 
 def test_mathjax_typeset_every_equation(crawl: Crawl) -> None:
     problems: dict[str, list[str]] = {}
-    for page, result in crawl.pages.items():
+    for page, result in loaded(crawl):
         report, items = result.report, []
+        if report.get("mathjaxTimedOut"):
+            items.append("MathJax did not finish typesetting within 20 s")
         if report["mathElements"] and not report["mathjax"]:
             items.append(f"{report['mathElements']} math elements but MathJax did not load")
         if report["mathElements"] and report["mjxContainers"] == 0:
@@ -558,13 +587,13 @@ def test_mathjax_typeset_every_equation(crawl: Crawl) -> None:
             items.append(f"raw TeX {match.group()!r} in the text: ...{context}...")
         problems[page] = items
     fail_on(problems, "equations MathJax did not typeset")
-    with_math = [p for p, r in crawl.pages.items() if r.report["mathElements"]]
+    with_math = [p for p, r in loaded(crawl) if r.report["mathElements"]]
     assert with_math, "no page of the book has any equation: is the book built from the chapters?"
 
 
 def test_every_image_loads(crawl: Crawl) -> None:
     fail_on(
-        {p: [f"broken image: {src}" for src in r.report["brokenImages"]] for p, r in crawl.pages.items()},
+        {p: [f"broken image: {src}" for src in r.report["brokenImages"]] for p, r in loaded(crawl)},
         "images that did not load",
     )
 
@@ -582,7 +611,7 @@ class IdCollector(html.parser.HTMLParser):
 
 def test_internal_links_resolve(crawl: Crawl) -> None:
     status: dict[str, int] = {}
-    ids: dict[str, set[str]] = {p: set(r.report["ids"]) for p, r in crawl.pages.items()}
+    ids: dict[str, set[str]] = {p: set(r.report["ids"]) for p, r in loaded(crawl)}
 
     def fetch(url: str) -> tuple[int, bytes]:
         try:
@@ -599,7 +628,7 @@ def test_internal_links_resolve(crawl: Crawl) -> None:
         return ids[path]
 
     problems: dict[str, list[str]] = {}
-    for page, result in crawl.pages.items():
+    for page, result in loaded(crawl):
         items = []
         for link in result.report["links"]:
             parts = urllib.parse.urlsplit(link)
@@ -630,6 +659,6 @@ def test_screenshots_saved(crawl: Crawl) -> None:
     for _, name, _ in SCREENSHOTS:
         assert name in crawl.screenshots, f"no page to take {name} from (is it in the book?)"
         assert png_size(crawl.screenshots[name]) == VIEWPORT, f"{name} does not have the viewport's size"
-    timing = ", ".join(f"{p} {r.seconds:.1f}s" for p, r in sorted(crawl.pages.items()))
+    timing = ", ".join(f"{p} {r.seconds:.1f}s" for p, r in sorted(loaded(crawl)))
     print(f"\nbrowser check: {len(crawl.pages)} pages in {crawl.seconds:.1f} s ({timing})")
     print(f"screenshots in {SCREENSHOT_DIR}")
