@@ -506,7 +506,7 @@ class Diff:
 
     @property
     def passed(self) -> bool:
-        return self.ratio <= 1.0
+        return bool(self.ratio <= 1.0)
 
 
 @dataclass(frozen=True)
@@ -650,7 +650,7 @@ def _compare(trace: Trace, truth: Trace, bounds: dict[str, list[float]]) -> dict
             ratio = err / bnd if bnd > 0 else (0.0 if err == 0 else math.inf)
             if ratio > worst[0]:
                 worst = (ratio, bnd)
-        diffs[q] = Diff(worst_abs, worst_rel, worst[0], worst[1])
+        diffs[q] = Diff(float(worst_abs), float(worst_rel), float(worst[0]), float(worst[1]))
     return diffs
 
 
