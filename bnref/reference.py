@@ -19,8 +19,9 @@ Every function validates its input and raises ``ValueError`` naming the problem;
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal, TypeVar
 
 import numpy as np
 
@@ -106,6 +107,25 @@ def _channel_sum_of_products(a: np.ndarray, b: np.ndarray, lay: _Layout) -> np.n
 # ----------------------------------------------------------------------------------------------------
 # Input validation
 # ----------------------------------------------------------------------------------------------------
+
+_F = TypeVar("_F", bound=Callable[..., object])
+
+
+def _quiet_non_finite(func: _F) -> _F:
+    """Run ``func`` with NumPy's "invalid value" and "overflow" warnings off.
+
+    The functions decorated with it handle non-finite values themselves: they raise a ValueError that
+    names the channels, or, with ``check_finite=False``, let nan and inf propagate silently as the
+    frameworks do. A RuntimeWarning from NumPy on the way would only add noise, and under
+    ``-W error`` it would replace the informative ValueError.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        with np.errstate(invalid="ignore", over="ignore"):
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _as_float_array(x: object, name: str) -> np.ndarray:
@@ -241,6 +261,7 @@ def _two_pass_stats(xw: np.ndarray, lay: _Layout) -> tuple[np.ndarray, np.ndarra
     return mu0 + d_mean, var, centred
 
 
+@_quiet_non_finite
 def batch_mean_var(
     x: np.ndarray,
     axis: int = 1,
@@ -278,6 +299,7 @@ def batch_mean_var(
     raise ValueError(f"method must be 'two-pass' or 'one-pass', got {method!r}")
 
 
+@_quiet_non_finite
 def batch_norm_forward(
     x: np.ndarray,
     gamma: np.ndarray,
@@ -362,6 +384,7 @@ def _check_grads_finite(dy: np.ndarray, lay: _Layout, dbeta: np.ndarray, dgamma:
         _raise_non_finite(dy, lay, bad, "dy")
 
 
+@_quiet_non_finite
 def batch_norm_backward(
     dy: np.ndarray, cache: BatchNormCache, *, check_finite: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -401,6 +424,7 @@ def batch_norm_backward(
     return dx, dgamma, dbeta
 
 
+@_quiet_non_finite
 def batch_norm_backward_staged(
     dy: np.ndarray, cache: BatchNormCache, *, check_finite: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -495,6 +519,7 @@ def inference_affine(
     return scale, beta - running_mean * scale
 
 
+@_quiet_non_finite
 def batch_norm_inference(
     x: np.ndarray,
     gamma: np.ndarray,
