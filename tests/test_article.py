@@ -99,11 +99,13 @@ def _article_simple_model(x):  # the article's function of tensors
     return keras.layers.Dense(10, activation="softmax")(x)
 
 
+@pytest.mark.filterwarnings("ignore:Do not pass an `input_shape`")
 def test_article_sequential_with_a_function_fails() -> None:
     with pytest.raises((TypeError, ValueError), match="Layer"):
         keras.models.Sequential([keras.layers.Flatten(input_shape=(28, 28)), _article_simple_model])
 
 
+@pytest.mark.filterwarnings("ignore:Do not pass an `input_shape`")
 def test_article_flatten_28x28_rejects_784_vectors() -> None:
     # Even with the layers written out, the data were reshaped to 784 before a Flatten(input_shape=(28, 28)).
     model = keras.models.Sequential(
