@@ -1,0 +1,195 @@
+"""Tests of bnref.conventions: each framework's convention as data, checked against the guide's table and
+against the frameworks' own defaults and buffers."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bnref import (
+    CONVENTIONS,
+    KERAS,
+    PAPER,
+    PYTORCH,
+    PYTORCH_CUMULATIVE,
+    Convention,
+    get_convention,
+    running_update,
+)
+
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The data (GUIDE.md section 2)
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_pytorch_defaults():
+    assert (PYTORCH.eps, PYTORCH.momentum, PYTORCH.momentum_weights) == (1e-5, 0.1, "new")
+    assert (PYTORCH.running_var, PYTORCH.axis, PYTORCH.init_mean, PYTORCH.init_var) == ("unbiased", 1, 0.0, 1.0)
+
+
+def test_pytorch_cumulative_is_pytorch_with_momentum_none():
+    assert PYTORCH_CUMULATIVE.momentum is None
+    assert PYTORCH_CUMULATIVE == PYTORCH.replace(name="pytorch-cumulative", momentum=None)
+
+
+def test_keras_defaults():
+    assert (KERAS.eps, KERAS.momentum, KERAS.momentum_weights) == (1e-3, 0.99, "old")
+    assert (KERAS.running_var, KERAS.axis, KERAS.init_mean, KERAS.init_var) == ("biased", -1, 0.0, 1.0)
+
+
+def test_paper_is_the_cumulative_average_with_the_unbiased_variance():
+    """Algorithm 2: E[x] = E_B[mu_B], Var[x] = m/(m-1) E_B[sigma_B^2]: weight 1/k, unbiased batch variance."""
+    assert PAPER.momentum is None and PAPER.running_var == "unbiased"
+    assert [PAPER.new_value_weight(k) for k in (1, 2, 5)] == [1.0, 0.5, 0.2]
+
+
+def test_registry():
+    assert set(CONVENTIONS) == {"pytorch", "pytorch-cumulative", "keras", "paper"}
+    for name, conv in CONVENTIONS.items():
+        assert conv.name == name
+        assert get_convention(name) is conv
+        assert get_convention(conv) is conv
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown convention 'tensorflow'; known: keras, paper, pytorch, pytorch-cumulative"):
+        get_convention("tensorflow")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The update weight, and what the one rule r = (1 - w) r + w b computes with it
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_new_value_weights():
+    for step in (1, 2, 10, 1000):
+        assert PYTORCH.new_value_weight(step) == 0.1
+        assert KERAS.new_value_weight(step) == 1.0 - 0.99  # 0.010000000000000009 in binary
+        assert PYTORCH_CUMULATIVE.new_value_weight(step) == 1.0 / step
+
+
+@pytest.mark.parametrize("step", [0, -1])
+def test_cumulative_weight_needs_a_positive_step(step):
+    with pytest.raises(ValueError, match=f"cumulative average needs step >= 1, got {step}"):
+        PYTORCH_CUMULATIVE.new_value_weight(step)
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=30), init=st.floats(-1e6, 1e6))
+def test_weight_one_over_k_gives_the_plain_average(values, init):
+    """Weights 1/k: the first step replaces the initial value, and r_k is the mean of b_1..b_k. Each step
+    rounds three times (3 eps64 |r|) and the errors do not grow (the update is a convex combination)."""
+    r = np.array(init)
+    for k, b in enumerate(values, start=1):
+        r = running_update(r, np.array(b), PAPER.new_value_weight(k))
+    scale = max(abs(v) for v in values)
+    assert abs(float(r) - float(np.mean(values))) <= 4 * len(values) * EPS64 * scale + 1e-300
+
+
+@pytest.mark.parametrize("conv", [PYTORCH, KERAS], ids=lambda c: c.name)
+def test_exponential_weights_after_k_steps(conv):
+    """r_k = (1-w)^k r_0 + sum_j w (1-w)^(k-j) b_j, written out from the rule."""
+    rng = np.random.default_rng(0)
+    b = rng.normal(size=7)
+    w = conv.new_value_weight(1)
+    r = np.array(1.0)
+    for k in range(len(b)):
+        r = running_update(r, np.array(b[k]), conv.new_value_weight(k + 1))
+    k = len(b)
+    expected = (1 - w) ** k * 1.0 + sum(w * (1 - w) ** (k - 1 - j) * b[j] for j in range(k))
+    assert abs(float(r) - expected) <= 8 * k * EPS64 * max(1.0, np.max(np.abs(b)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation and immutability
+# ----------------------------------------------------------------------------------------------------
+
+
+def make(**changes):
+    fields = dict(name="t", eps=1e-5, momentum=0.1, momentum_weights="new", running_var="unbiased", axis=1)
+    fields.update(changes)
+    return Convention(**fields)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-5, float("nan")])
+def test_eps_must_be_positive(eps):
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        make(eps=eps)
+
+
+@pytest.mark.xfail(strict=True, reason="Convention accepts eps=inf while the reference rejects it (reported)")
+def test_eps_must_be_finite():
+    with pytest.raises(ValueError, match="eps"):
+        make(eps=float("inf"))
+
+
+@pytest.mark.parametrize("momentum", [-0.1, 1.5, float("nan")])
+def test_momentum_must_lie_in_the_unit_interval(momentum):
+    with pytest.raises(ValueError, match=r"momentum must lie in \[0, 1\] or be None"):
+        make(momentum=momentum)
+
+
+def test_momentum_endpoints_are_allowed():
+    assert make(momentum=0.0).new_value_weight(3) == 0.0
+    assert make(momentum=1.0, momentum_weights="old").new_value_weight(3) == 0.0
+
+
+def test_momentum_weights_and_running_var_are_checked():
+    with pytest.raises(ValueError, match="momentum_weights must be 'new' or 'old', got 'both'"):
+        make(momentum_weights="both")
+    with pytest.raises(ValueError, match="running_var must be 'unbiased' or 'biased', got 'sample'"):
+        make(running_var="sample")
+
+
+def test_conventions_are_immutable_and_replace_validates():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PYTORCH.eps = 1e-3  # type: ignore[misc]
+    changed = PYTORCH.replace(eps=1e-3)
+    assert changed.eps == 1e-3 and PYTORCH.eps == 1e-5
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        PYTORCH.replace(eps=0.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Against the frameworks themselves
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_pytorch_convention_matches_torch():
+    torch = pytest.importorskip("torch")
+    for cls in (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d):
+        bn = cls(3)
+        assert bn.eps == PYTORCH.eps and bn.momentum == PYTORCH.momentum
+        assert torch.all(bn.running_mean == PYTORCH.init_mean) and torch.all(bn.running_var == PYTORCH.init_var)
+    # momentum = 1: the running buffers become the batch's own statistics, which shows the variance kind
+    x = np.random.default_rng(1).normal(2.0, 3.0, size=(5, 3, 2, 2))
+    bn = torch.nn.BatchNorm2d(3, momentum=1.0).double()
+    bn(torch.from_numpy(x))
+    m = 5 * 2 * 2  # N*H*W values per channel
+    np.testing.assert_allclose(bn.running_var.numpy(), x.var(axis=(0, 2, 3), ddof=1), rtol=(m + 8) * EPS64)
+    assert np.all(np.abs(bn.running_var.numpy() / x.var(axis=(0, 2, 3)) - m / (m - 1)) < 1e-12)
+
+
+def test_keras_convention_matches_keras():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    layer = keras.layers.BatchNormalization()
+    assert layer.epsilon == KERAS.eps and layer.momentum == KERAS.momentum and layer.axis == KERAS.axis
+    layer.build((None, 3))
+    assert np.all(layer.moving_mean.numpy() == KERAS.init_mean) and np.all(layer.moving_variance.numpy() == KERAS.init_var)
+    # momentum = 0: the moving statistics become the batch's own, which shows the variance kind (biased)
+    x = np.random.default_rng(2).normal(2.0, 3.0, size=(40, 3)).astype(np.float32)
+    layer = keras.layers.BatchNormalization(momentum=0.0)
+    layer(x, training=True)
+    truth = x.astype(np.float64).var(axis=0)
+    # float32 sum of 40 squares: relative error <= (m + 4) eps32; the unbiased value would be 2.5% higher
+    np.testing.assert_allclose(layer.moving_variance.numpy(), truth, rtol=44 * float(np.finfo(np.float32).eps))
