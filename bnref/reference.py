@@ -48,16 +48,29 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------
 
 
+#: Length, in elements, that the rows of ``_Layout.rows`` grow to when the batch allows it (see there).
+_ROW_TARGET = 16384
+
+
 @dataclass(frozen=True)
 class _Layout:
     """The input viewed as ``(outer, C, inner)``: everything before the channel axis, the channels,
-    everything after it. Per-channel reductions sum over ``outer`` and ``inner``."""
+    everything after it. Per-channel reductions sum over ``outer`` and ``inner``.
+
+    Per-channel element-wise operations (``x - mean``, ``x_hat * gamma``, ...) run on ``rows(a)``, a 2-D
+    view of a C-contiguous array whose rows hold ``row_reps`` whole ``(C, inner)`` blocks, against
+    ``per_channel(v)``, the vector ``v`` laid out along one such row. Element for element this is the
+    same arithmetic as broadcasting ``v.reshape(bshape)`` (bit-identical results), but NumPy's inner loop
+    then runs over rows of thousands of contiguous elements instead of ``C`` (or ``inner``) at a time,
+    which made each such pass about 1.5 to 2 times faster for (1024, 512) and (64, 64, 32, 32) float32.
+    """
 
     shape: tuple[int, ...]
     axis: int  # normalised, 0 <= axis < ndim
     outer: int
     channels: int
     inner: int
+    row_reps: int  # (C, inner) blocks per row of ``rows``: a power of two dividing ``outer``
 
     @property
     def m(self) -> int:
@@ -68,6 +81,15 @@ class _Layout:
     def bshape(self) -> tuple[int, ...]:
         """Shape that broadcasts a per-channel vector against the input."""
         return tuple(self.channels if d == self.axis else 1 for d in range(len(self.shape)))
+
+    def rows(self, a: np.ndarray) -> np.ndarray:
+        """``a`` (shape ``self.shape``) as ``(outer / row_reps, row_reps * C * inner)``; a view when ``a``
+        is C-contiguous (the callers make sure of that wherever they write through the view)."""
+        return a.reshape(self.outer // self.row_reps, self.row_reps * self.channels * self.inner)
+
+    def per_channel(self, v: np.ndarray) -> np.ndarray:
+        """The per-channel vector ``v`` (shape ``(C,)``) laid out along one row of ``rows``."""
+        return np.tile(np.repeat(v, self.inner), self.row_reps)
 
 
 def _layout(shape: tuple[int, ...], axis: int) -> _Layout:
@@ -83,7 +105,11 @@ def _layout(shape: tuple[int, ...], axis: int) -> _Layout:
     axis = int(axis) % ndim
     outer = math.prod(shape[:axis])  # math.prod: exact Python ints, and ~50x cheaper than np.prod here
     inner = math.prod(shape[axis + 1 :])
-    return _Layout(tuple(shape), axis, outer, shape[axis], inner)
+    block = shape[axis] * inner
+    reps = 1
+    while block and outer % (2 * reps) == 0 and 2 * reps * block <= _ROW_TARGET:
+        reps *= 2
+    return _Layout(tuple(shape), axis, outer, shape[axis], inner, reps)
 
 
 def _channel_sum(a: np.ndarray, lay: _Layout) -> np.ndarray:
@@ -250,16 +276,16 @@ def _two_pass_stats(xw: np.ndarray, lay: _Layout) -> tuple[np.ndarray, np.ndarra
     ``var = mean(d^2) - mean(d)^2`` (Chan, Golub & LeVeque 1983): the correction term removes the
     first-order effect of rounding error in ``mu0``. Unlike the one-pass ``E[x^2] - E[x]^2``, no large
     numbers are subtracted, so float32 keeps its precision even when ``|mean| >> std``.
-    Returns ``(mean, var, x - mean)``.
+    ``xw`` must be C-contiguous. Returns ``(mean, var, x - mean)``, the last a new C-contiguous array.
     """
     m = lay.m
     mu0 = _channel_sum(xw, lay) / m
-    centred = xw - mu0.reshape(lay.bshape)
+    centred = lay.rows(xw) - lay.per_channel(mu0)
     d_mean = _channel_sum(centred, lay) / m
     var = _channel_sum_of_products(centred, centred, lay) / m - d_mean * d_mean
     np.maximum(var, 0, out=var)  # rounding can push a zero variance just below 0
-    centred -= d_mean.reshape(lay.bshape)
-    return mu0 + d_mean, var, centred
+    centred -= lay.per_channel(d_mean)
+    return mu0 + d_mean, var, centred.reshape(lay.shape)
 
 
 @_quiet_non_finite
@@ -289,7 +315,7 @@ def batch_mean_var(
     lay = _layout(x.shape, axis)
     if lay.m < 1:
         raise ValueError(f"x with shape {x.shape} has no values per channel")
-    xw = x.astype(_compute_dtype(x.dtype), copy=False)
+    xw = np.ascontiguousarray(x, dtype=_compute_dtype(x.dtype))
     if method == "two-pass":
         mean, var, _ = _two_pass_stats(xw, lay)
         return mean, var
@@ -347,7 +373,7 @@ def batch_norm_forward(
     gamma = _channel_param(gamma, "gamma", lay, cdtype)
     beta = _channel_param(beta, "beta", lay, cdtype)
     eps = _check_eps(eps)
-    xw = x.astype(cdtype, copy=False)
+    xw = np.ascontiguousarray(x, dtype=cdtype)  # a copy only for float16 or a non-contiguous x
 
     mean, var, x_hat = _two_pass_stats(xw, lay)
     if check_finite:
@@ -355,10 +381,12 @@ def batch_norm_forward(
         if bad.size:
             _raise_non_finite(xw, lay, bad, "x")
     inv_std = 1.0 / np.sqrt(var + eps)
-    x_hat *= inv_std.reshape(lay.bshape)  # in place: the centred buffer becomes x_hat
+    x_hat_rows = lay.rows(x_hat)
+    x_hat_rows *= lay.per_channel(inv_std)  # in place: the centred buffer becomes x_hat
 
-    y = x_hat * gamma.reshape(lay.bshape)
-    y += beta.reshape(lay.bshape)
+    y = x_hat_rows * lay.per_channel(gamma)
+    y += lay.per_channel(beta)
+    y = y.reshape(lay.shape)
     cache = BatchNormCache(
         x=xw, x_hat=x_hat, mean=mean, var=var, inv_std=inv_std, gamma=gamma, eps=eps, axis=lay.axis, m=lay.m
     )
@@ -376,7 +404,7 @@ def _check_dy(dy: np.ndarray, cache: BatchNormCache) -> np.ndarray:
     dy = _as_float_array(dy, "dy")
     if dy.shape != cache.x_hat.shape:
         raise ValueError(f"dy must have the forward input's shape {cache.x_hat.shape}; got {dy.shape}")
-    return dy.astype(cache.x_hat.dtype, copy=False)
+    return np.ascontiguousarray(dy, dtype=cache.x_hat.dtype)
 
 
 def _check_grads_finite(dy: np.ndarray, lay: _Layout, dbeta: np.ndarray, dgamma: np.ndarray) -> None:
@@ -418,11 +446,11 @@ def batch_norm_backward(
     dgamma = _channel_sum_of_products(dy, cache.x_hat, lay)
     if check_finite:
         _check_grads_finite(dy, lay, dbeta, dgamma)
-    dx = cache.x_hat * (dgamma / m).reshape(lay.bshape)
-    np.subtract(dy, dx, out=dx)
-    dx -= (dbeta / m).reshape(lay.bshape)
-    dx *= (cache.gamma * cache.inv_std).reshape(lay.bshape)
-    return dx, dgamma, dbeta
+    dx = lay.rows(cache.x_hat) * lay.per_channel(dgamma / m)
+    np.subtract(lay.rows(dy), dx, out=dx)
+    dx -= lay.per_channel(dbeta / m)
+    dx *= lay.per_channel(cache.gamma * cache.inv_std)
+    return dx.reshape(lay.shape), dgamma, dbeta
 
 
 @_quiet_non_finite
@@ -511,7 +539,7 @@ def inference_affine(
     g = np.asarray(gamma)
     if g.ndim != 1:
         raise ValueError(f"gamma must be a vector of shape (C,), got shape {g.shape}")
-    lay = _Layout((1, g.shape[0]), 1, 1, g.shape[0], 1)
+    lay = _layout((1, g.shape[0]), 1)
     dtype = np.result_type(*(np.asarray(a).dtype for a in (gamma, beta, running_mean, running_var)), np.float32)
     gamma = _channel_param(gamma, "gamma", lay, dtype)
     beta = _channel_param(beta, "beta", lay, dtype)
