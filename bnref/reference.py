@@ -112,15 +112,35 @@ def _layout(shape: tuple[int, ...], axis: int) -> _Layout:
     return _Layout(tuple(shape), axis, outer, shape[axis], inner, reps)
 
 
+#: Largest (C, inner) slab, in elements, for which ``_channel_sum`` sums the outer axis first.
+_SLAB_LIMIT = 32768
+
+
+def _outer_first(lay: _Layout) -> bool:
+    """Whether per-channel sums should run over the outer axis first.
+
+    Both orders have the same error bound (a running sum over ``outer``, pairwise over ``inner``); they
+    differ in speed. Outer first accumulates whole ``(C, inner)`` slabs into one buffer, fast while that
+    buffer stays in cache; inner first reduces ``outer * C`` rows of ``inner`` contiguous values, fast
+    when those rows are long. Measured for float32 forward+backward: outer first took 0.6x the time for
+    (256, 64, 7, 7) and 0.94x for (32, 128, 16, 16), but 1.1x for (64, 64, 32, 32) and 1.7x for
+    (8, 16, 112, 112), whose slabs (64k and 200k values) no longer fit in cache.
+    """
+    return lay.channels * lay.inner <= _SLAB_LIMIT
+
+
 def _channel_sum(a: np.ndarray, lay: _Layout) -> np.ndarray:
     """Sum over every axis but the channel axis, returning shape ``(C,)``.
 
-    The array is viewed as ``(outer, C, inner)`` (free for contiguous arrays); the contiguous inner
-    axis is summed first (NumPy's pairwise summation), then the outer one.
+    The array is viewed as ``(outer, C, inner)`` (free for contiguous arrays). The outer axis is summed
+    by a vectorised running sum, the contiguous inner axis by NumPy's pairwise summation; the order is
+    chosen for speed by ``_outer_first``.
     """
     a3 = a.reshape(lay.outer, lay.channels, lay.inner)
     if lay.inner == 1:
         return a3[:, :, 0].sum(axis=0)
+    if _outer_first(lay):
+        return a3.sum(axis=0).sum(axis=1)
     return a3.sum(axis=2).sum(axis=0)
 
 
@@ -128,6 +148,10 @@ def _channel_sum_of_products(a: np.ndarray, b: np.ndarray, lay: _Layout) -> np.n
     """``sum(a * b)`` per channel without materialising ``a * b`` (one fused pass via einsum)."""
     a3 = a.reshape(lay.outer, lay.channels, lay.inner)
     b3 = b.reshape(lay.outer, lay.channels, lay.inner)
+    if lay.inner == 1:
+        return np.einsum("oc,oc->c", a3[:, :, 0], b3[:, :, 0])
+    if _outer_first(lay):
+        return np.einsum("oci,oci->ci", a3, b3).sum(axis=1)
     return np.einsum("oci,oci->c", a3, b3)
 
 
