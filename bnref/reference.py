@@ -89,7 +89,9 @@ class _Layout:
 
     def per_channel(self, v: np.ndarray) -> np.ndarray:
         """The per-channel vector ``v`` (shape ``(C,)``) laid out along one row of ``rows``."""
-        return np.tile(np.repeat(v, self.inner), self.row_reps)
+        row = np.empty((self.row_reps, self.channels, self.inner), dtype=v.dtype)
+        row[...] = v[:, None]  # a plain broadcast copy: np.repeat took 0.4 ms for 64 values x 1024
+        return row.reshape(-1)
 
 
 def _layout(shape: tuple[int, ...], axis: int) -> _Layout:
