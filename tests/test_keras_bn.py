@@ -104,7 +104,8 @@ def test_inference_function_is_the_affine_map():
     g, b, rm, rv = rng.uniform(0.5, 1.5, 3), rng.normal(size=3), rng.normal(size=3), rng.uniform(0.5, 2, 3)
     y = batch_norm_inference(tf.constant(x), *(tf.constant(a) for a in (g, b, rm, rv)), axis=-1, epsilon=KERAS.eps)
     ref = bnref.batch_norm_inference(x, g, b, rm, rv, KERAS.eps, axis=-1)
-    assert np.max(np.abs(np.asarray(y) - ref)) <= BOUND_C * EPS64 * 8
+    # a few float64 roundings on terms of size |gamma| (|x| + |mean|) / sqrt(var + eps) + |beta| <= 1.5 * 5 * 1.5 + 3 < 15
+    assert np.max(np.abs(np.asarray(y) - ref)) <= BOUND_C * EPS64 * 15
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -226,7 +227,8 @@ def test_half_precision_inputs(cls, in_dtype):
     # statistics in float32: the moving mean is (1 - momentum) * mean of the rounded input, to float32 precision
     mean = np.asarray(tf.cast(xh, tf.float64)).mean(axis=0)
     w = keras_new_value_weight(KERAS.momentum)
-    tol = BOUND_C * 1.2e-7 * (1 + math.sqrt(16)) * (3 + 2 * 4)
+    # float32 mean of 16 values: error C eps32 (1 + sqrt(m)) (|mean| + std max|x_hat|), max|x_hat| <= sqrt(m - 1)
+    tol = BOUND_C * 1.2e-7 * (1 + math.sqrt(16)) * (3 + 2 * math.sqrt(15))
     assert np.max(np.abs(mixed.moving_mean.numpy() - w * mean)) <= w * tol
 
 
