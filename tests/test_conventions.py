@@ -60,7 +60,8 @@ def test_registry():
 
 
 def test_unknown_name_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown convention 'tensorflow'; known: keras, paper, pytorch, pytorch-cumulative"):
+    message = "unknown convention 'tensorflow'; known: keras, paper, pytorch, pytorch-cumulative"
+    with pytest.raises(ValueError, match=message):
         get_convention("tensorflow")
 
 
@@ -185,7 +186,8 @@ def test_keras_convention_matches_keras():
     layer = keras.layers.BatchNormalization()
     assert layer.epsilon == KERAS.eps and layer.momentum == KERAS.momentum and layer.axis == KERAS.axis
     layer.build((None, 3))
-    assert np.all(layer.moving_mean.numpy() == KERAS.init_mean) and np.all(layer.moving_variance.numpy() == KERAS.init_var)
+    assert np.all(layer.moving_mean.numpy() == KERAS.init_mean)
+    assert np.all(layer.moving_variance.numpy() == KERAS.init_var)
     # momentum = 0: the moving statistics become the batch's own, which shows the variance kind (biased)
     x = np.random.default_rng(2).normal(2.0, 3.0, size=(40, 3)).astype(np.float32)
     layer = keras.layers.BatchNormalization(momentum=0.0)

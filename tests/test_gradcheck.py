@@ -93,7 +93,8 @@ def test_output_shape_must_match_dy():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_rejects_low_precision_inputs(dtype):
-    with pytest.raises(ValueError, match=r"inputs\[0\] must be float64 for a finite-difference check.*float32 rounding"):
+    message = r"inputs\[0\] must be float64 for a finite-difference check.*float32 rounding"
+    with pytest.raises(ValueError, match=message):
         numerical_gradients(lambda a: a, [np.ones(3, dtype=dtype)], np.ones(3))
     with pytest.raises(ValueError, match=r"dy must be float64"):
         numerical_gradients(lambda a: a, [np.ones(3)], np.ones(3, dtype=dtype))

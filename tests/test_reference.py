@@ -117,7 +117,9 @@ def layout(kind: str, c: int, d: tuple[int, int, int]) -> tuple[tuple[int, ...],
 def shapes_and_axes(draw, max_size: int, min_m: int = 3, max_channels: int = 3):
     kind = draw(st.sampled_from(["NC", "NCL", "NCHW", "NHWC", "CN", "middle", "middle-neg"]))
     c = draw(st.integers(1, max_channels))
-    dims = (draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 3)))
+    big = max_size > 100  # larger dims where no finite differences are taken
+    dims = (draw(st.integers(1, 8 if big else 4)), draw(st.integers(1, 8 if big else 4)),
+            draw(st.integers(1, 5 if big else 3)))
     shape, axis = layout(kind, c, dims)
     size = math.prod(shape)
     # m >= 3: with m = 2 every dy lies in span{1, x_hat} of its channel, so the exact dx is
@@ -185,9 +187,10 @@ def ref_stats(case: Case) -> tuple[np.ndarray, np.ndarray]:
 #   squashes x_hat (then S is dominated by the beta term, whose rounding has nothing to do with gamma).
 #   None of these says anything about the formula under test, so such draws are filtered out
 #   (kappa <= 1e-9: a factor 10 below the 1e-8 bound for the log2(n) and O(1) constants; over 3000
-#   random examples the observed error stayed below 0.75 kappa, and below 4e-10 after the filter). The generator keeps the filter rare:
-#   |mean| / std <= 10, var >= eps / 100 (sigma >= 10**-2.5 against eps <= 1e-3) and m >= 3. The
-#   var << eps regime has its own test below, with beta = 0.
+#   random examples the observed error stayed below 0.75 kappa, and below 4e-10 after the filter;
+#   about 14% of draws were filtered). The generator keeps the filter rare: |mean| / std <= 10,
+#   var >= eps / 100 (sigma >= 10**-2.5 against eps <= 1e-3) and m >= 3. The var << eps regime has
+#   its own test below, with beta = 0.
 
 KAPPA_MAX = 1e-9
 
@@ -277,11 +280,11 @@ def test_backward_when_eps_dominates_the_variance(backward, eps):
 # terms (dy nearly in span{1, x_hat}) the relative difference is amplified by that ratio, so we require
 #     kappa_s = eps64 * max(that error scale) / max|dx| <= 1e-14
 # which leaves a factor 100 for the O(1) constants and the log2(m) of the pairwise sums; over 3000 random
-# examples with |mean|/std <= 100 the difference stayed below 1.3 kappa_s (about 9% were filtered).
+# examples with |mean|/std <= 100 the difference stayed below 1.4 kappa_s (about 3% were filtered).
 
 
 @settings(max_examples=60, deadline=None)
-@given(case=bn_cases(max_size=400, max_loc=100.0, log_scale=(-3.0, 3.0)))
+@given(case=bn_cases(max_size=600, max_loc=100.0, log_scale=(-3.0, 3.0)))
 def test_staged_and_compact_backward_agree(case):
     _, cache = case.forward()
     dx, dgamma, dbeta = batch_norm_backward(case.dy, cache)
@@ -330,7 +333,7 @@ def y_tol(case: Case, x_hat: np.ndarray, dtype, extra_rel: np.ndarray | float = 
     return g * (x_hat_tol(case.m, dtype) * xmax + extra_rel) + 2 * u * (g * xmax + b)
 
 
-forward_cases = bn_cases(max_size=400, max_loc=1e3, log_scale=(-3.0, 3.0), min_m=2)
+forward_cases = bn_cases(max_size=600, max_loc=1e3, log_scale=(-3.0, 3.0), min_m=2)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -432,7 +435,8 @@ def test_scaling_without_scaling_eps_changes_y_by_the_predicted_amount():
 def test_nchw_and_nhwc_layouts_give_the_same_result(dtype):
     rng = np.random.default_rng(11)
     n, c, h, w = 4, 3, 5, 6
-    x = (rng.normal(size=(n, c, h, w)) * [[[[1.0]], [[10.0]], [[0.1]]]] + [[[[0.0]], [[50.0]], [[-3.0]]]]).astype(dtype)
+    scale, loc = np.array([1.0, 10.0, 0.1]).reshape(1, c, 1, 1), np.array([0.0, 50.0, -3.0]).reshape(1, c, 1, 1)
+    x = (loc + scale * rng.normal(size=(n, c, h, w))).astype(dtype)
     dy = rng.normal(size=x.shape).astype(dtype)
     gamma, beta = rng.uniform(0.5, 1.5, c), rng.normal(size=c)
     y1, c1 = batch_norm_forward(x, gamma, beta, axis=1)
@@ -440,8 +444,8 @@ def test_nchw_and_nhwc_layouts_give_the_same_result(dtype):
     y2, c2 = batch_norm_forward(x_nhwc, gamma, beta, axis=-1)
     assert c1.m == c2.m == n * h * w
     # Same values, different memory order, so different summation order: each side within (XHAT).
-    tol = 2 * ((2 * c1.m + 4) * unit_roundoff(dtype) * np.max(np.abs(c1.x_hat)) * 1.5 + 2 * unit_roundoff(dtype) * 3)
-    np.testing.assert_allclose(y2, y1.transpose(0, 2, 3, 1), rtol=0, atol=tol)
+    tol = 2 * y_tol(Case(x, gamma, beta, dy, 1e-5, 1), c1.x_hat, dtype)  # each side within y_tol
+    assert np.all(np.abs(y2.transpose(0, 3, 1, 2) - y1) <= tol)
     np.testing.assert_allclose(c2.mean, c1.mean, rtol=2 * c1.m * unit_roundoff(dtype), atol=0)
     np.testing.assert_allclose(c2.var, c1.var, rtol=2 * (c1.m + 6) * unit_roundoff(dtype), atol=0)
     dx1, dg1, db1 = batch_norm_backward(dy, c1)
@@ -612,7 +616,8 @@ def test_running_statistics_follow_each_conventions_rule(convention, shape, axis
     expected = expected_running(convention.name, batches, axis)
     m = math.prod(shape) // shape[axis]
     for step, (x, (mean_e, var_e)) in enumerate(zip(batches, expected), start=1):
-        _, cache = batch_norm_forward(x, np.ones(shape[axis]), np.zeros(shape[axis]), eps=convention.eps, axis=axis)
+        c = shape[axis]
+        _, cache = batch_norm_forward(x, np.ones(c), np.zeros(c), eps=convention.eps, axis=axis)
         stats.update(cache)
         assert stats.num_batches_tracked == step
         # Both sides in float64: batch statistics within (m + 6) eps64 relative, and 3 eps64 per update.
@@ -780,7 +785,9 @@ def torch():
 
 @pytest.mark.parametrize("k", [1, 5])
 @pytest.mark.parametrize("convention", [PYTORCH, PYTORCH_CUMULATIVE], ids=lambda c: c.name)
-@pytest.mark.parametrize("module, shape", [("BatchNorm1d", (16, 3)), ("BatchNorm1d", (4, 3, 5)), ("BatchNorm2d", (4, 3, 4, 4))])
+@pytest.mark.parametrize(
+    "module, shape", [("BatchNorm1d", (16, 3)), ("BatchNorm1d", (4, 3, 5)), ("BatchNorm2d", (4, 3, 4, 4))]
+)
 def test_reference_reproduces_torch_running_buffers(torch, module, shape, convention, k):
     batches = make_batches(k, shape, 1, seed=51 + k, dtype=np.float32)
     bn = getattr(torch.nn, module)(shape[1], momentum=convention.momentum)
@@ -855,7 +862,9 @@ def test_inference_matches_its_formula_and_its_affine_form():
     # with the batch's own (biased) statistics, inference is the training transform
     y_train, cache = batch_norm_forward(x, gamma, beta, eps=1e-3)
     y_inf = batch_norm_inference(x, gamma, beta, cache.mean, cache.var, eps=1e-3)
-    np.testing.assert_allclose(y_inf, y_train, rtol=0, atol=8 * EPS64 * (1 + np.max(np.abs(x) / 3)) * np.max(np.abs(y_train)))
+    # both round x - mean (eps64 |x| / std in x_hat units, std ~ 3) and a few products
+    tol = 8 * EPS64 * (1 + np.max(np.abs(x)) / 3) * np.max(np.abs(y_train))
+    np.testing.assert_allclose(y_inf, y_train, rtol=0, atol=tol)
 
 
 def test_inference_dtypes():
@@ -883,7 +892,7 @@ def test_folding_bn_into_the_preceding_layer(layout):
         axis = 1
     else:  # a 1x1 convolution is a per-pixel matrix product; kernel (1, 1, in, out) or (out, in, 1, 1)
         x = rng.normal(size=(2, c_in, 3, 3))
-        w = rng.normal(size=(1, 1, c_in, c_out)) if layout == "keras-conv" else rng.normal(size=(c_out, c_in, 1, 1))
+        w = rng.normal(size=(1, 1, c_in, c_out) if layout == "keras-conv" else (c_out, c_in, 1, 1))
         out_axis = -1 if layout == "keras-conv" else 0
         kernel = (lambda w_: w_[0, 0]) if layout == "keras-conv" else (lambda w_: w_[:, :, 0, 0].T)
         layer = lambda w_, b_: np.einsum("nihw,io->nohw", x, kernel(w_)) + b_.reshape(1, -1, 1, 1)  # noqa: E731
@@ -892,7 +901,9 @@ def test_folding_bn_into_the_preceding_layer(layout):
     y = batch_norm_inference(z, gamma, beta, rm, rv, axis=axis)
     w_f, b_f = fold_into_preceding(w, bias, scale, shift, out_axis=out_axis)
     assert w_f.shape == w.shape
-    np.testing.assert_allclose(layer(w_f, b_f), y, rtol=0, atol=64 * EPS64 * np.max(np.abs(z)) * np.max(np.abs(scale)) + 16 * EPS64)
+    # the two routes round sums of c_in products and the scale/shift differently: a few eps64 each
+    tol = 64 * EPS64 * np.max(np.abs(z)) * np.max(np.abs(scale)) + 16 * EPS64
+    np.testing.assert_allclose(layer(w_f, b_f), y, rtol=0, atol=tol)
     # a layer without bias folds as bias 0
     w_0, b_0 = fold_into_preceding(w, None, scale, shift, out_axis=out_axis)
     np.testing.assert_array_equal(b_0, shift)
@@ -947,7 +958,9 @@ class TestBadInput:
         with pytest.raises(ValueError, match="axis must be an integer"):
             batch_norm_forward(ok_x(), np.ones(3), np.zeros(3), axis=axis)
 
-    @pytest.mark.parametrize("shape, axis", [((1, 3), 1), ((1, 3, 1, 1), 1), ((1, 1, 1, 3), -1), ((3, 1), 0), ((1, 3, 1), 1)])
+    @pytest.mark.parametrize(
+        "shape, axis", [((1, 3), 1), ((1, 3, 1, 1), 1), ((1, 1, 1, 3), -1), ((3, 1), 0), ((1, 3, 1), 1)]
+    )
     def test_training_needs_two_values_per_channel(self, shape, axis):
         c = shape[axis]
         with pytest.raises(ValueError, match="at least 2 values per channel.*has 1 per channel"):
@@ -959,7 +972,8 @@ class TestBadInput:
         y, cache = batch_norm_forward(x, np.ones(3), np.zeros(3))
         assert cache.m == x.size // 3 >= 2 and np.all(np.isfinite(y))
         # and inference takes a batch of one anything
-        assert batch_norm_inference(x[:1, :, ...][:, :, ...], np.ones(3), np.zeros(3), np.zeros(3), np.ones(3)).shape == x[:1].shape
+        y1 = batch_norm_inference(x[:1], np.ones(3), np.zeros(3), np.zeros(3), np.ones(3))
+        assert y1.shape == x[:1].shape
 
     @pytest.mark.parametrize("eps", [0.0, -1e-5, float("nan"), float("inf"), -float("inf")])
     def test_eps_must_be_positive_and_finite(self, eps):
@@ -990,7 +1004,9 @@ class TestBadInput:
         with pytest.raises(ValueError, match="x must be real floating point; got complex"):
             batch_norm_forward(np.ones((4, 3), dtype=dtype), np.ones(3), np.zeros(3))
 
-    @pytest.mark.parametrize("bad", [np.ones(3, dtype=complex), np.array([True, False, True]), np.array(["a", "b", "c"])])
+    @pytest.mark.parametrize(
+        "bad", [np.ones(3, dtype=complex), np.array([True, False, True]), np.array(["a", "b", "c"])]
+    )
     def test_parameters_must_be_real_numbers(self, bad):
         with pytest.raises(ValueError, match="gamma must be a real numeric array"):
             batch_norm_forward(ok_x(), bad, np.zeros(3))
@@ -1009,7 +1025,8 @@ class TestBadInput:
         x[2, 1], x[0, 3], x[5, 3] = np.nan, np.inf, -np.inf
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a ValueError, not a RuntimeWarning first
-            with pytest.raises(ValueError, match=r"non-finite values \(nan or inf\) in channels \[1, 3\].*check_finite=False"):
+            message = r"non-finite values \(nan or inf\) in channels \[1, 3\].*check_finite=False"
+            with pytest.raises(ValueError, match=message):
                 batch_norm_forward(x, np.ones(5), np.zeros(5))
             with pytest.raises(ValueError, match=r"non-finite.*channels \[1, 3\]"):
                 batch_norm_inference(x, np.ones(5), np.zeros(5), np.zeros(5), np.ones(5))
@@ -1043,7 +1060,8 @@ class TestBadInput:
 
     def test_overflowing_statistics_are_named_as_such(self):
         x = np.array([[1e30, 1.0], [-1e30, 2.0], [3e30, 3.0]], dtype=np.float32)  # squares overflow float32
-        with pytest.raises(ValueError, match=r"statistics of channels \[0\] overflow in float32 although x is finite"):
+        message = r"statistics of channels \[0\] overflow in float32 although x is finite"
+        with pytest.raises(ValueError, match=message):
             batch_norm_forward(x, np.ones(2), np.zeros(2))
         y, _ = batch_norm_forward(x.astype(np.float64), np.ones(2), np.zeros(2))  # float64 is fine
         assert np.all(np.isfinite(y))
