@@ -62,7 +62,8 @@ class _Layout:
     ``per_channel(v)``, the vector ``v`` laid out along one such row. Element for element this is the
     same arithmetic as broadcasting ``v.reshape(bshape)`` (bit-identical results), but NumPy's inner loop
     then runs over rows of thousands of contiguous elements instead of ``C`` (or ``inner``) at a time,
-    which made each such pass about 1.5 to 2 times faster for (1024, 512) and (64, 64, 32, 32) float32.
+    which made each such pass about 1.5 times faster (float32, measured: 97 -> 67 us for (1024, 512),
+    1.5 -> 1.0 ms for (64, 64, 32, 32)).
     """
 
     shape: tuple[int, ...]
