@@ -223,7 +223,7 @@ def check_against_central_differences(
 
 
 @BACKWARDS
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 @given(case=bn_cases())
 def test_backward_matches_central_differences(backward, case):
     err, _ = check_against_central_differences(case, backward)
@@ -283,7 +283,7 @@ def test_backward_when_eps_dominates_the_variance(backward, eps):
 # examples with |mean|/std <= 100 the difference stayed below 1.4 kappa_s (about 3% were filtered).
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(case=bn_cases(max_size=600, max_loc=100.0, log_scale=(-3.0, 3.0)))
 def test_staged_and_compact_backward_agree(case):
     _, cache = case.forward()
@@ -337,7 +337,7 @@ forward_cases = bn_cases(max_size=600, max_loc=1e3, log_scale=(-3.0, 3.0), min_m
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(case=forward_cases)
 def test_x_hat_has_zero_mean_and_variance_var_over_var_plus_eps(case, dtype):
     x = case.x.astype(dtype)
