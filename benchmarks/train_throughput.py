@@ -131,6 +131,7 @@ def main(argv=None) -> int:
     import keras
     import torch
 
+    load_before = os.getloadavg()[0]
     kw = dict(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, progress=False)
     rows = []
 
@@ -138,9 +139,15 @@ def main(argv=None) -> int:
     rec_a = training.train_keras(data, bn="native", placement="after", **kw)
     rows.append(row_from_record("(a) keras model.fit", rec_a, time.perf_counter() - t0))
 
+    # (b) runs with the same number of CPU threads as (c) uses (bnref.training's default, one), so that
+    # the comparison measures the loops, not the thread setting.
+    threads_default = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     t0 = time.perf_counter()
     plain = plain_dataloader_run(data, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=device)
     call_b = time.perf_counter() - t0
+    torch.set_num_threads(threads_default)
     rows.append({
         "name": "(b) torch DataLoader loop", "call_s": call_b,
         "train_s": sum(e["train_s"] for e in plain["epochs"]), "epoch_s": [e["wall_s"] for e in plain["epochs"]],
@@ -162,6 +169,9 @@ def main(argv=None) -> int:
     print(f"PyTorch {torch.__version__} on {torch_dev}")
     print(f"Keras {keras.__version__} ({keras.backend.backend()} {rec_a.backend_version}) on {keras_dev}")
     print(f"{args.epochs} epochs, batch {args.batch_size}, model with BN after ReLU, test set evaluated every epoch")
+    if device.type == "cpu":
+        print(f"PyTorch CPU threads: (b) 1, (c) {rec_c.config.details['torch_threads']}; "
+              f"load average before the runs {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
     print()
     print(f"{'':27}{'s/epoch':>8}{'median':>8}{'call':>7}{'train':>7}   speed-up vs (a){'test acc':>10}")
     print(f"{'':27}{'mean':>8}{'epoch s':>8}{'s':>7}{'s':>7}   median ep.  call")

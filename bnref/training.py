@@ -521,6 +521,7 @@ def train_torch(
     seed: int = 0,
     device: str = "auto",
     cuda_graphs: bool | None = None,
+    cpu_threads: int | None = 1,
     progress: bool = True,
     out: str | os.PathLike | None = None,
 ) -> RunRecord:
@@ -543,6 +544,13 @@ def train_torch(
         ``"auto"`` (cuda, then mps, then cpu) or a device name.
     cuda_graphs : bool, optional
         Capture the training step as a CUDA graph. Default: on for CUDA; not allowed elsewhere.
+    cpu_threads : int or None, default 1
+        On the CPU, the number of threads PyTorch splits each operation over during this run
+        (``torch.set_num_threads``; the previous value is restored afterwards). None leaves it alone.
+        One thread is the default because this network's operations are too small to gain from
+        more, and on a machine whose cores are busy with other work the threads of a split
+        operation wait for each other: on the project's 2-core machine under load, two threads made
+        epochs 2 to 30 times slower than one, which kept its speed.
     progress : bool
         Show a tqdm bar (one tick per epoch).
     out : path, optional
@@ -561,9 +569,25 @@ def train_torch(
         cuda_graphs = dev.type == "cuda"
     if cuda_graphs and dev.type != "cuda":
         raise ValueError(f"cuda_graphs=True needs a CUDA device; the device is {dev}")
+    if cpu_threads is not None and not (isinstance(cpu_threads, int) and cpu_threads >= 1):
+        raise ValueError(f"cpu_threads must be a positive integer or None; got {cpu_threads!r}")
     x_train, y_train, x_test, y_test = _as_arrays(data)
-    torch.manual_seed(seed)
+    threads_before = torch.get_num_threads()
+    if dev.type == "cpu" and cpu_threads is not None:
+        torch.set_num_threads(cpu_threads)
+    try:
+        return _train_torch(x_train, y_train, x_test, y_test, dev, bn=bn, placement=placement, epochs=epochs,
+                            batch_size=batch_size, lr=lr, seed=seed, cuda_graphs=cuda_graphs, progress=progress,
+                            out=out)
+    finally:
+        torch.set_num_threads(threads_before)
 
+
+def _train_torch(x_train, y_train, x_test, y_test, dev, *, bn, placement, epochs, batch_size, lr, seed,
+                 cuda_graphs, progress, out) -> RunRecord:
+    import torch
+
+    torch.manual_seed(seed)
     t0 = time.perf_counter()
     tensors = [torch.from_numpy(a).to(dev) for a in (x_train, y_train, x_test, y_test)]
     model = build_torch_model(bn, placement, seed, input_dim=x_train.shape[1]).to(dev)

@@ -231,11 +231,25 @@ def test_fast_loop_equals_textbook_loop(bn, placement):
     rec = training.train_torch((x_train, y_train, x_test, y_test), bn=bn, placement=placement, epochs=epochs,
                                batch_size=bs, lr=lr, seed=seed, progress=False)
 
+    # The fast loop runs on one CPU thread (cpu_threads=1); a matrix product split over more threads
+    # sums in another order, so the textbook loop must use one thread too for bitwise equality.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        textbook_losses = textbook_loop(x_train, y_train, bn, placement, seed, bs, lr, epochs)
+    finally:
+        torch.set_num_threads(threads)
+    # Same operations on the same numbers in the same order: equal to the last bit.
+    assert textbook_losses == [e.train_loss for e in rec.epochs]
+
+
+def textbook_loop(x_train, y_train, bn, placement, seed, bs, lr, epochs) -> list[float]:
     torch.manual_seed(seed)
     model = build_torch_model(bn, placement, seed, input_dim=x_train.shape[1])
     opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     gen = torch.Generator().manual_seed(seed)
     X, Y = torch.from_numpy(x_train), torch.from_numpy(y_train.astype(np.int64))
+    losses = []
     for epoch in range(epochs):
         perm = torch.randperm(len(Y), generator=gen)
         loss_sum = torch.zeros(())
@@ -246,8 +260,17 @@ def test_fast_loop_equals_textbook_loop(bn, placement):
             loss.backward()
             opt.step()
             loss_sum.add_(loss.detach() * len(idx))
-        # Same operations on the same numbers in the same order: equal to the last bit.
-        assert loss_sum.item() / len(Y) == rec.epochs[epoch].train_loss
+        losses.append(loss_sum.item() / len(Y))
+    return losses
+
+
+def test_cpu_threads_are_restored():
+    before = torch.get_num_threads()
+    rec = training.train_torch(easy_problem(n_train=64), epochs=1, batch_size=32, cpu_threads=1, device="cpu",
+                               progress=False)
+    assert rec.config.details["torch_threads"] == 1 and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="cpu_threads"):
+        training.train_torch(easy_problem(), cpu_threads=0, progress=False)
 
 
 def test_flat_parameters_keep_gradients_as_views():
