@@ -423,7 +423,7 @@ class _FastTorchLoop:
         self.gen = torch.Generator().manual_seed(seed)
         self.graph = None
         self.graph_error: str | None = None
-        if cuda_graphs:
+        if cuda_graphs and len(Y) >= batch_size:  # a graph replays full batches only
             self._capture()
 
     def _step(self, idx) -> None:
