@@ -204,6 +204,7 @@ def main(argv=None) -> int:
                          "keras_backend": keras.backend.backend(), "keras_backend_version": rec_a.backend_version,
                          "python": platform.python_version()},
             "machine": training.machine_info(),
+            "load_average": {"before": load_before, "after": os.getloadavg()[0]},
             "config": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
                        "model": "article's model, BN native after ReLU", "optimizer": "adam", "lr": 1e-3},
             "rows": rows,
