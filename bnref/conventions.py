@@ -26,6 +26,7 @@ paper's Algorithm 2 inference statistic ``Var[x] = m / (m - 1) * E_B[sigma_B^2]`
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -76,8 +77,8 @@ class Convention:
     init_var: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (self.eps > 0):
-            raise ValueError(f"eps must be > 0, got {self.eps!r}")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise ValueError(f"eps must be a positive finite number, got {self.eps!r}")
         if self.momentum is not None and not (0.0 <= self.momentum <= 1.0):
             raise ValueError(f"momentum must lie in [0, 1] or be None, got {self.momentum!r}")
         if self.momentum_weights not in ("new", "old"):

@@ -7,7 +7,15 @@ returns. Each entry is estimated by the central difference::
     dL/dx_i ~ (L(x_i + h_i) - L(x_i - h_i)) / (2 h_i),    h_i = h * max(1, |x_i|)
 
 whose truncation error is O(h^2) and whose rounding error is O(eps64 * |L| / h): with h = 1e-5 both are
-around 1e-10 relative, far below the 1e-8 the tests demand.
+around 1e-10 relative, far below the 1e-8 the tests demand, *for inputs of order 1 on which f curves on a
+scale of order 1*.
+
+The step is relative to each entry's size, not to the scale on which ``f`` bends. Batch Normalization bends
+on the scale ``sqrt(var + eps)`` of each channel, so for a channel with a small spread, or one sitting far
+from zero (``|mean| >> std``), the step is large on that scale and the truncation error grows like
+``(h * max(1, |x|) / sqrt(var + eps))^2``. Check such inputs in standardised coordinates (differentiate
+with respect to ``u`` where ``x = mean + std * u``; the gradient in ``x`` is the gradient in ``u`` divided
+by ``std``), or pass a smaller ``h``; ``tests/test_reference.py`` does the former.
 """
 
 from __future__ import annotations

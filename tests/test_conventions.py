@@ -126,7 +126,6 @@ def test_eps_must_be_positive(eps):
         make(eps=eps)
 
 
-@pytest.mark.xfail(strict=True, reason="Convention accepts eps=inf while the reference rejects it (reported)")
 def test_eps_must_be_finite():
     with pytest.raises(ValueError, match="eps"):
         make(eps=float("inf"))
