@@ -78,7 +78,7 @@ class Convention:
 
     def __post_init__(self) -> None:
         if not (self.eps > 0 and math.isfinite(self.eps)):
-            raise ValueError(f"eps must be a positive finite number, got {self.eps!r}")
+            raise ValueError(f"eps must be > 0 and finite, got {self.eps!r}")
         if self.momentum is not None and not (0.0 <= self.momentum <= 1.0):
             raise ValueError(f"momentum must lie in [0, 1] or be None, got {self.momentum!r}")
         if self.momentum_weights not in ("new", "old"):
