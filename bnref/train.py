@@ -53,8 +53,9 @@ The last lines printed are a summary: final test accuracy and mean seconds per e
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m bnref.train`` (also used by the tests)."""
+    called_as_script = os.path.basename(sys.argv[0]).startswith("bnref-train")
     p = argparse.ArgumentParser(
-        prog="python -m bnref.train",
+        prog="bnref-train" if called_as_script else "python -m bnref.train",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -55,6 +55,7 @@ __all__ = [
     "machine_info",
     "train_torch",
     "train_keras",
+    "flatten_parameters",
 ]
 
 SCHEMA = "bnref.run/1"
@@ -452,7 +453,7 @@ class _FastTorchLoop:
         back afterwards, and the run starts from the initial weights as the eager path does.
         """
         torch = self.torch
-        saved = [t.detach().clone() for t in self._state()]
+        saved = self._snapshot()
         self.static_idx = torch.arange(self.batch_size, device=self.dev)
         try:
             side = torch.cuda.Stream(self.dev)
@@ -470,14 +471,23 @@ class _FastTorchLoop:
             self.graph_error = f"{type(e).__name__}: {e}"
             warnings.warn(f"CUDA graph capture failed, training eagerly instead ({self.graph_error})")
         torch.cuda.synchronize(self.dev)
-        with torch.no_grad():
+        self._restore(saved)
+        torch.cuda.synchronize(self.dev)
+
+    def _snapshot(self) -> list:
+        """Copies of every tensor a step changes, for :meth:`_restore`."""
+        return [t.detach().clone() for t in self._state()]
+
+    def _restore(self, saved: list) -> None:
+        """Undo training steps in place (the addresses a graph recorded stay valid): parameters,
+        buffers and accumulators back to ``saved``, Adam back to a fresh start (step 0, moments 0)."""
+        with self.torch.no_grad():
             for t, s in zip(self._state(), saved):
                 t.copy_(s)
             for state in self.opt.state.values():
                 for v in state.values():
-                    if isinstance(v, torch.Tensor):
-                        v.zero_()  # fresh Adam: step 0, first and second moments 0
-        torch.cuda.synchronize(self.dev)
+                    if isinstance(v, self.torch.Tensor):
+                        v.zero_()
 
     def train_epoch(self) -> tuple[float, float]:
         """One pass over the shuffled training set; returns (mean loss, accuracy)."""
