@@ -1,0 +1,352 @@
+"""bnref.experiments on tiny synthetic data (no MNIST): the helpers behind the claims chapter."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from bnref import experiments as ex
+from bnref.models import glorot_uniform
+
+U32 = 2.0**-24  # unit roundoff of float32
+
+
+def clusters(n: int = 256, d: int = 16, seed: int = 0):
+    """Ten Gaussian clusters in d dimensions, centres ~3 sigma apart per coordinate: an easy problem."""
+    rng = np.random.default_rng(seed)
+    centres = 3.0 * rng.normal(size=(10, d))
+    y = rng.integers(0, 10, size=n)
+    x = (centres[y] + rng.normal(size=(n, d))).astype(np.float32)
+    return x, y
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Run this module's tiny networks on one thread, then restore the setting.
+
+    The tensors here are so small that a second thread only adds synchronisation, and on a busy machine
+    (the project's CPU is shared) that synchronisation made the module 10x slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_import_does_not_load_torch():
+    code = "import sys, bnref.experiments; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------------
+# data and models
+# ---------------------------------------------------------------------------------------------
+
+
+def test_take_subset_images_and_features():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=50).astype(np.uint8)
+    x, y = ex.take_subset(images, labels, 20, seed=3)
+    assert x.shape == (20, 784) and x.dtype == np.float32 and y.dtype == np.int64
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    # every row is one of the images, each at most once, with its own label
+    flat = images.reshape(50, -1).astype(np.float32) / 255
+    rows = [int(np.flatnonzero((flat == r).all(axis=1))[0]) for r in x]
+    assert len(set(rows)) == 20 and np.array_equal(labels[rows], y)
+    x2, y2 = ex.take_subset(images, labels, 20, seed=3)
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+    assert not np.array_equal(x, ex.take_subset(images, labels, 20, seed=4)[0])
+    feats, _ = ex.take_subset(rng.normal(size=(50, 7)), labels, 5, seed=0)
+    assert feats.shape == (5, 7) and feats.dtype == np.float32
+
+
+@pytest.mark.parametrize("n", [0, 51, 2.5])
+def test_take_subset_rejects_bad_size(n):
+    with pytest.raises(ValueError, match="n must be"):
+        ex.take_subset(np.zeros((50, 3)), np.zeros(50, dtype=int), n, seed=0)
+
+
+def test_take_subset_rejects_mismatched_labels():
+    with pytest.raises(ValueError, match="y must have shape"):
+        ex.take_subset(np.zeros((50, 3)), np.zeros(49, dtype=int), 5, seed=0)
+
+
+def test_he_uniform_bound_and_spread():
+    w = ex.he_uniform(400, 300, np.random.default_rng(0))
+    a = np.sqrt(6 / 400)
+    assert w.shape == (400, 300) and w.dtype == np.float32 and np.abs(w).max() <= a
+    # U(-a, a) has variance a^2/3 = 2/fan_in; with 120,000 draws the sample variance is within 2%
+    assert abs(w.var() / (2 / 400) - 1) < 0.02
+
+
+def test_build_mlp_with_bn_is_linear_bn_activation():
+    model = ex.build_mlp(3, 8, bn=True, activation="tanh", input_dim=5, num_classes=4)
+    kinds = [type(m).__name__ for m in model]
+    assert kinds == ["Linear", "BatchNorm1d", "Tanh"] * 3 + ["Linear"]
+    lins = ex.linear_layers(model)
+    assert [lin.bias is None for lin in lins] == [True, True, True, False]
+    assert [(lin.in_features, lin.out_features) for lin in lins] == [(5, 8), (8, 8), (8, 8), (8, 4)]
+
+
+def test_build_mlp_without_bn_and_its_weights():
+    model = ex.build_mlp(2, 6, bn=False, init="glorot", seed=7, input_dim=4, num_classes=3)
+    assert [type(m).__name__ for m in model] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    rng = np.random.default_rng(7)  # the same draws, in the same order, as build_mlp makes
+    for lin, (n_in, n_out) in zip(ex.linear_layers(model), [(4, 6), (6, 6), (6, 3)]):
+        assert np.array_equal(lin.weight.detach().numpy(), glorot_uniform(n_in, n_out, rng).T)
+        assert not lin.bias.detach().numpy().any()
+    he = ex.build_mlp(2, 6, bn=False, init="he", seed=7, input_dim=4, num_classes=3)
+    assert not torch.equal(he[0].weight, model[0].weight)
+
+
+def test_build_mlp_places_shift_noise_after_bn():
+    model = ex.build_mlp(2, 8, bn=True, shift_noise=(0.5, 0.4), input_dim=5)
+    kinds = [type(m).__name__ for m in model]
+    assert kinds == ["Linear", "BatchNorm1d", "ShiftNoise", "ReLU"] * 2 + ["Linear"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(depth=0, width=8, bn=True), "depth"),
+        (dict(depth=2, width=1, bn=True), "width"),
+        (dict(depth=2, width=8, bn=True, activation="gelu"), "activation"),
+        (dict(depth=2, width=8, bn=True, init="lecun"), "init"),
+        (dict(depth=2, width=8, bn=False, shift_noise=(0.5, 0.4)), "shift_noise"),
+    ],
+)
+def test_build_mlp_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ex.build_mlp(**kwargs)
+
+
+def test_shift_noise_draws_within_bounds_and_is_identity_at_inference():
+    layer = ex.make_shift_noise(6, max_shift=0.5, max_log_scale=np.log(2.0))
+    zeros, ones = torch.zeros(4, 6), torch.ones(4, 6)
+    torch.manual_seed(0)
+    shift = layer(zeros)  # = m, the same for every example
+    torch.manual_seed(0)
+    scale = layer(ones) - shift  # the same draws again: s * 1 + m - m
+    assert torch.equal(shift, shift[:1].expand(4, 6)) and torch.all(shift.abs() <= 0.5)
+    # s = exp(u), |u| <= ln 2; float32 rounding of exp and of the subtraction stays below 1e-6 here
+    assert torch.all(scale >= 0.5 - 1e-6) and torch.all(scale <= 2.0 + 1e-6)
+    assert not torch.equal(layer(zeros), layer(zeros))  # a new draw at every call
+    layer.eval()
+    x = torch.randn(4, 6)
+    assert torch.equal(layer(x), x)
+    with pytest.raises(ValueError, match="max_shift"):
+        ex.make_shift_noise(6, max_shift=-1.0, max_log_scale=0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements
+# ---------------------------------------------------------------------------------------------
+
+
+def test_weight_gradient_norms_match_autograd_and_leave_weights_alone():
+    x, y = clusters(64, d=10)
+    model = ex.build_mlp(3, 12, bn=True, input_dim=10)
+    before = [p.detach().clone() for p in model.parameters()]
+    norms = ex.weight_gradient_norms(model, x, y)
+    assert norms.shape == (4,) and np.all(norms > 0)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert all(p.grad is None for p in model.parameters())
+    loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+    grads = torch.autograd.grad(loss, [lin.weight for lin in ex.linear_layers(model)])
+    # the same computation twice (the BN running statistics it changed do not enter training mode)
+    assert np.array_equal(norms, [float(g.norm()) for g in grads])
+
+
+def test_gradients_grow_toward_the_input_with_bn_only():
+    # Equation eq-cl-rate predicts growth by sqrt(pi/(pi-1)) = 1.21 per layer with BN and ReLU, i.e. about
+    # 1.21^10 = 6.8 from layer 12 down to layer 2; without BN and with He initialisation, about 1. At width 64
+    # and batch 256 the ratio varied between 4.5 and 7.1 over 20 seeds with BN and between 0.3 and 1.1
+    # without, so the thresholds 3 and 2 separate the two with a wide margin.
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        x = rng.normal(size=(256, 32)).astype(np.float32)
+        y = rng.integers(0, 10, size=256)
+        g_bn = ex.weight_gradient_norms(ex.build_mlp(12, 64, bn=True, seed=seed, input_dim=32), x, y)
+        g_he = ex.weight_gradient_norms(ex.build_mlp(12, 64, bn=False, init="he", seed=seed, input_dim=32), x, y)
+        assert g_bn[1] / g_bn[11] > 3
+        assert g_he[1] / g_he[11] < 2
+
+
+# Composite trapezoidal rule on [-12, 12] with spacing h = 5e-5: error <= (24 / 12) h^2 max|f''| per
+# expectation, and the integrands (phi^2, phi'^2 and phi times the normal density) have |f''| < 1 away from
+# z = 0, where the jump of phi' falls mid-interval; so about 5e-9, and 1e-8 bounds the error of lambda.
+QUADRATURE = 1e-8
+
+
+def test_bn_gradient_growth_closed_forms():
+    assert abs(ex.bn_gradient_growth("relu") - np.sqrt(np.pi / (np.pi - 1))) < QUADRATURE
+    assert abs(ex.bn_gradient_growth("linear") - 1.0) < QUADRATURE
+    # tanh has no closed form; Gauss-Hermite quadrature with 200 nodes is exact for smooth integrands to ~1e-15
+    z, w = np.polynomial.hermite_e.hermegauss(200)
+    w = w / w.sum()
+    t = np.tanh(z)
+    expected = np.sqrt(np.sum(w * (1 - t**2) ** 2) / (np.sum(w * t**2) - np.sum(w * t) ** 2))
+    assert abs(ex.bn_gradient_growth("tanh") - expected) < QUADRATURE
+    # a leaky ReLU given as functions: lambda^2 = pi (1 + a^2) / (pi (1 + a^2) - (1 - a)^2)
+    a = 0.2
+    leaky = (lambda z: np.maximum(z, a * z), lambda z: np.where(z > 0, 1.0, a))
+    closed = np.sqrt(np.pi * (1 + a**2) / (np.pi * (1 + a**2) - (1 - a) ** 2))
+    assert abs(ex.bn_gradient_growth(leaky) - closed) < QUADRATURE
+
+
+def test_bn_gradient_growth_rejects_bad_input():
+    with pytest.raises(ValueError, match="activation"):
+        ex.bn_gradient_growth("gelu")
+    with pytest.raises(ValueError, match="even"):
+        ex.bn_gradient_growth("relu", points=1001)
+    with pytest.raises(ValueError, match="variance"):
+        ex.bn_gradient_growth((np.ones_like, np.zeros_like))
+
+
+def test_fitted_growth_factor_recovers_a_geometric_sequence():
+    layers = np.arange(12)
+    norms = 3.0 * 1.3 ** (11 - layers)
+    norms[0] = 1e3  # the input layer is left out by default
+    # a least-squares line through exact logarithms: a few float64 roundings of numbers of size ~10
+    assert abs(ex.fitted_growth_factor(norms) - 1.3) < 1e-12
+    assert abs(ex.fitted_growth_factor(1 / norms[1:], first=0, last=11) - 1 / 1.3) < 1e-12
+    with pytest.raises(ValueError, match="positive"):
+        ex.fitted_growth_factor(np.array([1.0, -1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="at least two layers"):
+        ex.fitted_growth_factor(np.array([1.0, 2.0]))
+
+
+def test_classification_metrics_of_constant_logits():
+    x, y = clusters(100, d=5)
+    p = np.linspace(1, 10, 10) / 55.0  # a fixed predictive distribution; class 9 most likely
+    model = torch.nn.Linear(5, 10)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.copy_(torch.from_numpy(np.log(p).astype(np.float32)))
+    model.train()
+    loss, acc = ex.classification_metrics(model, x, y)
+    assert acc == np.mean(y == 9)
+    # log-softmax of 10 float32 logits of size <= 4: error a few U32 times the logits' size
+    assert abs(loss - float(-np.log(p)[y].mean())) < 50 * U32 * 4
+    assert model.training  # the mode is restored
+
+
+def test_train_sgd_learns_and_is_reproducible():
+    x, y = clusters(256)
+    for bn in (False, True):
+        runs = [ex.train_sgd(ex.build_mlp(2, 32, bn=bn, input_dim=16), x, y, steps=60, lr=0.1, batch_size=32,
+                             seed=5) for _ in range(2)]
+        loss = runs[0]["loss"]
+        assert runs[0]["steps_done"] == 60 and not runs[0]["diverged"]
+        assert loss[-10:].mean() < 0.5 * loss[:5].mean()
+        assert np.array_equal(loss, runs[1]["loss"])  # same seed, same batches, same numbers
+
+
+def test_train_sgd_detects_divergence():
+    x, y = clusters(128)
+    x = 50 * x  # large inputs and a large step: the plain network blows up
+    run = ex.train_sgd(ex.build_mlp(2, 32, bn=False, input_dim=16), x, y, steps=50, lr=10.0, batch_size=32)
+    assert run["diverged"] and run["steps_done"] < 50
+    assert not np.isfinite(run["loss"][-1]) or run["loss"][-1] > 1e3
+
+
+def test_train_sgd_probe_of_the_first_layer_sees_the_probe_itself():
+    x, y = clusters(128)
+    probe = x[:40]
+    run = ex.train_sgd(ex.build_mlp(2, 16, bn=True, input_dim=16), x, y, steps=20, lr=0.1, batch_size=32,
+                       probe=probe, probe_layer=0, record_every=5)
+    assert run["probe_steps"].tolist() == [0, 5, 10, 15]
+    stats = run["probe_stats"]
+    assert stats.shape == (4, 2, 16)
+    # the input of the first layer is the probe, whatever the weights: its moments, exactly, every time
+    expected = np.stack([probe.mean(axis=0), probe.std(axis=0)])
+    assert np.allclose(stats, expected[None], rtol=1e-5, atol=1e-6)  # float32 means of 40 values of size ~10
+    assert np.all(ex.input_shift(stats) < 1e-6)
+
+
+@pytest.mark.parametrize("shift_noise", [None, (1.0, 0.5)])
+def test_gradient_ics_is_zero_when_no_layer_lies_below(shift_noise):
+    x, y = clusters(128)
+    model = ex.build_mlp(3, 16, bn=True, input_dim=16, shift_noise=shift_noise)
+    run = ex.train_sgd(model, x, y, steps=5, lr=0.1, batch_size=32, ics_layer=0)
+    # G' is recomputed at the same parameters, on the same batch, with the same noise draws (the generator
+    # state is replayed): the identical computation, so the two gradients agree exactly
+    assert np.all(run["ics_rel"] == 0) and np.allclose(run["ics_cos"], 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_gradient_ics_is_first_order_in_the_step(bn):
+    # G' - G = (d G / d theta_below) * lr * g + O(lr^2): tenfold smaller steps, tenfold smaller change.
+    # A smooth activation (tanh) keeps the Taylor expansion valid; with ReLU a unit whose pre-activation
+    # crosses 0 makes the change jump. At lr = 1e-2 the second-order term is a few percent of the first.
+    x, y = clusters(64)
+    rel = []
+    for lr in (1e-3, 1e-2):
+        model = ex.build_mlp(3, 16, bn=bn, activation="tanh", seed=0, input_dim=16)
+        rel.append(ex.train_sgd(model, x, y, steps=1, lr=lr, batch_size=32, ics_layer=2)["ics_rel"][0])
+    assert 0.09 < rel[0] / rel[1] < 0.11
+
+
+def test_train_sgd_rejects_bad_arguments():
+    x, y = clusters(64)
+    model = ex.build_mlp(2, 8, bn=True, input_dim=16)
+    for kwargs, match in [
+        (dict(steps=0, lr=0.1, batch_size=8), "steps"),
+        (dict(steps=5, lr=0.0, batch_size=8), "lr"),
+        (dict(steps=5, lr=0.1, batch_size=1), "batch_size"),
+        (dict(steps=5, lr=0.1, batch_size=65), "batch_size"),
+        (dict(steps=5, lr=0.1, batch_size=8, ics_layer=3), "ics_layer"),
+        (dict(steps=5, lr=0.1, batch_size=8, probe=x[:4]), "probe and probe_layer"),
+        (dict(steps=5, lr=0.1, batch_size=8, record_every=0), "record_every"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            ex.train_sgd(model, x, y, **kwargs)
+    with pytest.raises(ValueError, match="features"):
+        ex.train_sgd(model, x[:, :, None], y, steps=5, lr=0.1, batch_size=8)
+
+
+def test_input_shift_of_known_moves():
+    units = 5
+    stats = np.zeros((3, 2, units))
+    stats[:, 1] = 2.0  # std 2 throughout
+    stats[1, 0] = 2.0  # the means move by one std ...
+    stats[2, 0] = 2.0
+    stats[2, 1] = 4.0  # ... then the std doubles
+    shift = ex.input_shift(stats)
+    # W2 of N(0, 4) -> N(2, 4) is 2, relative to std 2: 1; N(2, 4) -> N(2, 16) is 2, relative to std 4: 0.5
+    assert np.allclose(shift, [1.0, 0.5], rtol=1e-15)
+    assert np.allclose(ex.input_shift(10 * stats), shift, rtol=1e-15)  # scale-free
+    for bad in (stats[:1], stats[:, :1], np.concatenate([stats[:, :1], -stats[:, 1:]], axis=1)):
+        with pytest.raises(ValueError, match="stats must"):
+            ex.input_shift(bad)
+
+
+def test_lr_sweep_marks_divergence():
+    x, y = clusters(128)
+    sweep = ex.lr_sweep(lambda: ex.build_mlp(2, 16, bn=False, input_dim=16), [0.05, 1e4], x, y, x, y,
+                        steps=30, batch_size=32, tail=5)
+    assert sweep["lr"].tolist() == [0.05, 1e4]
+    assert sweep["diverged"].tolist() == [False, True]
+    assert np.isfinite(sweep["final_loss"][0]) and sweep["final_loss"][1] == np.inf
+    assert 0 <= sweep["test_acc"][0] <= 1 and np.isnan(sweep["test_acc"][1])
+    with pytest.raises(ValueError, match="lrs"):
+        ex.lr_sweep(lambda: ex.build_mlp(2, 16, bn=False, input_dim=16), [], x, y, x, y, steps=5, batch_size=8)
+    with pytest.raises(ValueError, match="tail"):
+        ex.lr_sweep(lambda: ex.build_mlp(2, 16, bn=False, input_dim=16), [0.1], x, y, x, y, steps=5,
+                    batch_size=8, tail=6)
+
+
+def test_step_seconds_times_every_model():
+    x, y = clusters(128)
+    models = {"bn": ex.build_mlp(2, 16, bn=True, input_dim=16), "plain": ex.build_mlp(2, 16, bn=False, input_dim=16)}
+    times = ex.step_seconds(models, x, y, batch_size=32, rounds=3, steps_per_round=2)
+    assert set(times) == {"bn", "plain"}
+    assert all(t.shape == (3,) and np.all(t > 0) for t in times.values())
+    with pytest.raises(ValueError, match="at least one"):
+        ex.step_seconds({}, x, y, batch_size=32)
