@@ -232,8 +232,10 @@ def test_classification_metrics_of_constant_logits():
     model.train()
     loss, acc = ex.classification_metrics(model, x, y)
     assert acc == np.mean(y == 9)
-    # log-softmax of 10 float32 logits of size <= 4: error a few U32 times the logits' size
-    assert abs(loss - float(-np.log(p)[y].mean())) < 50 * U32 * 4
+    # Each example's -log softmax (a log-sum-exp of 10 float32 logits of size <= 4) is off by at most about
+    # 10 U32 * 4; the mean of 100 such values (about 2.7 each), summed pairwise, adds about log2(100) U32 * 2.7.
+    # Together below 60 U32, so 200 U32 (1.2e-5) leaves room without hiding a wrong formula.
+    assert abs(loss - float(-np.log(p)[y].mean())) < 200 * U32
     assert model.training  # the mode is restored
 
 
