@@ -260,7 +260,13 @@ class BatchNormCache:
     x : ndarray, shape like the input
         The input, in the compute dtype (float32 for float16 inputs).
     x_hat : ndarray, shape like the input
-        The normalised input, eq. ``eq-x-hat``.
+        The normalised input, eq. ``eq-x-hat``: ``(centred - mean_shift) * inv_std``, computed on first
+        access and then kept. The forward and compact backward passes work from ``centred`` directly,
+        which saves two passes over the data.
+    centred : ndarray, shape like the input
+        ``x - mu0``, the input minus the provisional mean of the two-pass algorithm (C-contiguous).
+    mean_shift : ndarray, shape (C,)
+        ``mean - mu0``, the correction of the provisional mean (rounding-error sized).
     mean : ndarray, shape (C,)
         Batch mean per channel, eq. ``eq-batch-mean``.
     var : ndarray, shape (C,)
@@ -277,7 +283,8 @@ class BatchNormCache:
     """
 
     x: np.ndarray
-    x_hat: np.ndarray
+    centred: np.ndarray
+    mean_shift: np.ndarray
     mean: np.ndarray
     var: np.ndarray
     inv_std: np.ndarray
@@ -285,6 +292,14 @@ class BatchNormCache:
     eps: float
     axis: int
     m: int
+
+    @functools.cached_property
+    def x_hat(self) -> np.ndarray:
+        """The normalised input ``(x - mean) / sqrt(var + eps)``, eq. ``eq-x-hat``."""
+        lay = self.layout
+        x_hat = lay.rows(self.centred) - lay.per_channel(self.mean_shift)
+        x_hat *= lay.per_channel(self.inv_std)
+        return x_hat.reshape(lay.shape)
 
     @property
     def layout(self) -> _Layout:
@@ -296,14 +311,18 @@ class BatchNormCache:
         return self.var * (self.m / (self.m - 1))
 
 
-def _two_pass_stats(xw: np.ndarray, lay: _Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _two_pass_stats(
+    xw: np.ndarray, lay: _Layout
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Mean, biased variance and the centred input, by the corrected two-pass algorithm.
 
     Pass 1 gives a provisional mean ``mu0``. Pass 2 centres, ``d = x - mu0``, and uses
     ``var = mean(d^2) - mean(d)^2`` (Chan, Golub & LeVeque 1983): the correction term removes the
     first-order effect of rounding error in ``mu0``. Unlike the one-pass ``E[x^2] - E[x]^2``, no large
     numbers are subtracted, so float32 keeps its precision even when ``|mean| >> std``.
-    ``xw`` must be C-contiguous. Returns ``(mean, var, x - mean)``, the last a new C-contiguous array.
+    ``xw`` must be C-contiguous. Returns ``(mean, var, d, d_mean)`` with ``d = x - mu0`` a new
+    C-contiguous array and ``d_mean = mean - mu0``; the caller folds ``d_mean`` into per-channel constants
+    instead of spending a pass over the data on ``d - d_mean``.
     """
     m = lay.m
     mu0 = _channel_sum(xw, lay) / m
@@ -311,8 +330,7 @@ def _two_pass_stats(xw: np.ndarray, lay: _Layout) -> tuple[np.ndarray, np.ndarra
     d_mean = _channel_sum(centred, lay) / m
     var = _channel_sum_of_products(centred, centred, lay) / m - d_mean * d_mean
     np.maximum(var, 0, out=var)  # rounding can push a zero variance just below 0
-    centred -= lay.per_channel(d_mean)
-    return mu0 + d_mean, var, centred.reshape(lay.shape)
+    return mu0 + d_mean, var, centred.reshape(lay.shape), d_mean
 
 
 @_quiet_non_finite
@@ -344,7 +362,7 @@ def batch_mean_var(
         raise ValueError(f"x with shape {x.shape} has no values per channel")
     xw = np.ascontiguousarray(x, dtype=_compute_dtype(x.dtype))
     if method == "two-pass":
-        mean, var, _ = _two_pass_stats(xw, lay)
+        mean, var, _, _ = _two_pass_stats(xw, lay)
         return mean, var
     if method == "one-pass":
         mean = _channel_sum(xw, lay) / lay.m
@@ -402,20 +420,22 @@ def batch_norm_forward(
     eps = _check_eps(eps)
     xw = np.ascontiguousarray(x, dtype=cdtype)  # a copy only for float16 or a non-contiguous x
 
-    mean, var, x_hat = _two_pass_stats(xw, lay)
+    mean, var, centred, d_mean = _two_pass_stats(xw, lay)
     if check_finite:
         bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(var)))
         if bad.size:
             _raise_non_finite(xw, lay, bad, "x")
     inv_std = 1.0 / np.sqrt(var + eps)
-    x_hat_rows = lay.rows(x_hat)
-    x_hat_rows *= lay.per_channel(inv_std)  # in place: the centred buffer becomes x_hat
 
-    y = x_hat_rows * lay.per_channel(gamma)
-    y += lay.per_channel(beta)
+    # y = gamma * x_hat + beta with x_hat = (centred - d_mean) * inv_std, as one scale and one shift per
+    # channel: y = centred * scale + shift, two passes over the data instead of four.
+    scale = gamma * inv_std
+    y = lay.rows(centred) * lay.per_channel(scale)
+    y += lay.per_channel(beta - d_mean * scale)
     y = y.reshape(lay.shape)
     cache = BatchNormCache(
-        x=xw, x_hat=x_hat, mean=mean, var=var, inv_std=inv_std, gamma=gamma, eps=eps, axis=lay.axis, m=lay.m
+        x=xw, centred=centred, mean_shift=d_mean, mean=mean, var=var, inv_std=inv_std, gamma=gamma, eps=eps,
+        axis=lay.axis, m=lay.m,
     )
     return y.astype(x.dtype, copy=False), cache
 
@@ -429,9 +449,9 @@ def _check_dy(dy: np.ndarray, cache: BatchNormCache) -> np.ndarray:
     if not isinstance(cache, BatchNormCache):
         raise ValueError(f"cache must be the BatchNormCache returned by batch_norm_forward, got {type(cache).__name__}")
     dy = _as_float_array(dy, "dy")
-    if dy.shape != cache.x_hat.shape:
-        raise ValueError(f"dy must have the forward input's shape {cache.x_hat.shape}; got {dy.shape}")
-    return np.ascontiguousarray(dy, dtype=cache.x_hat.dtype)
+    if dy.shape != cache.centred.shape:
+        raise ValueError(f"dy must have the forward input's shape {cache.centred.shape}; got {dy.shape}")
+    return np.ascontiguousarray(dy, dtype=cache.centred.dtype)
 
 
 def _check_grads_finite(dy: np.ndarray, lay: _Layout, dbeta: np.ndarray, dgamma: np.ndarray) -> None:
@@ -469,13 +489,18 @@ def batch_norm_backward(
     dy = _check_dy(dy, cache)
     lay = cache.layout
     m = cache.m
+    # Written with centred = x - mu0 and d = mean - mu0, so that x_hat = (centred - d) * inv_std
+    # never has to be formed: sum(dy * x_hat) = inv_std * (sum(dy * centred) - d * dbeta), and
+    # x_hat * dgamma / m = centred * a - d * a with a = inv_std * dgamma / m.
     dbeta = _channel_sum(dy, lay)
-    dgamma = _channel_sum_of_products(dy, cache.x_hat, lay)
+    d = cache.mean_shift
+    dgamma = cache.inv_std * (_channel_sum_of_products(dy, cache.centred, lay) - d * dbeta)
     if check_finite:
         _check_grads_finite(dy, lay, dbeta, dgamma)
-    dx = lay.rows(cache.x_hat) * lay.per_channel(dgamma / m)
+    a = cache.inv_std * dgamma / m
+    dx = lay.rows(cache.centred) * lay.per_channel(a)  # x_hat * dgamma / m, up to the per-channel d * a
     np.subtract(lay.rows(dy), dx, out=dx)
-    dx -= lay.per_channel(dbeta / m)
+    dx -= lay.per_channel(dbeta / m - d * a)
     dx *= lay.per_channel(cache.gamma * cache.inv_std)
     return dx.reshape(lay.shape), dgamma, dbeta
 

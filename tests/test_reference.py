@@ -317,14 +317,17 @@ def x_hat_tol(m: int, dtype) -> float:
 def y_tol(case: Case, x_hat: np.ndarray, dtype, extra_rel: np.ndarray | float = 0.0) -> np.ndarray:
     """Per-channel bound on |y_computed - y| for y = gamma x_hat + beta, shape bshape.
 
-    gamma times the x_hat error (XHAT, plus ``extra_rel`` for input-rounding terms in units of x_hat), plus
-    the two roundings of the product and the sum, each at most u * (|gamma x_hat| + |beta|).
+    The reference computes y = (x - mu0) * scale + shift with scale = fl(gamma * inv_std) and
+    shift = fl(beta - d_mean * scale). Its error is gamma times the x_hat error (XHAT, plus ``extra_rel`` for
+    input-rounding terms in units of x_hat), plus three roundings of size u |gamma x_hat| (the scale, the
+    product, the sum) and two of size u |beta| (the shift, the sum); d_mean * scale is rounding-sized and
+    its rounding is of second order.
     """
     u = unit_roundoff(dtype)
     g = np.abs(case.gamma).reshape(case.bshape)
     b = np.abs(case.beta).reshape(case.bshape)
     xmax = np.max(np.abs(x_hat), axis=case.reduce_axes, keepdims=True)
-    return g * (x_hat_tol(case.m, dtype) * xmax + extra_rel) + 2 * u * (g * xmax + b)
+    return g * (x_hat_tol(case.m, dtype) * xmax + extra_rel) + u * (3 * g * xmax + 2 * b)
 
 
 forward_cases = bn_cases(max_size=600, max_loc=1e3, log_scale=(-3.0, 3.0), min_m=2)
