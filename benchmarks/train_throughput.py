@@ -124,6 +124,7 @@ def main(argv=None) -> int:
 
     from bnref import training
     from bnref.data import load_mnist
+    from bnref.records import code_version, machine_info, now_utc
 
     data = load_mnist(args.data)
     device = training.select_device(args.device)
@@ -203,13 +204,14 @@ def main(argv=None) -> int:
             "versions": {"torch": torch.__version__, "keras": keras.__version__,
                          "keras_backend": keras.backend.backend(), "keras_backend_version": rec_a.backend_version,
                          "python": platform.python_version()},
-            "machine": training.machine_info(),
+            "machine": machine_info(),
+            "code_version": code_version(),
             "load_average": {"before": load_before, "after": os.getloadavg()[0]},
             "config": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
                        "model": "article's model, BN native after ReLU", "optimizer": "adam", "lr": 1e-3},
             "rows": rows,
             "checks": [{"check": t, "pass": bool(ok)} for t, ok in checks],
-            "created_utc": training._now(),
+            "created_utc": now_utc(),
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")

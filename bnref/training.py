@@ -18,26 +18,34 @@ Both return and optionally save a :class:`RunRecord`: configuration, framework a
 Keras backend), device name, machine (no hostname), seed, and per epoch the training loss and
 accuracy (the running mean over the epoch's batches in training mode, as Keras reports them), the
 test loss and accuracy (after the epoch, inference mode), and the wall time (training, evaluation,
-and both). :func:`load_record` and :func:`load_records` read them back for the book's plots.
+and both). The record format and :func:`load_record`, :func:`load_records` live in :mod:`bnref.records`
+(re-exported here).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
-import json
 import os
 import platform
 import time
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bnref.data import one_hot, to_features
-from bnref.models import HIDDEN, INPUT_DIM, NUM_CLASSES, build_keras_model, build_torch_model, check_choice
+from bnref.models import NUM_CLASSES, build_keras_model, build_torch_model, check_choice
+from bnref.records import (  # the results-record schema lives in bnref.records; re-exported here
+    SCHEMA,
+    EpochRecord,
+    RunConfig,
+    RunRecord,
+    cpu_name,
+    load_record,
+    load_records,
+    machine_info,
+    now_utc,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -58,214 +66,9 @@ __all__ = [
     "flatten_parameters",
 ]
 
-SCHEMA = "bnref.run/1"
-
-
 # --------------------------------------------------------------------------------------------
-# the results record
+# devices
 # --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class EpochRecord:
-    """What one epoch produced. Losses are mean cross-entropy (nats), accuracies fractions in [0, 1].
-
-    ``train_loss``/``train_acc`` average the training-mode batches of the epoch (weighted by batch
-    size); ``test_loss``/``test_acc`` are measured on the whole test set after the epoch, in
-    inference mode. ``train_s`` + ``eval_s`` = ``wall_s`` (seconds).
-    """
-
-    epoch: int
-    train_loss: float
-    train_acc: float
-    test_loss: float
-    test_acc: float
-    train_s: float
-    eval_s: float
-    wall_s: float
-
-
-@dataclasses.dataclass
-class RunConfig:
-    """How a run was configured (the same keys for both frameworks)."""
-
-    bn: str
-    placement: str
-    epochs: int
-    batch_size: int
-    lr: float
-    model: str = f"mlp {INPUT_DIM}-{'-'.join(map(str, HIDDEN))}-{NUM_CLASSES}"
-    optimizer: str = "adam"
-    loss: str = "categorical cross-entropy"
-    init: str = "glorot-uniform weights, zero biases (bnref.models.initial_weights)"
-    train_size: int = 0
-    test_size: int = 0
-    trainer: str = ""
-    details: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
-class RunRecord:
-    """One training run, as written to JSON (schema ``"bnref.run/1"``).
-
-    Attributes
-    ----------
-    framework : str
-        ``"torch"`` or ``"keras"``.
-    framework_version : str
-    backend : str or None
-        The Keras backend (``"tensorflow"``, ``"torch"``, ``"jax"``); None for PyTorch runs.
-    backend_version : str or None
-    device : dict
-        ``{"type": "cpu" | "cuda" | "mps" | "gpu", "name": "..."}``.
-    machine : dict
-        Operating system, architecture, CPU model and count, Python and NumPy versions. No hostname.
-    seed : int
-    config : RunConfig
-    epochs : list of EpochRecord
-    setup_s : float
-        Seconds before the first epoch that the trainer spent (moving data, capturing a CUDA graph).
-        Keras traces its functions inside the first epoch, so its setup_s is 0.
-    created_utc : str
-        ISO 8601 time of the run's end.
-    """
-
-    framework: str
-    framework_version: str
-    backend: str | None
-    backend_version: str | None
-    device: dict[str, str]
-    machine: dict[str, Any]
-    seed: int
-    config: RunConfig
-    epochs: list[EpochRecord]
-    setup_s: float
-    created_utc: str
-    schema: str = SCHEMA
-
-    # -- derived numbers the book prints --------------------------------------------------------
-    @property
-    def final(self) -> EpochRecord:
-        """The last epoch."""
-        return self.epochs[-1]
-
-    @property
-    def mean_epoch_s(self) -> float:
-        """Mean wall time of an epoch (training + test evaluation), seconds."""
-        return float(np.mean([e.wall_s for e in self.epochs]))
-
-    @property
-    def train_time_s(self) -> float:
-        """Seconds spent training (all epochs, without evaluation and setup)."""
-        return float(sum(e.train_s for e in self.epochs))
-
-    @property
-    def total_s(self) -> float:
-        """Setup plus every epoch's wall time, seconds."""
-        return float(self.setup_s + sum(e.wall_s for e in self.epochs))
-
-    @property
-    def label(self) -> str:
-        """A short name such as ``"torch, BN native after"`` or ``"keras/tensorflow, no BN"``."""
-        fw = self.framework if self.backend is None else f"{self.framework}/{self.backend}"
-        bn = "no BN" if self.config.bn == "none" else f"BN {self.config.bn} {self.config.placement}"
-        return f"{fw}, {bn}"
-
-    # -- JSON ------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """A plain dict (JSON-ready)."""
-        return dataclasses.asdict(self)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the record as indented JSON (creating the folder); return the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
-        return path
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], *, source: str = "record") -> "RunRecord":
-        """Rebuild a record, raising ValueError that names the missing or malformed field."""
-        if not isinstance(d, dict):
-            raise ValueError(f"{source}: a results record is a JSON object, got {type(d).__name__}")
-        if d.get("schema") != SCHEMA:
-            raise ValueError(f"{source}: schema is {d.get('schema')!r}, expected {SCHEMA!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(n for n in names if n not in d and n != "schema")
-        if missing:
-            raise ValueError(f"{source}: missing fields {missing}")
-        try:
-            config = RunConfig(**d["config"])
-            epochs = [EpochRecord(**e) for e in d["epochs"]]
-        except TypeError as e:
-            raise ValueError(f"{source}: malformed config or epochs ({e})") from e
-        if not epochs:
-            raise ValueError(f"{source}: no epochs recorded")
-        fields = {k: d[k] for k in names if k not in ("config", "epochs")}
-        return cls(**fields, config=config, epochs=epochs)
-
-
-def load_record(path: str | os.PathLike) -> RunRecord:
-    """Read one results record written by :meth:`RunRecord.save`."""
-    path = Path(path)
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-    return RunRecord.from_dict(d, source=str(path))
-
-
-def load_records(folder: str | os.PathLike) -> list[RunRecord]:
-    """Every results record (``*.json`` with schema ``"bnref.run/1"``) in a folder, sorted by file name.
-
-    JSON files of another schema (for instance benchmark outputs, ``"bnref.benchmark/1"``) are
-    passed over; a file that claims the run schema but is malformed raises ValueError.
-    A missing folder gives an empty list.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    records = []
-    for path in sorted(folder.glob("*.json")):
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
-        if isinstance(d, dict) and d.get("schema") == SCHEMA:
-            records.append(RunRecord.from_dict(d, source=str(path)))
-    return records
-
-
-# --------------------------------------------------------------------------------------------
-# devices and machines
-# --------------------------------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    """The CPU model (from /proc/cpuinfo on Linux, else ``platform.processor()``) and logical CPU count."""
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    model = model or platform.processor() or platform.machine() or "unknown CPU"
-    return f"{model} ({os.cpu_count()} logical CPUs)"
-
-
-def machine_info() -> dict[str, Any]:
-    """Facts about the machine that matter for timings; deliberately no hostname or user name."""
-    return {
-        "os": f"{platform.system()} {platform.release()}",
-        "arch": platform.machine(),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
 
 
 def select_device(device: str = "auto") -> "torch.device":
@@ -355,10 +158,6 @@ def _check_sizes(epochs: int, batch_size: int, lr: float) -> None:
         raise ValueError(f"batch_size must be an integer >= 2 (BN needs two samples); got {batch_size!r}")
     if not lr > 0:
         raise ValueError(f"lr must be positive; got {lr!r}")
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _progress_bar(enabled: bool, epochs: int, desc: str) -> Any:
@@ -641,7 +440,7 @@ def _train_torch(x_train, y_train, x_test, y_test, dev, *, bn, placement, epochs
         ),
         epochs=history,
         setup_s=setup_s,
-        created_utc=_now(),
+        created_utc=now_utc(),
     )
     if out is not None:
         record.save(out)
@@ -807,7 +606,7 @@ def train_keras(
         ),
         epochs=recorder.history,
         setup_s=0.0,
-        created_utc=_now(),
+        created_utc=now_utc(),
     )
     if out is not None:
         record.save(out)
