@@ -28,6 +28,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "RunRecord",
     "code_version",
     "cpu_device",
+    "device_slug",
     "cpu_name",
     "json_ready",
     "load_experiment",
@@ -466,6 +468,24 @@ def cpu_name() -> str:
 def cpu_device() -> dict[str, str]:
     """``{"type": "cpu", "name": cpu_name()}``: the device field of a record computed on the CPU."""
     return {"type": "cpu", "name": cpu_name()}
+
+
+def device_slug(device: dict[str, str] | str) -> str:
+    """A short file-name tag for a device: ``"cpu"`` for any CPU, else the GPU's name in lower case
+    without the vendor, e.g. ``{"type": "cuda", "name": "NVIDIA H200"}`` -> ``"h200"``,
+    ``"NVIDIA GeForce RTX 4090"`` -> ``"geforce-rtx-4090"``. Used to name records after the GPU.
+    """
+    if isinstance(device, dict):
+        if device.get("type") == "cpu":
+            return "cpu"
+        name = str(device.get("name", ""))
+    else:
+        name = str(device)
+    words = re.sub(r"[^a-z0-9]+", " ", name.lower()).split()
+    words = [w for w in words if w not in ("nvidia", "amd", "intel", "corporation", "tm", "r")]
+    if not words:
+        raise ValueError(f"cannot make a file-name tag from the device name {name!r}")
+    return "-".join(words)
 
 
 def machine_info() -> dict[str, Any]:

@@ -1,7 +1,10 @@
-"""Command line: train the article's MNIST model once and write a results record.
+"""Command line: train the article's MNIST model once and write a results record, or run the book's
+MNIST experiment (every framework, with and without BN, several seeds) and write its experiment record.
 
     python -m bnref.train --framework torch --bn native --out results/torch-native.json
+    python -m bnref.train experiment mnist --seeds 5 --device cpu --out book/results/mnist-cpu.json
     bnref-train --help
+    bnref-train experiment --help
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ examples:
   # MNIST from a file of your own:
   BNREF_MNIST=/path/to/mnist.npz python -m bnref.train --framework torch
 
+  # the book's MNIST experiment (both frameworks, BN native and none, 10 epochs, 5 seeds):
+  python -m bnref.train experiment mnist --seeds 5 --device cpu --out book/results/mnist-cpu.json
+
 The last lines printed are a summary: final test accuracy and mean seconds per epoch.
 """
 
@@ -90,8 +96,82 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+EXPERIMENT_DESCRIPTION = """\
+Run the book's MNIST experiment, defined once in bnref.training.MNIST: the article's model trained in
+PyTorch (bnref's fast loop) and in Keras (model.fit, on the backend named by KERAS_BACKEND), with the
+framework's own BN and without BN, 10 epochs, batch 128, Adam 1e-3, once per seed. Writes one experiment
+record (JSON, schema bnref.experiment/1) holding the definition, the code version, the machine, the
+device and every run's per-epoch results. The book's chapter reads the committed records in
+book/results/. --epochs makes a reduced run (its record no longer matches the definition, so the
+book's test of committed records rejects it).
+"""
+
+EXPERIMENT_EPILOG = """\
+examples:
+  python -m bnref.train experiment mnist --seeds 5 --device cpu --out book/results/mnist-cpu.json
+  KERAS_BACKEND=torch python -m bnref.train experiment mnist --seeds 5 --device cuda
+      (writes book/results/mnist-<gpu>.json, e.g. mnist-h200.json, named after torch.cuda.get_device_name)
+"""
+
+
+def build_experiment_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m bnref.train experiment``."""
+    called_as_script = os.path.basename(sys.argv[0]).startswith("bnref-train")
+    p = argparse.ArgumentParser(
+        prog=("bnref-train" if called_as_script else "python -m bnref.train") + " experiment",
+        description=EXPERIMENT_DESCRIPTION,
+        epilog=EXPERIMENT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("name", choices=("mnist",), help="the experiment to run")
+    p.add_argument("--seeds", type=int, default=5, help="run seeds 0..N-1 (default: %(default)s; at least 3 for the book)")
+    p.add_argument("--device", default="cpu", help="PyTorch device: cpu, cuda, cuda:1, auto (default: %(default)s)")
+    p.add_argument("--epochs", type=int, help="override the number of epochs (a reduced run)")
+    p.add_argument(
+        "--out", metavar="RECORD.json",
+        help="where to write the record (default: book/results/mnist-<device>.json, <device> being cpu or the GPU's short name)",
+    )
+    p.add_argument("--data", metavar="MNIST.npz", help="MNIST file to use (default: $BNREF_MNIST, then the Keras cache)")
+    p.add_argument("--progress", action="store_true", help="show a progress bar per run")
+    return p
+
+
+def run_experiment_command(argv: Sequence[str]) -> int:
+    """``python -m bnref.train experiment ...``."""
+    args = build_experiment_parser().parse_args(argv)
+    if args.seeds < 1:
+        print("error: --seeds must be at least 1", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import dataclasses
+
+    from bnref import training
+    from bnref.data import MnistError, load_mnist
+    from bnref.records import device_slug
+
+    try:
+        data = load_mnist(args.data)
+        experiment = training.MNIST
+        if args.epochs is not None:
+            experiment = dataclasses.replace(experiment, epochs=args.epochs)
+        record = training.run_mnist_experiment(
+            data, experiment, range(args.seeds), device=args.device, progress=args.progress,
+            log=lambda line: print(line, flush=True),
+        )
+    except (MnistError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or f"book/results/mnist-{device_slug(record.device)}.json"
+    record.save(out)
+    print(f"experiment record written to {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m bnref.train`` and of the ``bnref-train`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["experiment"]:
+        return run_experiment_command(argv[1:])
     args = build_parser().parse_args(argv)
     if args.framework == "keras" and args.device != "auto":
         print(

@@ -24,6 +24,7 @@ and both). The record format and :func:`load_record`, :func:`load_records` live 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
@@ -38,6 +39,7 @@ from bnref.models import NUM_CLASSES, build_keras_model, build_torch_model, chec
 from bnref.records import (  # the results-record schema lives in bnref.records; re-exported here
     SCHEMA,
     EpochRecord,
+    ExperimentRecord,
     RunConfig,
     RunRecord,
     cpu_name,
@@ -64,6 +66,12 @@ __all__ = [
     "train_torch",
     "train_keras",
     "flatten_parameters",
+    "MNIST",
+    "MNIST_SEEDS",
+    "MIN_SEEDS",
+    "MnistExperiment",
+    "run_mnist_experiment",
+    "experiment_runs",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -611,3 +619,149 @@ def train_keras(
     if out is not None:
         record.save(out)
     return record
+
+
+# --------------------------------------------------------------------------------------------
+# the book's MNIST experiment: both frameworks, with and without BN, several seeds
+# --------------------------------------------------------------------------------------------
+
+#: The seeds of the committed MNIST records, and the fewest seeds a verdict may rest on.
+MNIST_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
+MIN_SEEDS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class MnistExperiment:
+    """The MNIST experiment of the book's chapter ``mnist``, defined once.
+
+    Every combination of ``frameworks`` and ``bn`` is trained with every seed, on the full MNIST
+    training set, the test set evaluated after every epoch. Adam with learning rate ``lr``.
+
+    Attributes
+    ----------
+    frameworks : tuple of str
+        ``"torch"`` (:func:`train_torch`) and ``"keras"`` (:func:`train_keras`, on the backend named by
+        ``KERAS_BACKEND``).
+    bn : tuple of str
+        :data:`bnref.models.BN_CHOICES` entries; ``"native"`` is each framework's own BN layer.
+    placement, epochs, batch_size, lr
+        As in :func:`train_torch`.
+    """
+
+    frameworks: tuple[str, ...] = ("torch", "keras")
+    bn: tuple[str, ...] = ("native", "none")
+    placement: str = "after"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    name: str = "mnist"
+
+    def __post_init__(self) -> None:
+        if not self.frameworks or any(f not in ("torch", "keras") for f in self.frameworks):
+            raise ValueError(f"frameworks must name torch and/or keras; got {self.frameworks!r}")
+        if not self.bn:
+            raise ValueError("bn must name at least one BN choice")
+        for bn in self.bn:
+            check_choice(bn, self.placement)
+        _check_sizes(self.epochs, self.batch_size, self.lr)
+
+    def config(self) -> dict[str, Any]:
+        """The definition as a JSON-ready dict: the ``config`` of the experiment's records."""
+        return {
+            "experiment": self.name,
+            "frameworks": list(self.frameworks),
+            "bn": list(self.bn),
+            "placement": self.placement,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "optimizer": "adam",
+            "data": "MNIST, all 60000 training and 10000 test images (bnref.data.load_mnist)",
+            "init": "glorot-uniform weights, zero biases (bnref.models.initial_weights)",
+        }
+
+    def runs(self) -> list[str]:
+        """The keys of one seed's results: ``"<framework>/<bn>"``."""
+        return [f"{fw}/{bn}" for fw in self.frameworks for bn in self.bn]
+
+
+#: The experiment whose records the chapter ``mnist`` shows.
+MNIST = MnistExperiment()
+
+
+def run_mnist_experiment(
+    data: Sequence[np.ndarray],
+    experiment: MnistExperiment = MNIST,
+    seeds: Sequence[int] = MNIST_SEEDS,
+    *,
+    device: str = "cpu",
+    progress: bool = False,
+    log: Any = None,
+) -> ExperimentRecord:
+    """Train every run of ``experiment`` with every seed and return the experiment record.
+
+    Parameters
+    ----------
+    data : (x_train, y_train, x_test, y_test)
+        MNIST as :func:`bnref.data.load_mnist` returns it.
+    experiment : MnistExperiment
+    seeds : sequence of int
+        Distinct seeds; each seeds the initial weights and the shuffling of every run.
+    device : str
+        The PyTorch device (:func:`select_device`). Keras trains on the device its backend picks;
+        it must be of the same kind (CPU or GPU), else ValueError: on a GPU machine without
+        TensorFlow, run with ``KERAS_BACKEND=torch``.
+    progress : bool
+        tqdm bars per run.
+    log : callable, optional
+        Called with one line of text after each run (e.g. ``print``).
+
+    Returns
+    -------
+    ExperimentRecord
+        ``results[str(seed)][key]`` for key in :meth:`MnistExperiment.runs` is that run's
+        :class:`RunRecord` as a dict without ``machine`` and ``schema`` (the experiment holds the
+        machine); :func:`experiment_runs` rebuilds the run records.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct integers, at least one; got {seeds!r}")
+    dev = select_device(device)
+    dev_info = {"type": dev.type, "name": device_name(dev)}
+    common = dict(placement=experiment.placement, epochs=experiment.epochs, batch_size=experiment.batch_size,
+                  lr=experiment.lr, progress=progress)
+    results: dict[str, dict[str, Any]] = {}
+    for seed in seeds:
+        per_run: dict[str, Any] = {}
+        for fw in experiment.frameworks:
+            for bn in experiment.bn:
+                if fw == "torch":
+                    rec = train_torch(data, bn=bn, seed=seed, device=str(dev), **common)
+                else:
+                    rec = train_keras(data, bn=bn, seed=seed, **common)
+                    if (rec.device["type"] == "cpu") != (dev.type == "cpu"):
+                        raise ValueError(
+                            f"Keras trained on {rec.device['name']} ({rec.device['type']}) but the experiment's "
+                            f"device is {dev_info['name']} ({dev.type}); on a GPU machine run with "
+                            "KERAS_BACKEND=torch (or a GPU build of TensorFlow)"
+                        )
+                run = rec.to_dict()
+                del run["machine"], run["schema"]
+                per_run[f"{fw}/{bn}"] = run
+                if log is not None:
+                    log(f"seed {seed} {rec.label:30s} test acc {rec.final.test_acc:.4f} "
+                        f"({rec.total_s:.1f} s) on {rec.device['name']}")
+        results[str(seed)] = per_run
+    return ExperimentRecord.create(experiment.name, experiment.config(), seeds, results, device=dev_info)
+
+
+def experiment_runs(record: ExperimentRecord) -> dict[tuple[str, int], RunRecord]:
+    """The run records inside an MNIST experiment record, keyed by ``("<framework>/<bn>", seed)``."""
+    out = {}
+    for seed, per_run in record.per_seed():
+        if not isinstance(per_run, dict):
+            raise ValueError(f"experiment {record.name!r}, seed {seed}: results must map run names to runs")
+        for key, run in per_run.items():
+            d = {**run, "machine": record.machine, "schema": SCHEMA}
+            out[(key, seed)] = RunRecord.from_dict(d, source=f"experiment {record.name!r}, seed {seed}, run {key!r}")
+    return out
