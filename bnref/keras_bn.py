@@ -2,32 +2,52 @@
 
 * ``batch_norm_train`` -- training-mode BN as a ``tf.custom_gradient`` function whose gradient is the
   derived compact formula (book, eqs. ``eq-dbeta``, ``eq-dgamma``, ``eq-dx-compact``), not TensorFlow's
-  autodiff through the forward.
+  autodiff through the forward. An optional mask restricts the statistics to the unmasked positions.
 * ``batch_norm_inference`` -- the fixed affine map used at inference (eq. ``eq-inference``).
 * ``BatchNormalization`` -- a Keras 3 layer that is a drop-in for ``keras.layers.BatchNormalization``:
-  same arguments ``axis, momentum, epsilon, center, scale`` (and initializers), same weights in the same
-  order and with the same names (``gamma, beta, moving_mean, moving_variance``), so ``get_weights`` /
-  ``set_weights`` move state between the two in either direction, and the same ``training=`` semantics.
+  every constructor argument of the native layer (``axis, momentum, epsilon, center, scale``, the four
+  initializers, the beta/gamma regularizers and constraints, ``synchronized``, ``renorm``,
+  ``renorm_clipping``, ``renorm_momentum``), the same weights in the same order and with the same names
+  (``gamma, beta, moving_mean, moving_variance`` and, with ``renorm``, ``moving_stddev, renorm_mean,
+  renorm_stddev``), masks, the same ``training=`` semantics, and a ``get_config`` that round-trips with
+  the native layer's in both directions.
 
-Conventions (eps 1e-3, ``moving = momentum * moving + (1 - momentum) * batch`` with momentum 0.99, the
-*biased* batch variance fed to ``moving_variance``, channels on ``axis=-1``) are read from
-``bnref.conventions.KERAS``.
+Convention (read from ``bnref.conventions.KERAS``): eps 1e-3; momentum 0.99 is the weight *kept* on the
+old value, so the update is written as Keras writes it::
 
-Two behaviours the layer shares with Keras, and one it does not:
+    moving_mean     = moving_mean * momentum + mean * (1 - momentum)
+    moving_variance = moving_variance * momentum + var * (1 - momentum)
 
-* ``trainable=False`` forces inference mode even when called with ``training=True`` (Keras 3 does the same:
-  its ``call`` tests ``training and self.trainable``); a bare ``layer(x)`` runs in inference mode.
+with the *biased* batch variance (``KERAS.running_var == "biased"``); channels on ``axis=-1``.
+
+Behaviours shared with Keras 3.15:
+
+* ``trainable=False`` forces inference mode even when called with ``training=True``; a bare
+  ``layer(x)`` runs in inference mode.
 * Mixed precision: the statistics and the normalisation are computed in float32 for float16/bfloat16
-  inputs and the output is cast to the layer's compute dtype. Note that under the default ``"float32"``
-  dtype policy Keras first autocasts a float16 input to float32, so the *output is float32*; it is
-  float16 only under a ``"mixed_float16"`` policy.
-* A batch with one value per channel in training gives ``var = 0``, ``x_hat = 0`` and so ``y = beta``, as
-  in Keras; PyTorch raises a ValueError instead. Masks (Keras' ``mask=`` argument) are not supported.
+  inputs and the output is cast to the layer's compute dtype (float32 under the default policy, float16
+  only under ``"mixed_float16"``).
+* A batch with one value per channel in training gives ``var = 0``, ``x_hat = 0`` and so ``y = beta``.
+* Masks (``mask=``, one dimension less than the input, broadcast over the last axis as Keras does): in
+  training the batch statistics are taken over the unmasked positions only; every position is normalised
+  with them. In inference the mask changes nothing.
+
+Differences from Keras, deliberate:
+
+* Masked statistics divide by the number of unmasked values ``n`` (by 1 if ``n = 0``); Keras divides by
+  ``n + 1e-7``, a relative difference of ``1e-7 / n`` (below float32 resolution for ``n >= 1``).
+* ``epsilon <= 0`` raises ValueError at construction (Keras accepts it and returns inf or NaN).
+* ``synchronized=True`` is accepted and stored in the config; with one replica (no ``tf.distribute``
+  strategy, or a strategy with one replica) the statistics are those of the whole batch, which is what
+  synchronisation would give. Under a strategy with more than one replica the layer raises ValueError
+  rather than silently using per-replica statistics (cross-replica BN is ``bnref.distributed``'s topic).
 
 This module imports TensorFlow and Keras at import time; ``import bnref`` does not import it.
 """
 
 from __future__ import annotations
+
+import math
 
 import keras
 import tensorflow as tf
@@ -38,7 +58,6 @@ __all__ = [
     "batch_norm_train",
     "batch_norm_train_with_stats",
     "batch_norm_inference",
-    "keras_new_value_weight",
     "BatchNormalization",
 ]
 
@@ -71,13 +90,30 @@ def _compute_dtype(dtype: tf.DType) -> tf.DType:
     return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
 
 
+def _mask_weights(mask, x: tf.Tensor) -> tf.Tensor:
+    """Keras' mask layout: one dimension less than ``x``, expanded on the last axis and broadcast; 1.0 / 0.0."""
+    mask = tf.convert_to_tensor(mask)
+    if mask.shape.rank != x.shape.rank - 1:
+        raise ValueError(
+            "The mask provided should be one dimension less than the inputs. Received: "
+            f"mask.shape={tuple(mask.shape)}, inputs.shape={tuple(x.shape)}"
+        )
+    keep = tf.cast(tf.expand_dims(mask, -1), tf.bool)
+    return tf.cast(tf.broadcast_to(keep, tf.shape(x)), x.dtype)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Training-mode BN with the derived gradient
 # ----------------------------------------------------------------------------------------------------
 
 
 def batch_norm_train_with_stats(
-    x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, axis: int = KERAS.axis, epsilon: float = KERAS.eps
+    x: tf.Tensor,
+    gamma: tf.Tensor,
+    beta: tf.Tensor,
+    axis: int = KERAS.axis,
+    epsilon: float = KERAS.eps,
+    mask: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Training-mode BN returning ``(y, mean, var)``; the gradient of ``y`` is the derived one.
 
@@ -91,6 +127,15 @@ def batch_norm_train_with_stats(
         dbeta = sum(dy);  dgamma = sum(dy * x_hat)
         dx = gamma / (m sqrt(var + epsilon)) * (m dy - dbeta - x_hat dgamma)
 
+    With a mask (weights ``w`` of 1 at kept and 0 at masked positions, ``n = sum(w)`` per channel) the
+    statistics are ``mean = sum(w x) / n`` and ``var = sum(w (x - mean)^2) / n``; every position is
+    normalised with them, and the same derivation gives::
+
+        dx = gamma / sqrt(var + epsilon) * (dy - w / n * (dbeta + x_hat dgamma))
+
+    which is the formula above when every ``w`` is 1. (With ``n = 0`` the statistics are 0 and do not
+    depend on ``x``; ``n`` is then replaced by 1, and ``w = 0`` removes the second term.)
+
     Parameters
     ----------
     x : Tensor, shape (N, ..., C, ...) with the channels on ``axis``
@@ -98,12 +143,14 @@ def batch_norm_train_with_stats(
     gamma, beta : Tensor, shape (C,), dtype of x
     axis : int
     epsilon : float
+    mask : Tensor or None
+        Keras' mask layout: shape of ``x`` without its last axis; true/nonzero where a value counts.
 
     Returns
     -------
     y : Tensor, shape and dtype of x
-    mean, var : Tensor, shape (C,); batch mean and biased variance, wrapped in ``tf.stop_gradient``
-        (they feed the moving averages, never the loss).
+    mean, var : Tensor, shape (C,); batch mean and biased variance (over the unmasked values), wrapped in
+        ``tf.stop_gradient`` (they feed the moving averages, never the loss).
     """
     x = tf.convert_to_tensor(x)
     rank = x.shape.rank
@@ -111,13 +158,20 @@ def batch_norm_train_with_stats(
     axes, b = _reduce_axes(rank, ax), _bshape(rank, ax)
     if not epsilon > 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon!r}")
+    w = None if mask is None else _mask_weights(mask, x)
 
     @tf.custom_gradient
     def _forward(x, gamma, beta):
-        m = tf.cast(tf.size(x) // tf.shape(x)[ax], x.dtype)
-        mean = tf.reduce_mean(x, axis=axes, keepdims=True)
-        centred = x - mean
-        var = tf.reduce_mean(centred * centred, axis=axes, keepdims=True)  # two passes
+        if w is None:
+            m = tf.cast(tf.size(x) // tf.shape(x)[ax], x.dtype)
+            mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+            centred = x - mean
+            var = tf.reduce_mean(centred * centred, axis=axes, keepdims=True)  # two passes
+        else:
+            n = tf.maximum(tf.reduce_sum(w, axis=axes, keepdims=True), 1.0)
+            mean = tf.reduce_sum(w * x, axis=axes, keepdims=True) / n
+            centred = x - mean
+            var = tf.reduce_sum(w * centred * centred, axis=axes, keepdims=True) / n
         # tf.constant, not tf.cast: tf.cast(1e-3, tf.float64) converts through float32 first and gives
         # 1.0000000475e-3, an error of 5e-11 that would show in every float64 comparison.
         inv_std = tf.math.rsqrt(var + tf.constant(epsilon, x.dtype))
@@ -128,7 +182,10 @@ def batch_norm_train_with_stats(
         def grad(dy, *_unused_stat_grads):
             dbeta = tf.reduce_sum(dy, axis=axes)
             dgamma = tf.reduce_sum(dy * x_hat, axis=axes)
-            dx = (gamma_b * inv_std / m) * (m * dy - tf.reshape(dbeta, b) - x_hat * tf.reshape(dgamma, b))
+            if w is None:
+                dx = (gamma_b * inv_std / m) * (m * dy - tf.reshape(dbeta, b) - x_hat * tf.reshape(dgamma, b))
+            else:
+                dx = (gamma_b * inv_std) * (dy - w / n * (tf.reshape(dbeta, b) + x_hat * tf.reshape(dgamma, b)))
             return dx, dgamma, dbeta
 
         return (y, tf.reshape(mean, [-1]), tf.reshape(var, [-1])), grad
@@ -138,10 +195,15 @@ def batch_norm_train_with_stats(
 
 
 def batch_norm_train(
-    x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, axis: int = KERAS.axis, epsilon: float = KERAS.eps
+    x: tf.Tensor,
+    gamma: tf.Tensor,
+    beta: tf.Tensor,
+    axis: int = KERAS.axis,
+    epsilon: float = KERAS.eps,
+    mask: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Training-mode BN output ``y`` with the derived gradient; see ``batch_norm_train_with_stats``."""
-    return batch_norm_train_with_stats(x, gamma, beta, axis, epsilon)[0]
+    return batch_norm_train_with_stats(x, gamma, beta, axis, epsilon, mask)[0]
 
 
 def batch_norm_inference(
@@ -170,26 +232,20 @@ def batch_norm_inference(
     return (x - tf.reshape(moving_mean, b)) * tf.reshape(scale, b) + tf.reshape(beta, b)
 
 
-def keras_new_value_weight(momentum: float) -> float:
-    """Weight of the new batch statistic in Keras' moving average, ``w = 1 - momentum``.
-
-    Read from ``bnref.conventions.KERAS`` (``momentum_weights == "old"``). Keras' momentum is never None,
-    so the weight does not depend on the step; step 1 is passed only to satisfy the interface.
-    """
-    if momentum is None:
-        raise ValueError("Keras' momentum must be a number in [0, 1]; Keras has no cumulative average")
-    return KERAS.replace(momentum=float(momentum)).new_value_weight(step=1)
-
-
-def _moving_update(moving: tf.Tensor, batch_value: tf.Tensor, w: float) -> tf.Tensor:
-    """``(1 - w) * moving + w * batch`` (book, eq. ``eq-running-update``)."""
-    return (1.0 - w) * moving + w * batch_value
-
-
-def _unbiased_factor(x: tf.Tensor, axis: int) -> tf.Tensor:
-    """``m / (m - 1)`` with m the values per channel (unused by Keras' biased convention)."""
-    m = tf.cast(tf.size(x) // tf.shape(x)[axis], x.dtype)
-    return m / (m - 1)
+def _check_renorm_clipping(renorm_clipping: dict | None) -> dict:
+    """Keys ``rmax``, ``rmin``, ``dmax`` only; ``rmin <= rmax``; ``dmax >= 0`` (Keras' rules and messages)."""
+    clipping = dict(renorm_clipping or {})
+    allowed = ["rmax", "rmin", "dmax"]
+    if set(clipping) - set(allowed):
+        raise ValueError(
+            f"Received invalid keys for `renorm_clipping` argument: {clipping}. Supported values: {allowed}."
+        )
+    rmax, rmin, dmax = clipping.get("rmax"), clipping.get("rmin"), clipping.get("dmax")
+    if rmax is not None and rmin is not None and rmax < rmin:
+        raise ValueError(f"rmax should be greater than rmin in the `renorm_clipping` argument. Received: {clipping}")
+    if dmax is not None and dmax < 0:
+        raise ValueError(f"dmax should be non-negative in the `renorm_clipping` argument. Received: {clipping}")
+    return clipping
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -208,11 +264,28 @@ class BatchNormalization(keras.layers.Layer):
     momentum : float
         Keras' momentum: the weight *kept* on the old moving value (default ``KERAS.momentum`` = 0.99).
     epsilon : float
-        Added to the variance inside the square root (default ``KERAS.eps`` = 1e-3).
+        Added to the variance inside the square root (default ``KERAS.eps`` = 1e-3); must be > 0.
     center, scale : bool
         Whether ``beta`` / ``gamma`` exist (shift 0 / scale 1 otherwise).
     beta_initializer, gamma_initializer, moving_mean_initializer, moving_variance_initializer
-        Keras initializers; the moving ones default to ``KERAS.init_mean`` and ``KERAS.init_var``.
+        Keras initializers; the moving ones default to ``"zeros"`` and ``"ones"`` (``KERAS.init_mean``,
+        ``KERAS.init_var``; written as Keras writes them so that the configs are equal).
+    beta_regularizer, gamma_regularizer, beta_constraint, gamma_constraint
+        Keras regularizers and constraints for the two trainable weights.
+    renorm : bool
+        Batch Renormalization (Ioffe 2017) as Keras 3.15 implements it: in training the normalised value
+        becomes ``x_hat * r + d`` with ``r = sigma_B / sigma_R`` and ``d = (mu_B - mu_R) / sigma_R``
+        (treated as constants in the backward), where ``mu_R, sigma_R`` are the weights ``renorm_mean``
+        and ``renorm_stddev``, and ``sigma_B = sqrt(var_B + epsilon)``. ``sigma_R`` is floored at
+        ``sqrt(epsilon)``. ``renorm_mean``/``renorm_stddev`` follow ``renorm_momentum``;
+        ``moving_mean``/``moving_stddev`` follow ``momentum``, and
+        ``moving_variance = max(moving_stddev^2 - epsilon, 0)``. Inference is unchanged.
+    renorm_clipping : dict or None
+        Optional ``rmin``, ``rmax`` (clip ``r``) and ``dmax`` (clip ``d`` to ``[-dmax, dmax]``).
+    renorm_momentum : float
+        Momentum of ``renorm_mean`` and ``renorm_stddev`` (default 0.99, Keras' default).
+    synchronized : bool
+        See the module docstring: whole-batch statistics with one replica; ValueError with several.
     **kwargs
         Base layer arguments (``name``, ``dtype``, ``trainable``).
 
@@ -222,6 +295,8 @@ class BatchNormalization(keras.layers.Layer):
     training : bool or None
         True: batch statistics, moving averages updated (unless ``trainable`` is False, which forces
         inference mode, as in Keras). False or None (a bare call): moving statistics.
+    mask : tensor or None
+        One dimension less than ``inputs``; in training only the unmasked positions enter the statistics.
     """
 
     def __init__(
@@ -233,28 +308,49 @@ class BatchNormalization(keras.layers.Layer):
         scale: bool = True,
         beta_initializer="zeros",
         gamma_initializer="ones",
-        moving_mean_initializer=None,
-        moving_variance_initializer=None,
+        moving_mean_initializer="zeros",  # KERAS.init_mean
+        moving_variance_initializer="ones",  # KERAS.init_var
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        renorm: bool = False,
+        renorm_clipping: dict | None = None,
+        renorm_momentum: float = 0.99,
+        synchronized: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.axis = int(axis)
-        keras_new_value_weight(momentum)  # validates momentum
-        if not float(epsilon) > 0:
-            raise ValueError(f"epsilon must be > 0, got {epsilon!r}")
+        if momentum is None or not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"momentum must be a number in [0, 1] (Keras has no cumulative average), got {momentum!r}")
+        if not (float(epsilon) > 0 and math.isfinite(float(epsilon))):
+            raise ValueError(f"epsilon must be > 0 and finite, got {epsilon!r}")
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
         self.center = bool(center)
         self.scale = bool(scale)
         self.beta_initializer = keras.initializers.get(beta_initializer)
         self.gamma_initializer = keras.initializers.get(gamma_initializer)
-        self.moving_mean_initializer = keras.initializers.get(
-            moving_mean_initializer or keras.initializers.Constant(KERAS.init_mean)
-        )
-        self.moving_variance_initializer = keras.initializers.get(
-            moving_variance_initializer or keras.initializers.Constant(KERAS.init_var)
-        )
+        self.moving_mean_initializer = keras.initializers.get(moving_mean_initializer)
+        self.moving_variance_initializer = keras.initializers.get(moving_variance_initializer)
+        self.beta_regularizer = keras.regularizers.get(beta_regularizer)
+        self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
+        self.beta_constraint = keras.constraints.get(beta_constraint)
+        self.gamma_constraint = keras.constraints.get(gamma_constraint)
+        self.renorm = bool(renorm)
+        # Keras validates and normalises the clipping dict only with renorm on, and stores it as given.
+        self.renorm_clipping = _check_renorm_clipping(renorm_clipping) if self.renorm else renorm_clipping
+        self.renorm_momentum = renorm_momentum
+        self.synchronized = bool(synchronized)
+        self.supports_masking = True
         self.gamma = self.beta = self.moving_mean = self.moving_variance = None
+
+    def _fresh(self, initializer):
+        """A new instance of a configured initializer, so that two weights never share a seeded one."""
+        if isinstance(initializer, keras.initializers.Initializer):
+            return initializer.__class__.from_config(initializer.get_config())
+        return initializer
 
     def build(self, input_shape) -> None:
         rank = len(input_shape)
@@ -263,25 +359,31 @@ class BatchNormalization(keras.layers.Layer):
         if channels is None:
             raise ValueError(f"the channel axis {self.axis} of input shape {tuple(input_shape)} must be known")
         shape = (channels,)
-        # Same order and names as Keras: gamma, beta, moving_mean, moving_variance.
+
+        def state(name, initializer):
+            return self.add_weight(shape=shape, name=name, initializer=initializer, trainable=False, autocast=False)
+
+        # Same order and names as Keras: gamma, beta, moving_mean, moving_variance (+ the renorm weights).
         if self.scale:
             self.gamma = self.add_weight(
-                shape=shape, name="gamma", initializer=self.gamma_initializer, trainable=True, autocast=False
+                shape=shape, name="gamma", initializer=self.gamma_initializer, regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint, trainable=True, autocast=False,
             )
         if self.center:
             self.beta = self.add_weight(
-                shape=shape, name="beta", initializer=self.beta_initializer, trainable=True, autocast=False
+                shape=shape, name="beta", initializer=self.beta_initializer, regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint, trainable=True, autocast=False,
             )
-        self.moving_mean = self.add_weight(
-            shape=shape, name="moving_mean", initializer=self.moving_mean_initializer, trainable=False, autocast=False
-        )
-        self.moving_variance = self.add_weight(
-            shape=shape,
-            name="moving_variance",
-            initializer=self.moving_variance_initializer,
-            trainable=False,
-            autocast=False,
-        )
+        self.moving_mean = state("moving_mean", self.moving_mean_initializer)
+        self.moving_variance = state("moving_variance", self.moving_variance_initializer)
+        if self.renorm:
+            # Batch Renorm keeps standard deviations; they start at the square root of the variance initializer.
+            def stddev_initializer(shape, dtype=None):
+                return tf.sqrt(self._fresh(self.moving_variance_initializer)(shape, dtype=dtype))
+
+            self.moving_stddev = state("moving_stddev", stddev_initializer)
+            self.renorm_mean = state("renorm_mean", self._fresh(self.moving_mean_initializer))
+            self.renorm_stddev = state("renorm_stddev", stddev_initializer)
         self.input_spec = keras.layers.InputSpec(ndim=rank, axes={self.axis: channels})
 
     def _affine(self, channels: int, dtype: tf.DType) -> tuple[tf.Tensor, tf.Tensor]:
@@ -289,27 +391,79 @@ class BatchNormalization(keras.layers.Layer):
         beta = tf.cast(self.beta, dtype) if self.center else tf.zeros([channels], dtype)
         return gamma, beta
 
-    def call(self, inputs, training=None):
+    def _check_one_replica(self) -> None:
+        if self.synchronized and tf.distribute.has_strategy():
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            if replicas > 1:
+                raise ValueError(
+                    f"synchronized=True across {replicas} replicas is not implemented by bnref.keras_bn; "
+                    "use keras.layers.BatchNormalization (TensorFlow backend) for cross-replica statistics"
+                )
+
+    @staticmethod
+    def _moving_update(variable, batch_value: tf.Tensor, momentum: float) -> None:
+        """``variable = variable * momentum + batch * (1 - momentum)``, Keras' rule word for word."""
+        old = tf.cast(variable, batch_value.dtype)
+        variable.assign(tf.cast(old * momentum + batch_value * (1.0 - momentum), variable.dtype))
+
+    def call(self, inputs, training=None, mask=None):
         x = tf.convert_to_tensor(inputs)
+        if mask is not None and len(mask.shape) != len(x.shape) - 1:
+            raise ValueError(
+                "The mask provided should be one dimension less than the inputs. Received: "
+                f"mask.shape={tuple(mask.shape)}, inputs.shape={tuple(x.shape)}"
+            )
         cdtype = _compute_dtype(x.dtype)
         x = tf.cast(x, cdtype)
         gamma, beta = self._affine(self.moving_mean.shape[0], cdtype)
-        moving_mean = tf.cast(self.moving_mean, cdtype)
-        moving_variance = tf.cast(self.moving_variance, cdtype)
-        if training and self.trainable:
-            y, mean, var = batch_norm_train_with_stats(x, gamma, beta, self.axis, self.epsilon)
-            w = keras_new_value_weight(self.momentum)
-            fed_var = var if KERAS.running_var == "biased" else var * _unbiased_factor(x, self.axis)
-            self.moving_mean.assign(tf.cast(_moving_update(moving_mean, mean, w), self.moving_mean.dtype))
-            self.moving_variance.assign(tf.cast(_moving_update(moving_variance, fed_var, w), self.moving_variance.dtype))
-        else:
+        if not (training and self.trainable):
+            moving_mean = tf.cast(self.moving_mean, cdtype)
+            moving_variance = tf.cast(self.moving_variance, cdtype)
             y = batch_norm_inference(x, gamma, beta, moving_mean, moving_variance, self.axis, self.epsilon)
+            return tf.cast(y, self.compute_dtype)
+        self._check_one_replica()
+        if not self.renorm:
+            y, mean, var = batch_norm_train_with_stats(x, gamma, beta, self.axis, self.epsilon, mask)
+            self._moving_update(self.moving_mean, mean, self.momentum)
+            self._moving_update(self.moving_variance, var, self.momentum)  # biased var: KERAS.running_var
+            return tf.cast(y, self.compute_dtype)
+        # Batch Renorm: x_hat from the derived function, then (x_hat * r + d) * gamma + beta.
+        ones = tf.ones_like(gamma)
+        x_hat, mean, var = batch_norm_train_with_stats(x, ones, tf.zeros_like(beta), self.axis, self.epsilon, mask)
+        r, d, sigma_b = self._renorm_correction(mean, var)
+        b = _bshape(x.shape.rank, _axis(x.shape.rank, self.axis))
+        y = (x_hat * tf.reshape(r, b) + tf.reshape(d, b)) * tf.reshape(gamma, b) + tf.reshape(beta, b)
+        self._moving_update(self.renorm_mean, mean, self.renorm_momentum)
+        self._moving_update(self.renorm_stddev, sigma_b, self.renorm_momentum)
+        self._moving_update(self.moving_mean, mean, self.momentum)
+        self._moving_update(self.moving_stddev, sigma_b, self.momentum)
+        moving_stddev = tf.cast(self.moving_stddev, cdtype)
+        self.moving_variance.assign(
+            tf.cast(tf.nn.relu(moving_stddev * moving_stddev - self.epsilon), self.moving_variance.dtype)
+        )
         return tf.cast(y, self.compute_dtype)
+
+    def _renorm_correction(self, mean: tf.Tensor, var: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """``r = sigma_B / sigma_R`` and ``d = (mu_B - mu_R) / sigma_R``, clipped, as constants; and ``sigma_B``."""
+        dtype = mean.dtype
+        sigma_b = tf.sqrt(var + tf.constant(self.epsilon, dtype))
+        mu_r = tf.cast(self.renorm_mean, dtype)
+        sigma_r = tf.maximum(tf.cast(self.renorm_stddev, dtype), tf.sqrt(tf.constant(self.epsilon, dtype)))
+        r, d = sigma_b / sigma_r, (mean - mu_r) / sigma_r
+        clip = self.renorm_clipping
+        if clip.get("rmin") is not None:
+            r = tf.maximum(r, tf.cast(clip["rmin"], dtype))
+        if clip.get("rmax") is not None:
+            r = tf.minimum(r, tf.cast(clip["rmax"], dtype))
+        if clip.get("dmax") is not None:
+            d = tf.clip_by_value(d, -tf.cast(clip["dmax"], dtype), tf.cast(clip["dmax"], dtype))
+        return tf.stop_gradient(r), tf.stop_gradient(d), sigma_b
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self) -> dict:
+        """The native layer's config keys and serialisations, so configs move between the two layers."""
         config = super().get_config()
         config.update(
             {
@@ -322,6 +476,14 @@ class BatchNormalization(keras.layers.Layer):
                 "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
                 "moving_mean_initializer": keras.initializers.serialize(self.moving_mean_initializer),
                 "moving_variance_initializer": keras.initializers.serialize(self.moving_variance_initializer),
+                "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
+                "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
+                "beta_constraint": keras.constraints.serialize(self.beta_constraint),
+                "gamma_constraint": keras.constraints.serialize(self.gamma_constraint),
+                "synchronized": self.synchronized,
+                "renorm": self.renorm,
+                "renorm_clipping": self.renorm_clipping,
+                "renorm_momentum": self.renorm_momentum,
             }
         )
         return config

@@ -25,13 +25,12 @@ keras = pytest.importorskip("keras")
 
 import bnref  # noqa: E402
 from bnref import KERAS  # noqa: E402
-from bnref.agreement import BOUND_C  # noqa: E402
+from bnref.testing import BOUND_C  # noqa: E402
 from bnref.keras_bn import (  # noqa: E402
     BatchNormalization,
     batch_norm_inference,
     batch_norm_train,
     batch_norm_train_with_stats,
-    keras_new_value_weight,
 )
 
 EPS64 = float(np.finfo(np.float64).eps)
@@ -94,8 +93,8 @@ def test_function_validates():
         batch_norm_train(tf.ones([2, 3]), tf.ones([3]), tf.zeros([3]), axis=2)
     with pytest.raises(ValueError, match="epsilon"):
         batch_norm_train(tf.ones([2, 3]), tf.ones([3]), tf.zeros([3]), epsilon=0.0)
-    with pytest.raises(ValueError, match="cumulative"):
-        keras_new_value_weight(None)
+    with pytest.raises(ValueError, match="one dimension less"):
+        batch_norm_train(tf.ones([2, 3]), tf.ones([3]), tf.zeros([3]), mask=tf.ones([2, 3]))
 
 
 def test_inference_function_is_the_affine_map():
@@ -226,7 +225,7 @@ def test_half_precision_inputs(cls, in_dtype):
     assert all(w.dtype == "float32" for w in mixed.weights)
     # statistics in float32: the moving mean is (1 - momentum) * mean of the rounded input, to float32 precision
     mean = np.asarray(tf.cast(xh, tf.float64)).mean(axis=0)
-    w = keras_new_value_weight(KERAS.momentum)
+    w = 1 - KERAS.momentum
     # float32 mean of 16 values: error C eps32 (1 + sqrt(m)) (|mean| + std max|x_hat|), max|x_hat| <= sqrt(m - 1)
     tol = BOUND_C * 1.2e-7 * (1 + math.sqrt(16)) * (3 + 2 * math.sqrt(15))
     assert np.max(np.abs(mixed.moving_mean.numpy() - w * mean)) <= w * tol
@@ -259,7 +258,157 @@ def test_graph_mode_matches_eager_and_config_round_trips():
 def test_layer_validates():
     with pytest.raises(ValueError, match="epsilon"):
         BatchNormalization(epsilon=-1.0)
+    with pytest.raises(ValueError, match="cumulative"):
+        BatchNormalization(momentum=None)
     with pytest.raises(ValueError, match="out of range"):
         BatchNormalization(axis=3).build((2, 3))
     with pytest.raises(ValueError, match="must be known"):
         BatchNormalization().build((2, None))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Masks, Batch Renorm, every constructor argument, configs (issue 14)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _padded(mask_value: float) -> np.ndarray:
+    """Ten sequences of two real steps ([1, 5], [2, 5]) padded by two steps of ``mask_value``."""
+    seq = [[1, 5], [2, 5], [mask_value, mask_value], [mask_value, mask_value]]
+    return np.array([seq] * 10, dtype="float32")
+
+
+@pytest.mark.parametrize("cls", LAYERS, ids=LAYER_IDS)
+@pytest.mark.parametrize("mask_value", [0.0, 1.0])
+def test_masked_positions_stay_out_of_the_statistics(cls, mask_value):
+    """Statistics over the unmasked steps only: mean [1.5, 5], variance [0.25, 0] (Keras' own example)."""
+    x = _padded(mask_value)
+    mask = np.asarray(keras.layers.Masking(mask_value=mask_value).compute_mask(x))
+    assert mask.sum() == 20  # the two padded steps of every sequence are masked
+    layer = cls(momentum=0.0)
+    y = np.asarray(layer(x, training=True, mask=mask))
+    # float32 means of 20 values of size <= 5: C eps32 (1 + sqrt(20)) * 5 (bnref.agreement's bound)
+    tol = BOUND_C * 1.2e-7 * (1 + math.sqrt(20)) * 5
+    np.testing.assert_allclose(layer.moving_mean.numpy(), [1.5, 5.0], rtol=0, atol=tol)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), [0.25, 0.0], rtol=0, atol=tol * 5)
+    # every position is normalised with the masked statistics: the first channel's real steps give -1, +1
+    # (up to epsilon: 0.5 / sqrt(0.25 + 1e-3))
+    expected = 0.5 / math.sqrt(0.25 + KERAS.eps)
+    np.testing.assert_allclose(y[:, :2, 0], [[-expected, expected]] * 10, rtol=BOUND_C * 1.2e-7 * 10)
+
+
+def test_masked_values_do_not_change_the_statistics_and_gradient_is_derived():
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(4, 5, 3))
+    mask = rng.uniform(size=(4, 5)) < 0.6
+    g, b = rng.uniform(0.5, 1.5, 3), rng.normal(size=3)
+    _, mean, var = batch_norm_train_with_stats(tf.constant(x), tf.constant(g), tf.constant(b), mask=mask)
+    x2 = np.where(mask[..., None], x, 1e3)  # change only the masked positions
+    _, mean2, var2 = batch_norm_train_with_stats(tf.constant(x2), tf.constant(g), tf.constant(b), mask=mask)
+    kept = x[mask]  # (n, 3): the unmasked rows
+    n = kept.shape[0]
+    for a, a2, ref in ((mean, mean2, kept.mean(0)), (var, var2, kept.var(0))):
+        assert np.max(np.abs(np.asarray(a) - ref)) <= _f64_tol(n, 16)
+        assert np.max(np.abs(np.asarray(a2) - ref)) <= _f64_tol(n, 16)
+    # the masked backward dx = gamma inv_std (dy - w/n (dbeta + x_hat dgamma)) against central differences
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda x, g, b: batch_norm_train(x, g, b, mask=mask), [tf.constant(x), tf.constant(g), tf.constant(b)],
+        delta=1e-5,
+    )
+    for t, num in zip(theoretical, numerical):
+        assert bnref.relative_error(t, num) < 1e-8  # module docstring: h = 1e-5 in float64
+
+
+@pytest.mark.parametrize("cls", LAYERS, ids=LAYER_IDS)
+def test_fully_masked_batch_gives_zero_statistics(cls):
+    layer = cls(center=False, scale=False, momentum=0.5)
+    y = np.asarray(layer(np.zeros((4, 5), "float32"), training=True, mask=np.zeros(4, "float32")))
+    np.testing.assert_array_equal(y, np.zeros((4, 5), np.float32))
+    np.testing.assert_array_equal(layer.moving_mean.numpy(), np.zeros(5, np.float32))
+    np.testing.assert_array_equal(layer.moving_variance.numpy(), np.full(5, 0.5, np.float32))
+
+
+# Clip bounds exact in binary: Keras 3.15 (TensorFlow backend) rounds python-float bounds through float32
+# even for a float64 layer (rmin = 0.8 moved its float64 output by 4e-9), bnref does not.
+@pytest.mark.parametrize("clipping", [None, {"rmax": 1.5, "rmin": 0.75, "dmax": 0.25}])
+def test_renorm_matches_native_over_three_steps(clipping):
+    """Same initial weights: outputs, gradients and all seven weights agree with Keras' renorm."""
+    rng = np.random.default_rng(12)
+    kwargs = dict(renorm=True, renorm_clipping=clipping, renorm_momentum=0.8, momentum=0.9, dtype="float64")
+    ours, native = BatchNormalization(**kwargs), keras.layers.BatchNormalization(**kwargs)
+    ours.build((6, 3)), native.build((6, 3))
+    assert [w.path.split("/")[-1] for w in ours.weights] == [w.path.split("/")[-1] for w in native.weights]
+    start = [rng.uniform(0.5, 1.5, 3) for _ in native.weights]
+    native.set_weights(start), ours.set_weights(start)
+    for _ in range(3):
+        x = tf.constant(rng.normal(2.0, 3.0, size=(6, 3)))
+        dy = tf.constant(rng.normal(size=(6, 3)))
+        grads = []
+        for layer in (ours, native):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=True)
+            grads.append([y, *tape.gradient(y, [x, layer.gamma, layer.beta], output_gradients=dy)])
+        for a, b in zip(*grads):
+            # float64, m = 6, values O(|mean|/std + X) * r <= 10: C eps64 (1 + sqrt(m)) * 10 * m
+            assert np.max(np.abs(np.asarray(a) - np.asarray(b))) <= _f64_tol(6, 60)
+    for a, b in zip(ours.get_weights(), native.get_weights()):
+        assert np.max(np.abs(a - b)) <= _f64_tol(6, 60)
+    assert not np.allclose(ours.renorm_mean.numpy(), start[5])  # the renorm statistics did move
+
+
+def test_renorm_clipping_is_validated_like_native():
+    for bad, message in (({"random_key": 1.0}, "invalid keys"), ({"rmax": 0.0, "rmin": 1.0}, "rmax should be"),
+                         ({"dmax": -1.0}, "dmax should be non-negative")):
+        for cls in LAYERS:
+            with pytest.raises(ValueError, match=message):
+                cls(renorm=True, renorm_clipping=bad)
+
+
+def _all_arguments() -> dict:
+    return dict(
+        axis=1, momentum=0.9, epsilon=1e-4, center=True, scale=True, beta_initializer="random_normal",
+        gamma_initializer=keras.initializers.Constant(2.0), moving_mean_initializer="ones",
+        moving_variance_initializer="zeros", beta_regularizer="l2", gamma_regularizer=keras.regularizers.L1(0.1),
+        beta_constraint="non_neg", gamma_constraint=keras.constraints.MaxNorm(2.0), renorm=True,
+        renorm_clipping={"rmax": 3.0}, renorm_momentum=0.95, synchronized=False, name="bn",
+    )
+
+
+def test_config_round_trips_between_native_and_bnref():
+    native = keras.layers.BatchNormalization(**_all_arguments())
+    ours = BatchNormalization(**_all_arguments())
+    assert ours.get_config() == native.get_config()
+    assert BatchNormalization.from_config(native.get_config()).get_config() == native.get_config()
+    assert keras.layers.BatchNormalization.from_config(ours.get_config()).get_config() == ours.get_config()
+    defaults = keras.layers.BatchNormalization().get_config()
+    assert BatchNormalization.from_config(defaults).get_config() == {**defaults}
+
+
+def test_regularizers_and_constraints_act_like_native():
+    x = np.random.default_rng(13).normal(size=(4, 3, 2)).astype("float32")
+    layers = [cls(**_all_arguments()) for cls in LAYERS]
+    for layer in layers:
+        layer.build(x.shape)
+        layer.set_weights(layers[0].get_weights())
+        layer(x, training=True)
+    losses = [[float(v) for v in layer.losses] for layer in layers]
+    assert len(losses[0]) == 2 and losses[0] == losses[1]
+    assert [type(w.constraint) for w in layers[1].trainable_weights] == [keras.constraints.MaxNorm, keras.constraints.NonNeg]
+    assert [type(w.constraint) for w in layers[0].trainable_weights] == [keras.constraints.MaxNorm, keras.constraints.NonNeg]
+
+
+def test_synchronized_is_whole_batch_with_one_replica_and_refused_with_several(monkeypatch):
+    x = np.random.default_rng(14).normal(size=(6, 3)).astype("float32")
+    plain, synced = BatchNormalization(), BatchNormalization(synchronized=True)
+    np.testing.assert_array_equal(np.asarray(plain(x, training=True)), np.asarray(synced(x, training=True)))
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        np.testing.assert_array_equal(np.asarray(plain(x, training=True)), np.asarray(synced(x, training=True)))
+
+    class TwoReplicas:
+        num_replicas_in_sync = 2
+
+    monkeypatch.setattr(tf.distribute, "has_strategy", lambda: True)
+    monkeypatch.setattr(tf.distribute, "get_strategy", lambda: TwoReplicas())
+    with pytest.raises(ValueError, match="synchronized=True across 2 replicas"):
+        synced(x, training=True)
+    plain(x, training=True)  # synchronized=False: per-replica statistics, as Keras
