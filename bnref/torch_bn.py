@@ -4,11 +4,16 @@ Three layers of API, each a drop-in for its PyTorch counterpart:
 
 * ``BatchNormFunction`` -- a ``torch.autograd.Function``: the training-mode forward (batch mean, biased
   variance, ``x_hat``, ``y``) and the *derived* backward (book, eqs. ``eq-dbeta``, ``eq-dgamma``,
-  ``eq-dx-compact``), not autograd through the forward.
+  ``eq-dx-compact``), not autograd through the forward. The backward is written in differentiable torch
+  operations, so it can itself be differentiated (double backward, gradient penalties).
 * ``batch_norm`` -- the functional form, with the meaning of ``torch.nn.functional.batch_norm``.
-* ``BatchNorm`` -- a module with the constructor, parameters, buffers and ``state_dict`` keys of
-  ``torch.nn.BatchNorm1d/2d/3d``, so it can replace them in any model and ``load_state_dict`` works
-  both ways.
+* ``BatchNorm1d``, ``BatchNorm2d``, ``BatchNorm3d`` -- modules with the constructor, parameters, buffers,
+  ``state_dict`` keys and versioning, and input-rank checks of ``torch.nn.BatchNorm1d/2d/3d``; ``BatchNorm``
+  accepts any of their ranks (2D to 5D). All subclass ``torch.nn.modules.batchnorm._BatchNorm``, the native
+  layers' base, so ``isinstance``-based tools treat them as BN layers (``nn.SyncBatchNorm.
+  convert_sync_batchnorm`` turns them into native ``SyncBatchNorm`` layers with their weights and
+  statistics); from that base they inherit only the bookkeeping (parameters and buffers, ``reset_*``,
+  loading old state dicts without ``num_batches_tracked``); the forward and backward are bnref's.
 
 The convention (eps 1e-5, running update ``r = (1 - w) r + w b`` with ``w = momentum`` or ``1/k`` for
 ``momentum=None``, unbiased variance fed to the running estimate) is read from ``bnref.conventions.PYTORCH``.
@@ -16,16 +21,35 @@ The convention (eps 1e-5, running update ``r = (1 - w) r + w b`` with ``w = mome
 Numerics. Statistics are computed in float32 for float16/bfloat16 inputs (as PyTorch does) and the output
 is cast back to the input dtype. The variance is computed in two passes, ``mean((x - mean)^2)``, so inputs
 with ``|mean| / std`` up to 1e3 keep float32 precision (the one-pass ``E[x^2] - E[x]^2`` would not).
+
+Errors. Bad input raises ``ValueError`` naming the problem. Where PyTorch raises ``RuntimeError`` for a
+shape mismatch (a buffer or parameter whose length is not the channel count), bnref raises
+``ShapeMismatchError``, which is both a ``ValueError`` and a ``RuntimeError``, so code written against either
+catches it. eps follows PyTorch: > 0 in training, >= 0 in inference, checked at the forward.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .conventions import PYTORCH, Convention
 
-__all__ = ["BatchNormFunction", "batch_norm", "BatchNorm", "compute_dtype"]
+__all__ = [
+    "BatchNormFunction",
+    "batch_norm",
+    "BatchNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "ShapeMismatchError",
+    "compute_dtype",
+]
+
+
+class ShapeMismatchError(ValueError, RuntimeError):
+    """A tensor's shape does not match the channel count: a ValueError that is also PyTorch's RuntimeError."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -69,6 +93,13 @@ def _values_per_channel(shape: torch.Size, axis: int) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 
+def _mean_var(xc: torch.Tensor, dims: tuple[int, ...], b: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel batch mean and biased variance, in two passes (no cancellation of large numbers)."""
+    mean = xc.mean(dim=dims)
+    centred = xc - mean.view(b)
+    return mean, (centred * centred).mean(dim=dims)
+
+
 class BatchNormFunction(torch.autograd.Function):
     """Training-mode Batch Normalization with the derived (compact) backward pass.
 
@@ -85,6 +116,11 @@ class BatchNormFunction(torch.autograd.Function):
         dbeta = sum(dy)
         dgamma = sum(dy * x_hat)
         dx = gamma * inv_std / m * (m * dy - dbeta - x_hat * dgamma)
+
+    The backward is made of differentiable torch operations. When autograd records it (``create_graph=True``,
+    a double backward), ``mean``, ``inv_std`` and ``x_hat`` are rebuilt from the saved input ``x`` inside the
+    graph, so the second derivative is the derivative of the formula above; otherwise the saved statistics
+    are reused. An empty batch (``m = 0``) gives an empty ``y`` and zero ``dgamma``, ``dbeta``.
 
     Call as ``y, mean, var = BatchNormFunction.apply(x, weight, bias, eps, channel_axis)``.
 
@@ -109,11 +145,9 @@ class BatchNormFunction(torch.autograd.Function):
         cdtype = compute_dtype(x.dtype)
         xc = x.to(cdtype)
 
-        mean = xc.mean(dim=dims)
-        centred = xc - mean.view(b)
-        var = (centred * centred).mean(dim=dims)  # second pass: no cancellation of large numbers
+        mean, var = _mean_var(xc, dims, b)
         inv_std = torch.rsqrt(var + eps)
-        x_hat = centred * inv_std.view(b)
+        x_hat = (xc - mean.view(b)) * inv_std.view(b)
 
         y = x_hat
         if weight is not None:
@@ -121,27 +155,31 @@ class BatchNormFunction(torch.autograd.Function):
         if bias is not None:
             y = y + bias.to(cdtype).view(b)
 
-        ctx.save_for_backward(x_hat, inv_std, weight)
-        ctx.axis, ctx.m, ctx.x_dtype = axis, _values_per_channel(x.shape, axis), x.dtype
+        ctx.save_for_backward(x, weight, mean, inv_std)
+        ctx.axis, ctx.eps, ctx.m = axis, eps, _values_per_channel(x.shape, axis)
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.mark_non_differentiable(mean, var)
         return y.to(x.dtype), mean, var
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dy, _dmean, _dvar):  # type: ignore[override]
-        x_hat, inv_std, weight = ctx.saved_tensors
-        dims, b = _reduce_dims(x_hat.dim(), ctx.axis), _bshape(x_hat.dim(), ctx.axis)
+        x, weight, mean, inv_std = ctx.saved_tensors
+        dims, b = _reduce_dims(x.dim(), ctx.axis), _bshape(x.dim(), ctx.axis)
         m = ctx.m
-        g = dy.to(x_hat.dtype)
+        xc = x.to(compute_dtype(x.dtype))
+        if torch.is_grad_enabled():  # double backward: the statistics as functions of x, inside the graph
+            mean, var = _mean_var(xc, dims, b)
+            inv_std = torch.rsqrt(var + ctx.eps)
+        x_hat = (xc - mean.view(b)) * inv_std.view(b)
+        g = dy.to(xc.dtype)
 
         dbeta = g.sum(dim=dims)
         dgamma = (g * x_hat).sum(dim=dims)
         dx = dweight = dbias = None
         if ctx.needs_input_grad[0]:
-            scale = inv_std if weight is None else weight.to(x_hat.dtype) * inv_std
-            dx = (scale / m).view(b) * (m * g - dbeta.view(b) - x_hat * dgamma.view(b))
-            dx = dx.to(ctx.x_dtype)
+            scale = inv_std if weight is None else weight.to(xc.dtype) * inv_std
+            dx = (scale / max(m, 1)).view(b) * (m * g - dbeta.view(b) - x_hat * dgamma.view(b))
+            dx = dx.to(x.dtype)
         if ctx.needs_input_grad[1]:
             dweight = dgamma.to(weight.dtype)
         if ctx.needs_input_grad[2]:
@@ -160,7 +198,7 @@ def _check_channel_vector(t: torch.Tensor | None, name: str, channels: int, axis
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a Tensor or None, got {type(t).__name__}")
     if t.shape != (channels,):
-        raise ValueError(
+        raise ShapeMismatchError(
             f"{name} must have shape ({channels},) to match the {channels} channels on dim {axis} of the "
             f"input with shape {tuple(shape)}; got shape {tuple(t.shape)}"
         )
@@ -196,6 +234,10 @@ def batch_norm(
     (the factor ``m/(m-1)`` because ``convention.running_var == "unbiased"``). Inference
     (``training=False``): ``y = (x - running_mean) * weight / sqrt(running_var + eps) + bias``.
 
+    As in PyTorch: training needs ``eps > 0`` and more than one value per channel, except that an empty
+    batch (``m = 0``) gives an empty output and leaves the running estimates alone; inference needs
+    ``eps >= 0``.
+
     Parameters
     ----------
     x : Tensor, shape (N, C), (N, C, L), (N, C, H, W), ... with the channels on ``channel_axis``
@@ -224,8 +266,10 @@ def batch_norm(
     channels = x.shape[axis]
     for t, name in ((running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"), (bias, "bias")):
         _check_channel_vector(t, name, channels, axis, x.shape)
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps!r}")
+    if training and not eps > 0:
+        raise ValueError(f"batch_norm eps must be positive during training, got {eps!r}")
+    if not eps >= 0:
+        raise ValueError(f"batch_norm eps must be non-negative, got {eps!r}")
     if training:
         return _batch_norm_train(x, running_mean, running_var, weight, bias, momentum, eps, axis, convention)
     if running_mean is None or running_var is None:
@@ -235,13 +279,13 @@ def batch_norm(
 
 def _batch_norm_train(x, running_mean, running_var, weight, bias, momentum, eps, axis, convention):
     m = _values_per_channel(x.shape, axis)
-    if m < 2:
+    if m == 1:
         raise ValueError(
             f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)} "
             f"(channels on dim {axis}); a variance needs at least 2 values"
         )
     y, mean, var = BatchNormFunction.apply(x, weight, bias, eps, axis)
-    if running_mean is not None or running_var is not None:
+    if m > 0 and (running_mean is not None or running_var is not None):
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum (the weight of the new batch statistic) must lie in [0, 1], got {momentum!r}")
         if running_mean is not None:
@@ -263,16 +307,18 @@ def _batch_norm_inference(x, running_mean, running_var, weight, bias, eps, axis)
     return y.to(x.dtype)
 
 
+
 # ----------------------------------------------------------------------------------------------------
-# The module: a drop-in for nn.BatchNorm1d / 2d / 3d
+# The modules: drop-ins for nn.BatchNorm1d / 2d / 3d
 # ----------------------------------------------------------------------------------------------------
 
 
-class BatchNorm(nn.Module):
+class BatchNorm(_BatchNorm):
     """Drop-in replacement for ``torch.nn.BatchNorm1d``, ``BatchNorm2d`` and ``BatchNorm3d``.
 
     Accepts inputs of shape (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W): channels on dim 1,
-    statistics over every other dim (``m = N * L``, ``N * H * W``, ...).
+    statistics over every other dim (``m = N * L``, ``N * H * W``, ...). ``BatchNorm1d/2d/3d`` below add
+    the native layers' rank checks.
 
     * ``.train()``: normalise with the batch mean and biased variance; if ``track_running_stats``, update
       ``running_mean``/``running_var`` by ``r = (1 - w) r + w b`` with ``w = momentum``, or ``w = 1/k`` at
@@ -284,25 +330,25 @@ class BatchNorm(nn.Module):
     num_features : int
         C, the number of channels.
     eps : float
-        Added to the variance inside the square root (default from ``PYTORCH.eps``).
+        Added to the variance inside the square root (default from ``PYTORCH.eps``); as in PyTorch it must
+        be > 0 in training and >= 0 in inference, checked at the forward.
     momentum : float or None
-        Weight of the new batch statistic (default ``PYTORCH.momentum``); None: cumulative average.
+        Weight of the new batch statistic, in [0, 1] (default ``PYTORCH.momentum``); None: cumulative average.
     affine : bool
         Learnable ``weight`` (gamma, init 1) and ``bias`` (beta, init 0).
-    bias : bool, keyword-only
-        With ``affine``, whether ``bias`` exists (``nn.BatchNorm*`` gained this switch in PyTorch 2.13).
     track_running_stats : bool
         Keep the buffers ``running_mean`` (init 0), ``running_var`` (init 1), ``num_batches_tracked``.
     device, dtype
         Where and in which dtype the parameters and buffers live.
+    bias : bool, keyword-only
+        With ``affine``, whether ``bias`` exists (``nn.BatchNorm*`` gained this switch in PyTorch 2.13).
 
     Notes
     -----
-    The parameter and buffer names equal ``nn.BatchNorm*``'s, so ``state_dict`` keys coincide and
-    ``load_state_dict`` works in both directions.
+    Parameters, buffers, ``state_dict`` keys and the state-dict version (2: ``num_batches_tracked``; a
+    version-1 state dict without it loads with the counter at 0) are those of ``nn.BatchNorm*``, whose base
+    class this one shares, so ``load_state_dict`` works in both directions.
     """
-
-    _version = 2  # as nn.BatchNorm*: the state_dict carries num_batches_tracked
 
     def __init__(
         self,
@@ -316,77 +362,48 @@ class BatchNorm(nn.Module):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__()
         if not isinstance(num_features, int) or num_features < 1:
             raise ValueError(f"num_features must be a positive int, got {num_features!r}")
-        self._convention(eps, momentum)  # validates eps and momentum
-        factory = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(num_features, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.empty(num_features, **factory))
-            self.register_buffer("running_var", torch.empty(num_features, **factory))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self.reset_parameters()
+        self._update_rule = PYTORCH.replace(momentum=momentum)  # validates momentum; see _running_update_rule
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
 
-    @staticmethod
-    def _convention(eps: float, momentum: float | None) -> Convention:
-        """PyTorch's convention with this module's eps and momentum (validated by ``Convention``)."""
-        return PYTORCH.replace(eps=eps, momentum=momentum)
+    def _running_update_rule(self) -> Convention:
+        """PyTorch's update rule with this module's momentum, built once (again only if momentum changes).
+
+        Only the fields of the running update are read from it (``new_value_weight`` and ``running_var``);
+        the module's own ``eps`` is used for normalising.
+        """
+        if self._update_rule.momentum != self.momentum:
+            self._update_rule = PYTORCH.replace(momentum=self.momentum)
+        return self._update_rule
 
     def reset_running_stats(self) -> None:
-        """Running mean and variance back to their initial values, ``num_batches_tracked`` to 0."""
+        """Running mean and variance back to ``PYTORCH.init_mean`` / ``init_var``, ``num_batches_tracked`` to 0."""
         if self.track_running_stats:
             self.running_mean.fill_(PYTORCH.init_mean)
             self.running_var.fill_(PYTORCH.init_var)
             self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        """Running statistics reset; weight (gamma) 1 and bias (beta) 0."""
-        self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"input must be a Tensor, got {type(x).__name__}")
         if not 2 <= x.dim() <= 5:
             raise ValueError(f"expected 2D to 5D input with channels on dim 1 (got {x.dim()}D input)")
-        if x.shape[1] != self.num_features:
-            raise ValueError(
-                f"expected {self.num_features} channels on dim 1, got input of shape {tuple(x.shape)}"
-            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` of shape (N, C, ...); see the class docstring for the two modes."""
         self._check_input_dim(x)
-        conv = self._convention(self.eps, self.momentum)
+        if x.shape[1] != self.num_features:
+            raise ShapeMismatchError(
+                f"expected {self.num_features} channels on dim 1, got input of shape {tuple(x.shape)}"
+            )
+        rule = self._running_update_rule()
         new_value_weight = 0.0
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             # w_k needs the step only for the cumulative average (momentum=None); avoid a device sync otherwise.
-            step = int(self.num_batches_tracked.item()) if conv.momentum is None else 1
-            new_value_weight = conv.new_value_weight(step)
+            step = int(self.num_batches_tracked.item()) if rule.momentum is None else 1
+            new_value_weight = rule.new_value_weight(step)
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         track = not self.training or self.track_running_stats
         return batch_norm(
@@ -399,11 +416,32 @@ class BatchNorm(nn.Module):
             new_value_weight,
             self.eps,
             channel_axis=1,
-            convention=conv,
+            convention=rule,
         )
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}"
-        )
+
+class BatchNorm1d(BatchNorm):
+    """``BatchNorm`` for (N, C) or (N, C, L) inputs, the drop-in for ``torch.nn.BatchNorm1d``."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        super()._check_input_dim(x)
+        if x.dim() not in (2, 3):
+            raise ValueError(f"expected 2D or 3D input (got {x.dim()}D input)")
+
+
+class BatchNorm2d(BatchNorm):
+    """``BatchNorm`` for (N, C, H, W) inputs, the drop-in for ``torch.nn.BatchNorm2d``."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        super()._check_input_dim(x)
+        if x.dim() != 4:
+            raise ValueError(f"expected 4D input (got {x.dim()}D input)")
+
+
+class BatchNorm3d(BatchNorm):
+    """``BatchNorm`` for (N, C, D, H, W) inputs, the drop-in for ``torch.nn.BatchNorm3d``."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        super()._check_input_dim(x)
+        if x.dim() != 5:
+            raise ValueError(f"expected 5D input (got {x.dim()}D input)")

@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 
 import bnref  # noqa: E402
 from bnref import KERAS, PYTORCH  # noqa: E402
-from bnref.agreement import BOUND_C  # noqa: E402
+from bnref.testing import BOUND_C  # noqa: E402
 from bnref.torch_bn import BatchNorm, BatchNormFunction, batch_norm, compute_dtype  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
