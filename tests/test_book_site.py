@@ -1,48 +1,61 @@
 """The published book, checked in a real browser as a reader would see it.
 
-The built site (``_build/html``, or the folder named by ``BNREF_BOOK_HTML``) is served on 127.0.0.1 and every
-HTML page is opened in headless Chromium, driven over the Chrome DevTools Protocol (CDP) with a small
-standard-library websocket client. For every page:
+The built site (``_build/html``, or the folder named by ``BNREF_BOOK_HTML``) is served on 127.0.0.1 and every HTML
+page is opened in headless Chromium, driven by Playwright for Python. For every page:
 
-* no console error, no uncaught exception, no failed local request;
+* it loads (its ``load`` event fires, and a redirecting page reaches its target);
+* no console error, no uncaught exception, no local request that fails or answers >= 400;
 * no request leaves localhost: the site is self-contained (MathJax, fonts and scripts are served by the book);
-* MathJax has typeset every equation: each ``.math`` element holds an ``mjx-container``, no MathJax error box,
-  and no raw TeX (``$$``, ``\\frac``, ``\\begin{`` ...) is left in the page's text outside code blocks;
+* MathJax has typeset every equation: each ``.math`` element holds an ``mjx-container``, no MathJax error (nor an
+  undefined macro drawn in red), and no raw TeX (``$$``, ``\\frac``, ``\\begin{`` ...) is left in the page's text
+  outside code blocks;
 * every ``<img>`` has loaded (``naturalWidth > 0``);
 * every internal link answers HTTP 200, and its ``#anchor``, if any, names an element id of the target page.
 
-Screenshots of the landing page and of the backward-pass chapter go to ``_build/screenshots/`` (next to the
-``html`` folder checked).
+Every chapter in ``_toc.yml`` must be published with text. Screenshots of the landing page and of the
+backward-pass chapter go to ``_build/screenshots/`` (next to the ``html`` folder checked).
 
-Chromium is Debian's ``chromium`` (``apt-get install chromium``; ``BNREF_CHROMIUM`` overrides the path). Without it
-the tests skip, unless ``BNREF_REQUIRE_BROWSER=1`` (set by ``.ci/run``), in which case they fail. A missing
-``_build/html`` is a failure: build the book first (``make book``).
+Editions: a folder holding ``searchindex.js`` is one Sphinx build. The site is either one edition (today:
+``_build/html`` itself) or one edition per sub-folder (``_build/html/en``, ``_build/html/zh_CN``); the checks run
+once per edition present, on one server rooted at ``_build/html`` so links between editions resolve, and the
+screenshots of an edition go to ``_build/screenshots/<edition>/``.
+
+Each check is a function from the crawl to the problems it finds, and ``test_check_catches_planted_fault`` runs it
+on a copy of the site into which one fault per check has been planted, so every check is shown to fail when it
+should (and to pass on an unmodified copy of a page).
+
+Chromium is Debian's ``chromium`` (``apt-get install chromium``; ``BNREF_CHROMIUM`` overrides the path): Playwright
+starts it with ``executable_path`` and never downloads a browser of its own (``playwright install`` is not needed).
+Without Chromium or Playwright the tests skip, unless ``BNREF_REQUIRE_BROWSER=1`` (set by ``.ci/run``), in which case
+they fail. A missing ``_build/html`` is a failure: build the book first (``make book``).
 """
 
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
 import html.parser
 import http.server
-import json
 import os
 import re
 import shutil
-import socket
 import struct
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+
+try:
+    from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Request, Response, sync_playwright
+    from playwright.sync_api import Error as PlaywrightError
+except ImportError:  # reported by the `browser` fixture: a skip, or a failure under BNREF_REQUIRE_BROWSER=1
+    sync_playwright = None
 
 pytestmark = pytest.mark.browser
 
@@ -50,10 +63,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 HTML_DIR = Path(os.environ.get("BNREF_BOOK_HTML", REPO_ROOT / "_build" / "html")).resolve()
 SCREENSHOT_DIR = HTML_DIR.parent / "screenshots"
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
-VIEWPORT = (1280, 900)
+VIEWPORT = {"width": 1280, "height": 900}
 
+# The flags GUIDE section 6 names for headless Chromium here (Playwright adds --headless and a fresh temporary
+# --user-data-dir itself), and a few more that keep the browser quiet and offline.
 CHROMIUM_FLAGS = [
-    "--headless",
     "--no-sandbox",
     "--disable-gpu",
     "--disable-background-networking",
@@ -73,182 +87,47 @@ CHROMIUM_FLAGS = [
 PAGE_TIMEOUT_S = 30.0
 SETTLE_S = 0.3  # time after the checks to collect late console messages and requests
 
-
-# --------------------------------------------------------------------------------------------------------------
-# A minimal websocket client (RFC 6455, client side: text frames out, masked; any frames in, unmasked).
-# --------------------------------------------------------------------------------------------------------------
-
-WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-class WebSocket:
-    """Blocking websocket connection, enough for the DevTools protocol (JSON text messages)."""
-
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "ws" or parts.hostname is None or parts.port is None:
-            raise ValueError(f"expected a ws://host:port/path URL, got {url!r}")
-        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
-        self.buffer = bytearray()
-        self._handshake(parts.hostname, parts.port, parts.path)
-
-    def _handshake(self, host: str, port: int, path: str) -> None:
-        key = base64.b64encode(os.urandom(16)).decode("ascii")
-        request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        self.sock.sendall(request.encode("ascii"))
-        while b"\r\n\r\n" not in self.buffer:
-            self._fill()
-        head, _, rest = bytes(self.buffer).partition(b"\r\n\r\n")
-        self.buffer = bytearray(rest)
-        lines = head.decode("latin-1").split("\r\n")
-        if " 101 " not in lines[0] + " ":
-            raise ConnectionError(f"websocket upgrade refused: {lines[0]!r}")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        expected = base64.b64encode(hashlib.sha1((key + WEBSOCKET_GUID).encode()).digest()).decode()
-        if headers.get("sec-websocket-accept") != expected:
-            raise ConnectionError("websocket handshake: bad Sec-WebSocket-Accept")
-
-    def _fill(self) -> None:
-        chunk = self.sock.recv(1 << 16)
-        if not chunk:
-            raise ConnectionError("websocket closed by the browser")
-        self.buffer += chunk
-
-    def _take(self, n: int) -> bytes:
-        while len(self.buffer) < n:
-            self._fill()
-        data = bytes(self.buffer[:n])
-        del self.buffer[:n]
-        return data
-
-    def _send_frame(self, opcode: int, payload: bytes) -> None:
-        n = len(payload)
-        header = bytearray([0x80 | opcode])
-        if n < 126:
-            header.append(0x80 | n)
-        elif n < 1 << 16:
-            header.append(0x80 | 126)
-            header += struct.pack("!H", n)
-        else:
-            header.append(0x80 | 127)
-            header += struct.pack("!Q", n)
-        mask = os.urandom(4)
-        key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
-        masked = (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big") if n else b""
-        self.sock.sendall(bytes(header) + mask + masked)
-
-    def send_text(self, text: str) -> None:
-        self._send_frame(0x1, text.encode("utf-8"))
-
-    def recv_text(self, timeout: float) -> str:
-        """Next complete text message; raises ``TimeoutError`` (``socket.timeout``) after ``timeout`` seconds."""
-        self.sock.settimeout(max(timeout, 0.001))
-        message = bytearray()
-        while True:
-            b0, b1 = self._take(2)
-            n = b1 & 0x7F
-            if n == 126:
-                (n,) = struct.unpack("!H", self._take(2))
-            elif n == 127:
-                (n,) = struct.unpack("!Q", self._take(8))
-            mask = self._take(4) if b1 & 0x80 else None
-            payload = self._take(n)
-            if mask:
-                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-            opcode = b0 & 0x0F
-            if opcode == 0x8:
-                raise ConnectionError("websocket closed by the browser")
-            if opcode == 0x9:
-                self._send_frame(0xA, payload)
-                continue
-            if opcode == 0xA:
-                continue
-            message += payload
-            if b0 & 0x80:
-                return message.decode("utf-8")
-
-    def close(self) -> None:
-        try:
-            self._send_frame(0x8, b"")
-        except OSError:
-            pass
-        self.sock.close()
+# Pages that get a screenshot, relative to an edition: (page, file name, scroll to the first display equation).
+SCREENSHOTS = [
+    ("book/intro.html", "landing.png", False),
+    ("book/backward.html", "backward.png", False),
+    ("book/backward.html", "backward-equation.png", True),
+]
 
 
 # --------------------------------------------------------------------------------------------------------------
-# DevTools protocol session on one page target.
+# The site: its editions and pages, and a local server.
 # --------------------------------------------------------------------------------------------------------------
 
 
-class CDPError(RuntimeError):
-    pass
+def editions(root: Path) -> list[str]:
+    """The site's editions: ``[""]`` when ``root`` is one Sphinx build, else its sub-folders that are one each."""
+    if (root / "searchindex.js").is_file() or not root.is_dir():
+        return [""]
+    found = sorted(p.parent.name for p in root.glob("*/searchindex.js"))
+    return found or [""]
 
 
-class DevTools:
-    """Commands with ``call``; events are appended to ``events`` as they arrive."""
-
-    def __init__(self, ws: WebSocket) -> None:
-        self.ws = ws
-        self.last_id = 0
-        self.events: list[dict[str, Any]] = []
-
-    def _receive(self, deadline: float) -> dict[str, Any] | None:
-        try:
-            message = json.loads(self.ws.recv_text(deadline - time.monotonic()))
-        except (socket.timeout, TimeoutError):
-            return None
-        if "method" in message:
-            self.events.append(message)
-        return message
-
-    def call(self, method: str, timeout: float = PAGE_TIMEOUT_S, **params: Any) -> dict[str, Any]:
-        self.last_id += 1
-        call_id = self.last_id
-        self.ws.send_text(json.dumps({"id": call_id, "method": method, "params": params}))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            message = self._receive(deadline)
-            if message is not None and message.get("id") == call_id:
-                if "error" in message:
-                    raise CDPError(f"{method}: {message['error']}")
-                return message.get("result", {})
-        raise TimeoutError(f"no answer to {method} within {timeout} s")
-
-    def wait_for(self, method: str, timeout: float = PAGE_TIMEOUT_S, start: int = 0) -> dict[str, Any]:
-        """The first event named ``method`` at index >= ``start`` in ``events``, waiting for it if needed."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for event in self.events[start:]:
-                if event["method"] == method:
-                    return event
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"no {method} within {timeout} s")
-            self._receive(deadline)
-
-    def drain(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self._receive(deadline)
-
-    def evaluate(self, expression: str, timeout: float = PAGE_TIMEOUT_S) -> Any:
-        result = self.call(
-            "Runtime.evaluate", timeout=timeout, expression=expression, awaitPromise=True, returnByValue=True
-        )
-        if "exceptionDetails" in result:
-            raise CDPError(f"page script failed: {result['exceptionDetails']}")
-        return result["result"].get("value")
+def site_pages(root: Path, edition: str) -> list[str]:
+    """HTML pages of one edition, relative to ``root``; pages outside every edition go with the first one."""
+    skip = ("_static/", "_sources/", "_images/", "_downloads/", "jupyter_execute/")
+    folder = root / edition
+    pages = [p.relative_to(folder).as_posix() for p in folder.rglob("*.html")]
+    pages = [(edition + "/" if edition else "") + p for p in pages if not p.startswith(skip)]
+    all_editions = editions(root)
+    if edition and edition == all_editions[0]:
+        pages += [p.name for p in root.glob("*.html")]
+    return sorted(pages)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# The site server and the browser.
-# --------------------------------------------------------------------------------------------------------------
+def toc_documents() -> list[str]:
+    """Documents named in the repository's _toc.yml (``root:`` and every ``file:``)."""
+    text = (REPO_ROOT / "_toc.yml").read_text(encoding="utf-8")
+    return re.findall(r"^\s*-?\s*(?:root|file):\s*([^\s#]+)", text, flags=re.MULTILINE)
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (signature of the base class)
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's signature)
         pass
 
 
@@ -260,62 +139,26 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def serve(directory: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
-    handler = functools.partial(QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+class QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A browser that closes a connection early (a page closed mid-load) is not an error of the site."""
+
+
+def serve(directory: Path, handler: type[QuietHandler] = QuietHandler) -> tuple[QuietServer, str]:
+    server = QuietServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
 
-def start_chromium(profile: Path) -> tuple[subprocess.Popen, DevTools]:
-    log = open(profile.parent / "chromium.log", "wb")  # noqa: SIM115 (closed with the process)
-    proc = subprocess.Popen(
-        [chromium_path(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    port_file = profile / "DevToolsActivePort"
-    deadline = time.monotonic() + 60
-    while not (port_file.exists() and port_file.read_text().strip()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            tail = (profile.parent / "chromium.log").read_text(errors="replace")[-2000:]
-            pytest.fail(f"Chromium did not start its DevTools endpoint:\n{tail}")
-        time.sleep(0.1)
-    port = int(port_file.read_text().split()[0])
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as answer:
-        targets = json.load(answer)
-    page = next(t for t in targets if t.get("type") == "page")
-    devtools = DevTools(WebSocket(page["webSocketDebuggerUrl"]))
-    for domain in ("Page", "Runtime", "Log", "Network"):
-        devtools.call(f"{domain}.enable")
-    width, height = VIEWPORT
-    devtools.call(
-        "Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False
-    )
-    return proc, devtools
-
-
-def stop_chromium(proc: subprocess.Popen, devtools: DevTools) -> None:
-    try:
-        devtools.call("Browser.close", timeout=5)
-    except (CDPError, TimeoutError, OSError):
-        pass
-    devtools.ws.close()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
 # --------------------------------------------------------------------------------------------------------------
-# What is checked on each page.
+# One page in the browser.
 # --------------------------------------------------------------------------------------------------------------
 
 # Runs in the page after its load event. Waits for MathJax's first typeset and for every image, then reports.
 PAGE_REPORT_JS = r"""
-(async () => {
+async () => {
   const report = {url: location.href, title: document.title};
   const math = [...document.querySelectorAll('span.math, div.math')];
   report.mathElements = math.length;
@@ -362,12 +205,17 @@ PAGE_REPORT_JS = r"""
   report.ids = [...document.querySelectorAll('[id]')].map(e => e.id)
       .concat([...document.querySelectorAll('a[name]')].map(a => a.name));
   report.bodyText = document.body.innerText.length;
+  report.articleText = (document.querySelector('article') || document.body).innerText.length;
   return report;
-})()
+}
 """
+
+SCROLL_TO_MATH_JS = "() => document.querySelector('div.math')?.scrollIntoView({block: 'center'})"
 
 # Raw TeX that MathJax should have replaced: $$, \( \) \[ \], and any control word such as \frac or \begin.
 RAW_TEX = re.compile(r"\$\$|\\[()\[\]]|\\[A-Za-z]{2,}")
+
+META_REFRESH = re.compile(r"""<meta[^>]+http-equiv=["']?refresh["']?[^>]*url=([^"'>\s]+)""", re.IGNORECASE)
 
 
 @dataclass
@@ -381,45 +229,10 @@ class PageResult:
     seconds: float = 0.0
 
 
-def console_problems(events: list[dict[str, Any]]) -> list[str]:
-    problems = []
-    for event in events:
-        method, params = event["method"], event.get("params", {})
-        if method == "Runtime.exceptionThrown":
-            details = params.get("exceptionDetails", {})
-            text = details.get("exception", {}).get("description") or details.get("text", "")
-            problems.append(f"uncaught exception: {text}")
-        elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-            args = " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
-            problems.append(f"console.{params['type']}: {args}")
-        elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
-            entry = params["entry"]
-            problems.append(f"log error ({entry.get('source')}): {entry.get('text')} {entry.get('url', '')}".strip())
-    return problems
-
-
-def network_problems(events: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    """(requests that left localhost, local requests that failed or answered >= 400)."""
-    urls: dict[str, str] = {}
-    outside, failed = [], []
-    for event in events:
-        method, params = event["method"], event.get("params", {})
-        if method == "Network.requestWillBeSent":
-            url = params["request"]["url"]
-            urls[params["requestId"]] = url
-            host = urllib.parse.urlsplit(url).hostname
-            if host is not None and host not in LOCAL_HOSTS:
-                outside.append(url)
-        elif method == "Network.responseReceived" and params["response"].get("status", 200) >= 400:
-            failed.append(f"HTTP {params['response']['status']}: {params['response']['url']}")
-        elif method == "Network.loadingFailed" and not params.get("canceled"):
-            url = urls.get(params["requestId"], "?")
-            if urllib.parse.urlsplit(url).hostname in LOCAL_HOSTS:
-                failed.append(f"{params.get('errorText')}: {url}")
-    return outside, failed
-
-
-META_REFRESH = re.compile(r"""<meta[^>]+http-equiv=["']?refresh["']?[^>]*url=([^"'>\s]+)""", re.IGNORECASE)
+def is_local(url: str) -> bool:
+    """True for 127.0.0.1/localhost and for URLs without a host (data:, blob:, about:)."""
+    host = urllib.parse.urlsplit(url).hostname
+    return host is None or host in LOCAL_HOSTS
 
 
 def final_url(url: str, file: Path) -> str:
@@ -428,150 +241,127 @@ def final_url(url: str, file: Path) -> str:
     return urllib.parse.urljoin(url, redirect.group(1)) if redirect else url
 
 
-def visit(devtools: DevTools, url: str, expected_url: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Open ``url``, wait until ``expected_url`` (after any redirect) has loaded, return (page report, events)."""
-    start = len(devtools.events)
-    devtools.call("Page.navigate", url=url)
-    devtools.wait_for("Page.loadEventFired", start=start)
-    deadline = time.monotonic() + PAGE_TIMEOUT_S
-    state = None
-    while time.monotonic() < deadline:
+class Tab:
+    """One browser tab that visits page after page (one renderer, warm caches); its events go to ``result``."""
+
+    def __init__(self, context: BrowserContext, timeout_s: float) -> None:
+        self.result = PageResult("")
+        self.page = context.new_page()
+        self.page.set_default_timeout(timeout_s * 1000)
+        self.page.on("console", self.on_console)
+        self.page.on("pageerror", lambda error: self.result.console.append(f"uncaught exception: {error}"))
+        self.page.on("request", self.on_request)
+        self.page.on("requestfailed", self.on_request_failed)
+        self.page.on("response", self.on_response)
+
+    def on_console(self, message: ConsoleMessage) -> None:
+        if message.type in ("error", "assert"):
+            where = message.location.get("url", "")
+            self.result.console.append(f"console.{message.type}: {message.text} {where}".strip())
+
+    def on_request(self, request: Request) -> None:
+        if not is_local(request.url):
+            self.result.outside_requests.append(request.url)
+
+    def on_request_failed(self, request: Request) -> None:
+        # net::ERR_ABORTED is a load cancelled by the page itself (a redirect that leaves before it finishes).
+        if is_local(request.url) and request.failure != "net::ERR_ABORTED":
+            self.result.failed_requests.append(f"{request.failure}: {request.url}")
+
+    def on_response(self, response: Response) -> None:
+        if response.status >= 400:
+            self.result.failed_requests.append(f"HTTP {response.status}: {response.url}")
+
+    def visit(self, path: str, url: str, expected_url: str, shots: list[tuple[Path, bool]]) -> PageResult:
+        """Open ``url``, wait until ``expected_url`` (after any redirect) has loaded, check it, take ``shots``."""
+        self.result = result = PageResult(path)
+        started = time.monotonic()
         try:
-            state = devtools.evaluate("[location.href, document.readyState, !!document.body]")
-        except CDPError:  # the page is between two documents (a redirect in flight)
-            state = None
-        if state == [expected_url, "complete", True]:
-            break
-        devtools.drain(0.1)
-    else:
-        raise TimeoutError(f"{url} did not finish loading {expected_url} (last state: {state})")
-    report = devtools.evaluate(PAGE_REPORT_JS, timeout=PAGE_TIMEOUT_S)
-    devtools.drain(SETTLE_S)
-    return report, devtools.events[start:]
-
-
-def screenshot(devtools: DevTools, target: Path, scroll_to_math: bool = False) -> None:
-    if scroll_to_math:
-        devtools.evaluate("(() => { const m = document.querySelector('div.math');"
-                          " if (m) m.scrollIntoView({block: 'center'}); return !!m; })()")
-        devtools.drain(0.2)
-    shot = devtools.call("Page.captureScreenshot", format="png")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(base64.b64decode(shot["data"]))
-
-
-# Pages that get a screenshot: (page, file name, scroll to the first display equation first).
-SCREENSHOTS = [
-    ("book/intro.html", "landing.png", False),
-    ("book/backward.html", "backward.png", False),
-    ("book/backward.html", "backward-equation.png", True),
-]
-
-
-def site_pages(root: Path) -> list[str]:
-    skip = ("_static/", "_sources/", "_images/", "_downloads/")
-    pages = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.html"))
-    return [p for p in pages if not p.startswith(skip)]
+            self.page.goto(url, wait_until="load")
+            if self.page.url != expected_url:
+                self.page.wait_for_url(expected_url, wait_until="load")
+            result.report = self.page.evaluate(PAGE_REPORT_JS)
+            self.page.wait_for_timeout(SETTLE_S * 1000)
+            for target, scroll_to_math in shots:
+                if scroll_to_math:
+                    self.page.evaluate(SCROLL_TO_MATH_JS)
+                    self.page.wait_for_timeout(200)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.page.screenshot(path=str(target))
+        except PlaywrightError as error:  # recorded, so one broken page does not hide the others
+            result.load_error = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        result.seconds = time.monotonic() - started
+        return result
 
 
 @dataclass
 class Crawl:
-    base: str
+    root: Path  # the folder served
+    base: str  # its URL
+    edition: str  # "" for a one-edition site
     pages: dict[str, PageResult]
-    screenshots: dict[str, Path]
+    screenshots: dict[str, Path]  # file name -> where it was saved
     seconds: float
 
 
-@pytest.fixture(scope="module")
-def crawl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crawl]:
-    if chromium_path() is None:
-        reason = "headless Chromium not found (install Debian's `chromium`, or set BNREF_CHROMIUM)"
-        if os.environ.get("BNREF_REQUIRE_BROWSER") == "1":
-            pytest.fail(reason + "; BNREF_REQUIRE_BROWSER=1 requires the browser check to run")
-        pytest.skip(reason)
-    if not (HTML_DIR / "index.html").is_file():
-        pytest.fail(f"no built book at {HTML_DIR}: run `make book` first (or point BNREF_BOOK_HTML at _build/html)")
-
-    server, base = serve(HTML_DIR)
-    workdir = tmp_path_factory.mktemp("chromium")
-    proc, devtools = start_chromium(workdir / "profile")
+def crawl_site(
+    browser: Browser,
+    root: Path,
+    base: str,
+    edition: str,
+    pages: list[str],
+    screenshot_dir: Path,
+    screenshots: list[tuple[str, str, bool]] = SCREENSHOTS,
+    timeout_s: float = PAGE_TIMEOUT_S,
+) -> Crawl:
+    """Visit ``pages`` (paths relative to ``root``) in one tab of a fresh browser context."""
+    prefix = edition + "/" if edition else ""
+    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
     started = time.monotonic()
     results: dict[str, PageResult] = {}
-    shots: dict[str, Path] = {}
+    saved: dict[str, Path] = {}
     try:
-        for page in site_pages(HTML_DIR):
-            t0 = time.monotonic()
-            try:
-                report, events = visit(devtools, base + page, final_url(base + page, HTML_DIR / page))
-            except (TimeoutError, CDPError) as error:  # recorded, so one broken page does not hide the others
-                results[page] = PageResult(page, load_error=f"{type(error).__name__}: {error}")
-                continue
-            outside, failed = network_problems(events)
-            results[page] = PageResult(page, report, console_problems(events), outside, failed)
-            for shot_page, name, to_math in SCREENSHOTS:
-                if shot_page == page:
-                    shots[name] = SCREENSHOT_DIR / name
-                    screenshot(devtools, shots[name], scroll_to_math=to_math)
-            results[page].seconds = time.monotonic() - t0
-        yield Crawl(base, results, shots, time.monotonic() - started)
+        tab = Tab(context, timeout_s)
+        for page in pages:
+            shots = [(screenshot_dir / name, to_math) for p, name, to_math in screenshots if prefix + p == page]
+            url = base + page
+            results[page] = tab.visit(page, url, final_url(url, root / page), shots)
+            if not results[page].load_error:
+                saved.update({target.name: target for target, _ in shots})
     finally:
-        stop_chromium(proc, devtools)
-        server.shutdown()
-        server.server_close()
-
-
-def fail_on(problems: dict[str, list[str]], what: str) -> None:
-    problems = {page: items for page, items in problems.items() if items}
-    if problems:
-        lines = [f"{page}:\n    " + "\n    ".join(items) for page, items in sorted(problems.items())]
-        pytest.fail(f"{what}:\n" + "\n".join(lines), pytrace=False)
+        context.close()
+    return Crawl(root, base, edition, results, saved, time.monotonic() - started)
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The tests.
+# The checks: each maps a crawl to {page or item: [problems]}; an empty list means no problem.
 # --------------------------------------------------------------------------------------------------------------
 
-
-def toc_documents() -> list[str]:
-    """Documents named in the repository's _toc.yml (``root:`` and every ``file:``)."""
-    text = (REPO_ROOT / "_toc.yml").read_text(encoding="utf-8")
-    return re.findall(r"^\s*-?\s*(?:root|file):\s*([^\s#]+)", text, flags=re.MULTILINE)
-
-
-def test_every_chapter_is_published(crawl: Crawl) -> None:
-    expected = {doc.removesuffix(".md").removesuffix(".ipynb") + ".html" for doc in toc_documents()}
-    assert expected, "no documents found in _toc.yml"
-    missing = sorted(expected - set(crawl.pages))
-    assert not missing, f"chapters in _toc.yml without a page in {HTML_DIR}: {missing}"
-    empty = sorted(p for p in expected if crawl.pages[p].report.get("bodyText", 0) < 100)
-    assert not empty, f"pages with (almost) no text: {empty}"
+Problems = dict[str, list[str]]
 
 
 def loaded(crawl: Crawl) -> list[tuple[str, PageResult]]:
-    """The pages that loaded (the others fail test_every_page_loads)."""
+    """The pages that loaded (the others are reported by ``load_problems``)."""
     return [(p, r) for p, r in crawl.pages.items() if not r.load_error]
 
 
-def test_every_page_loads(crawl: Crawl) -> None:
-    fail_on({p: [r.load_error] if r.load_error else [] for p, r in crawl.pages.items()}, "pages that did not load")
+def load_problems(crawl: Crawl) -> Problems:
+    return {p: [r.load_error] if r.load_error else [] for p, r in crawl.pages.items()}
 
 
-def test_no_console_errors(crawl: Crawl) -> None:
-    fail_on({p: r.console for p, r in loaded(crawl)}, "console errors or uncaught exceptions")
+def console_problems(crawl: Crawl) -> Problems:
+    return {p: r.console for p, r in loaded(crawl)}
 
 
-def test_site_is_self_contained(crawl: Crawl) -> None:
-    fail_on(
-        {
-            p: [f"outside request: {url}" for url in r.outside_requests] + [f"failed: {f}" for f in r.failed_requests]
-            for p, r in loaded(crawl)
-        },
-        "requests that left localhost, or local resources that failed to load",
-    )
+def network_problems(crawl: Crawl) -> Problems:
+    return {
+        p: [f"outside request: {url}" for url in r.outside_requests] + [f"failed: {f}" for f in r.failed_requests]
+        for p, r in loaded(crawl)
+    }
 
 
-def test_mathjax_typeset_every_equation(crawl: Crawl) -> None:
-    problems: dict[str, list[str]] = {}
+def math_problems(crawl: Crawl) -> Problems:
+    problems: Problems = {}
     for page, result in loaded(crawl):
         report, items = result.report, []
         if report.get("mathjaxTimedOut"):
@@ -586,16 +376,11 @@ def test_mathjax_typeset_every_equation(crawl: Crawl) -> None:
             context = report["prose"][max(match.start() - 40, 0) : match.end() + 40]
             items.append(f"raw TeX {match.group()!r} in the text: ...{context}...")
         problems[page] = items
-    fail_on(problems, "equations MathJax did not typeset")
-    with_math = [p for p, r in loaded(crawl) if r.report["mathElements"]]
-    assert with_math, "no page of the book has any equation: is the book built from the chapters?"
+    return problems
 
 
-def test_every_image_loads(crawl: Crawl) -> None:
-    fail_on(
-        {p: [f"broken image: {src}" for src in r.report["brokenImages"]] for p, r in loaded(crawl)},
-        "images that did not load",
-    )
+def image_problems(crawl: Crawl) -> Problems:
+    return {p: [f"broken image: {src}" for src in r.report["brokenImages"]] for p, r in loaded(crawl)}
 
 
 class IdCollector(html.parser.HTMLParser):
@@ -609,16 +394,18 @@ class IdCollector(html.parser.HTMLParser):
                 self.ids.add(value)
 
 
-def test_internal_links_resolve(crawl: Crawl) -> None:
+def fetch(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, b""
+
+
+def link_problems(crawl: Crawl) -> Problems:
+    """Every local link answers 200 and its anchor names an id of the target (pages outside the crawl fetched)."""
     status: dict[str, int] = {}
     ids: dict[str, set[str]] = {p: set(r.report["ids"]) for p, r in loaded(crawl)}
-
-    def fetch(url: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(url, timeout=10) as answer:
-                return answer.status, answer.read()
-        except urllib.error.HTTPError as error:
-            return error.code, b""
 
     def ids_of(path: str, url: str) -> set[str]:
         if path not in ids:
@@ -627,7 +414,7 @@ def test_internal_links_resolve(crawl: Crawl) -> None:
             ids[path] = collector.ids
         return ids[path]
 
-    problems: dict[str, list[str]] = {}
+    problems: Problems = {}
     for page, result in loaded(crawl):
         items = []
         for link in result.report["links"]:
@@ -645,20 +432,233 @@ def test_internal_links_resolve(crawl: Crawl) -> None:
             if anchor and path.endswith(".html") and anchor not in ids_of(path, target):
                 items.append(f"no id {anchor!r} in {path}: {link}")
         problems[page] = items
-    fail_on(problems, "internal links that do not resolve")
-    assert status, "no internal link found at all"
+    if not status:
+        problems["(site)"] = ["no internal link found at all"]
+    return problems
 
 
-def png_size(path: Path) -> tuple[int, int]:
+def published_problems(crawl: Crawl, documents: list[str]) -> Problems:
+    """Every document of the table of contents has a page in the crawl, and the page has text."""
+    prefix = crawl.edition + "/" if crawl.edition else ""
+    expected = [prefix + doc.removesuffix(".md").removesuffix(".ipynb") + ".html" for doc in documents]
+    problems: Problems = {"(site)": [] if expected else ["no documents in the table of contents"]}
+    for page in expected:
+        result = crawl.pages.get(page)
+        if result is None:
+            problems[page] = ["in _toc.yml but not published"]
+        elif not result.load_error and result.report.get("articleText", 0) < 100:
+            problems[page] = ["(almost) no text"]
+    return problems
+
+
+def png_size(path: Path) -> dict[str, int]:
     data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
-    return struct.unpack("!II", data[16:24])
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return {}
+    width, height = struct.unpack("!II", data[16:24])
+    return {"width": width, "height": height}
+
+
+def screenshot_problems(crawl: Crawl, screenshots: list[tuple[str, str, bool]] = SCREENSHOTS) -> Problems:
+    problems: Problems = {}
+    for _, name, _ in screenshots:
+        if name not in crawl.screenshots:
+            problems[name] = ["no page to take it from (is the page in the book, and did it load?)"]
+        elif png_size(crawl.screenshots[name]) != VIEWPORT:
+            problems[name] = [f"not a PNG of the viewport's size {VIEWPORT}"]
+    return problems
+
+
+def fail_on(problems: Problems, what: str) -> None:
+    problems = {page: items for page, items in problems.items() if items}
+    if problems:
+        lines = [f"{page}:\n    " + "\n    ".join(items) for page, items in sorted(problems.items())]
+        pytest.fail(f"{what}:\n" + "\n".join(lines), pytrace=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fixtures: the browser, and one crawl per edition.
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    path = chromium_path()
+    if sync_playwright is None or path is None:
+        reason = (
+            "Playwright is not installed (pip install -r requirements.txt)"
+            if sync_playwright is None
+            else "headless Chromium not found (install Debian's `chromium`, or set BNREF_CHROMIUM)"
+        )
+        if os.environ.get("BNREF_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason + "; BNREF_REQUIRE_BROWSER=1 requires the browser check to run")
+        pytest.skip(reason)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[str]:
+    """The URL of ``HTML_DIR`` served on 127.0.0.1."""
+    if not (HTML_DIR / "index.html").is_file():
+        pytest.fail(f"no built book at {HTML_DIR}: run `make book` first (or point BNREF_BOOK_HTML at _build/html)")
+    server, base = serve(HTML_DIR)
+    try:
+        yield base
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module", params=editions(HTML_DIR), ids=lambda edition: edition or "site")
+def crawl(request: pytest.FixtureRequest, browser: Browser, site: str) -> Crawl:
+    edition = request.param
+    pages = site_pages(HTML_DIR, edition)
+    return crawl_site(browser, HTML_DIR, site, edition, pages, SCREENSHOT_DIR / edition)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The tests of the book.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_every_chapter_is_published(crawl: Crawl) -> None:
+    fail_on(published_problems(crawl, toc_documents()), f"chapters of _toc.yml missing or empty in {HTML_DIR}")
+
+
+def test_every_page_loads(crawl: Crawl) -> None:
+    fail_on(load_problems(crawl), "pages that did not load")
+
+
+def test_no_console_errors(crawl: Crawl) -> None:
+    fail_on(console_problems(crawl), "console errors or uncaught exceptions")
+
+
+def test_site_is_self_contained(crawl: Crawl) -> None:
+    fail_on(network_problems(crawl), "requests that left localhost, or local resources that failed to load")
+
+
+def test_mathjax_typeset_every_equation(crawl: Crawl) -> None:
+    fail_on(math_problems(crawl), "equations MathJax did not typeset")
+    with_math = [p for p, r in loaded(crawl) if r.report["mathElements"]]
+    assert with_math, "no page of the book has any equation: is the book built from the chapters?"
+
+
+def test_every_image_loads(crawl: Crawl) -> None:
+    fail_on(image_problems(crawl), "images that did not load")
+
+
+def test_internal_links_resolve(crawl: Crawl) -> None:
+    fail_on(link_problems(crawl), "internal links that do not resolve")
 
 
 def test_screenshots_saved(crawl: Crawl) -> None:
-    for _, name, _ in SCREENSHOTS:
-        assert name in crawl.screenshots, f"no page to take {name} from (is it in the book?)"
-        assert png_size(crawl.screenshots[name]) == VIEWPORT, f"{name} does not have the viewport's size"
-    timing = ", ".join(f"{p} {r.seconds:.1f}s" for p, r in sorted(loaded(crawl)))
-    print(f"\nbrowser check: {len(crawl.pages)} pages in {crawl.seconds:.1f} s ({timing})")
-    print(f"screenshots in {SCREENSHOT_DIR}")
+    fail_on(screenshot_problems(crawl), "screenshots")
+    timing = ", ".join(f"{p} {r.seconds:.1f}s" for p, r in sorted(crawl.pages.items()))
+    print(f"\nbrowser check ({crawl.edition or 'site'}): {len(crawl.pages)} pages in {crawl.seconds:.1f} s ({timing})")
+    print(f"screenshots in {SCREENSHOT_DIR / crawl.edition}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Each check fails on a copy of the site with a fault planted for it.
+# --------------------------------------------------------------------------------------------------------------
+
+HANGUP_PAGE = "planted-hangup.html"
+
+
+class HangupHandler(QuietHandler):
+    """Serves files, but closes the connection without an answer when asked for ``HANGUP_PAGE``."""
+
+    def do_GET(self) -> None:
+        if self.path.endswith("/" + HANGUP_PAGE):
+            self.close_connection = True
+            return
+        super().do_GET()
+
+
+# Planted page -> HTML inserted at the top of the article of a copy of book/intro.html (a page with equations).
+# "book/planted-control.html" is an unmodified copy, which no check may flag.
+INSERTIONS = {
+    "planted-console-error.html": "<script>console.error('planted console error')</script>",
+    "planted-exception.html": "<script>throw new Error('planted uncaught exception')</script>",
+    "planted-outside-request.html": '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>',
+    "planted-missing-stylesheet.html": '<link rel="stylesheet" href="planted-missing.css">',
+    "planted-raw-tex.html": r"<p>The ratio \frac{a}{b} left as TeX source.</p>",
+    "planted-undefined-macro.html": r'<p><span class="math notranslate nohighlight">\(\plantedmacro{x}\)</span></p>',
+    "planted-broken-image.html": '<img src="planted-missing.png" alt="planted">',
+    "planted-dead-link.html": '<p><a href="planted-no-such-page.html">a page that does not exist</a></p>',
+    "planted-dead-anchor.html": '<p><a href="intro.html#planted-no-such-anchor">an anchor that does not exist</a></p>',
+}
+# Pages whose source is changed instead: MathJax's script removed; the article emptied.
+NO_MATHJAX = "planted-no-mathjax.html"
+EMPTY = "planted-empty.html"
+PLANTED_PAGES = ["planted-control.html", *INSERTIONS, NO_MATHJAX, EMPTY, HANGUP_PAGE]
+
+# The table of contents and screenshots of the planted site name a page that was never built.
+PLANTED_TOC = ["book/planted-control.md", f"book/{EMPTY.removesuffix('.html')}.ipynb", "book/planted-unpublished.md"]
+PLANTED_SCREENSHOTS = [
+    ("book/planted-control.html", "control.png", False),
+    ("book/planted-unpublished.html", "unpublished.png", False),
+]
+
+# Check -> the planted pages (or items) it must flag.
+CHECKS: dict[str, tuple[Callable[[Crawl], Problems], set[str]]] = {
+    "load": (load_problems, {f"book/{HANGUP_PAGE}"}),
+    "console": (console_problems, {"book/planted-console-error.html", "book/planted-exception.html"}),
+    "network": (network_problems, {"book/planted-outside-request.html", "book/planted-missing-stylesheet.html"}),
+    "math": (
+        math_problems,
+        {"book/planted-raw-tex.html", "book/planted-undefined-macro.html", f"book/{NO_MATHJAX}"},
+    ),
+    "images": (image_problems, {"book/planted-broken-image.html"}),
+    "links": (link_problems, {"book/planted-dead-link.html", "book/planted-dead-anchor.html"}),
+    "published": (
+        lambda crawl: published_problems(crawl, PLANTED_TOC),
+        {"book/planted-unpublished.html", f"book/{EMPTY}"},
+    ),
+    "screenshots": (lambda crawl: screenshot_problems(crawl, PLANTED_SCREENSHOTS), {"unpublished.png"}),
+}
+
+
+def plant_faults(source: Path, target: Path) -> None:
+    """Copy one edition of the site from ``source`` to ``target`` and add the planted pages to it."""
+    shutil.copytree(source, target)
+    intro = (source / "book" / "intro.html").read_text(encoding="utf-8")
+    article = re.search(r"<article[^>]*>", intro)
+    mathjax = re.search(r"<script[^>]*mathjax[^>]*>\s*</script>", intro)
+    assert article and mathjax, "book/intro.html has no <article> or no MathJax script: update plant_faults"
+    pages = {"planted-control.html": intro, HANGUP_PAGE: intro}
+    for name, insertion in INSERTIONS.items():
+        pages[name] = intro[: article.end()] + insertion + intro[article.end() :]
+    pages[NO_MATHJAX] = intro[: mathjax.start()] + intro[mathjax.end() :]
+    pages[EMPTY] = re.sub(r"(<article[^>]*>).*?(</article>)", r"\1\2", intro, flags=re.DOTALL)
+    for name, text in pages.items():
+        (target / "book" / name).write_text(text, encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def planted(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crawl]:
+    source = HTML_DIR / editions(HTML_DIR)[0]
+    if not (source / "book" / "intro.html").is_file():
+        pytest.fail(f"no built book at {source}: run `make book` first")
+    root = tmp_path_factory.mktemp("planted") / "html"
+    plant_faults(source, root)
+    server, base = serve(root, HangupHandler)
+    try:
+        pages = [f"book/{name}" for name in PLANTED_PAGES]
+        yield crawl_site(browser, root, base, "", pages, root.parent / "screenshots", PLANTED_SCREENSHOTS)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_check_catches_planted_fault(planted: Crawl, check: str) -> None:
+    function, expected = CHECKS[check]
+    flagged = {page for page, items in function(planted).items() if items}
+    assert expected <= flagged, f"the {check} check missed its planted faults {sorted(expected - flagged)}"
+    assert "book/planted-control.html" not in flagged, f"the {check} check flags the unmodified control page"
