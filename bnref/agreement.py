@@ -12,51 +12,19 @@ and compares each with the NumPy reference run in float64 *under that implementa
 variance after every step, and the inference output ``y_inference``. A missing framework gives rows that
 say "not installed". ``cross_convention`` measures what the two frameworks' *defaults* change.
 
-Error bounds (book, chapter "Frameworks side by side"; GUIDE section 4)
--------------------------------------------------------------------
-Every cell is also checked against a bound derived from the precision, not tuned to the data. With ``eps_c``
-the machine epsilon of the compute dtype (float32 for float16/bfloat16 inputs), ``m`` the values per
-channel, ``sigma = sqrt(var + eps)``, ``r = |mean| / sigma`` and ``X = max |x_hat|`` per channel::
+Every cell is checked against a bound derived from the precision, not tuned to the data: the error model of
+``bnref.testing`` (``training_bounds``, ``running_mean_bound``, ``running_var_bound``, ``inference_bound``),
+derived in the book's appendix "How the checks are bounded" (``ch-bounds``). A cell passes when
+``error / bound <= 1`` at every step. The bounds leave room for any summation order (CPU, GPU, another
+library), yet a convention slip fails them by orders of magnitude (``tests/test_frameworks.py``).
 
-    e = C * eps_c * (1 + sqrt(m)),     C = 4
-
-``sqrt(m)`` is the probabilistic growth of rounding error in a sum of ``m`` terms in any order (Higham and
-Mary 2019: if rounding errors are independent and mean-zero, the error of recursive summation is at most
-about ``lambda * sqrt(m) * u * sum|a_i|`` except with a probability of order ``2 m exp(-lambda^2 / 2)``;
-pairwise and cascaded sums, which NumPy, PyTorch and Eigen use, do better; the worst case, ``m u``, is
-never approached by real data). ``C = 4`` is ``lambda = 8`` in units of ``u = eps/2`` (failure probability
-~1e-10 for m = 2048); the ``1 +`` covers the few elementwise roundings. Each quantity's bound is ``e`` times the sum of the absolute values it is computed
-from (its condition scale), plus the rounding of outputs returned in the input dtype (``eps_out``):
-
-=============  ==================================================================================
-quantity        absolute bound per step (max over channels)
-=============  ==================================================================================
-y               ``e (|gamma| (r + X) + |beta|) + eps_out max|y|``. Frameworks compute
-                ``y = x * a + b`` with ``a = gamma/sigma``; ``|x a| <= |gamma| (r + X)``: the error
-                grows with ``|mean|/std`` (GUIDE section 2), and so does that of ``x - mean``.
-dbeta           ``e sum|dy|``
-dgamma          ``e sum|dy| (|x_hat| + r)``: each ``x_hat`` carries an error ``e (r + |x_hat|)``.
-dx              ``e |gamma| / sigma (max|dy| + (sum|dy| + (r + X)|dgamma| + X sum|dy|(|x_hat| + r)) / m)``
-                ``+ eps_out max|dx|``, from ``dx = gamma/(m sigma) (m dy - dbeta - x_hat dgamma)``.
-running_mean    ``B_k = (1 - w) B_{k-1} + w e (|mean| + sigma X) + C eps_c |r_k|``, ``B_0 = 0``.
-running_var     ``B_k = (1 - w) B_{k-1} + w f (e var + (e (|mean| + sigma X))^2) + C eps_c |r_k|``,
-                ``f = m/(m-1)`` if the variance fed is unbiased else 1. The squared term is a two-pass
-                variance's only sensitivity to ``|mean|``; a one-pass ``E[x^2] - E[x]^2`` has an error
-                ``~ eps |mean|^2`` and fails this bound as soon as ``|mean|/std >> 1``.
-y_inference     ``C eps_c (|gamma| (max|x| + |r_mean|) / sigma_r + |beta|)`` plus the running statistics'
-                bounds propagated, ``|gamma| B_mean / sigma_r + |gamma| X_r B_var / (2 sigma_r^2)``, plus
-                ``eps_out max|y|`` (``sigma_r = sqrt(r_var + eps)``, ``X_r = max|x - r_mean| / sigma_r``).
-=============  ==================================================================================
-
-A table cell passes when ``error / bound <= 1`` at every step. The bounds leave room for any summation
-order (CPU, GPU, another library), yet a convention slip fails them by orders of magnitude: a missing
-``m/(m-1)`` changes the running variance by ``1/m`` relative, eps 1e-5 instead of 1e-3 changes ``y`` by
-``~1e-3 / (2 var)`` relative, a one-pass variance loses ``eps |mean|^2 / var``.
+Weight transfer between the frameworks lives in ``bnref.transfer``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import html
 import math
 from dataclasses import dataclass, field
@@ -64,28 +32,42 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from . import relative_error
 from .conventions import KERAS, PYTORCH, Convention, get_convention
-from .gradcheck import relative_error
 from .reference import RunningStats, batch_norm_backward, batch_norm_forward, batch_norm_inference
+from .testing import (
+    DTYPES,
+    channel_summaries,
+    compute_dtype,
+    inference_bound,
+    machine_eps,
+    running_mean_bound,
+    running_var_bound,
+    training_bounds,
+)
 
 __all__ = [
     "QUANTITIES",
     "IMPLEMENTATIONS",
     "Case",
+    "Status",
+    "NotApplicable",
+    "framework_convention",
+    "Batches",
+    "make_batches",
+    "Trace",
+    "reference_trace",
+    "compare_trace",
     "Diff",
     "Row",
     "AgreementTable",
     "run_case",
-    "run_cases",
     "summary_table",
     "ConventionRow",
     "ConventionTable",
     "cross_convention",
-    "torch_to_keras",
-    "keras_to_torch",
-    "inference_gap",
-    "machine_eps",
-    "BOUND_C",
+    "keras_output_errors",
+    "keras_output_errors_on",
 ]
 
 #: The quantities compared, in table order.
@@ -101,25 +83,7 @@ IMPLEMENTATIONS: tuple[tuple[str, str], ...] = (
     ("keras native", "keras"),
 )
 
-#: The constant C of the error bounds (module docstring): lambda = 2 C = 8 in units of u = eps/2.
-BOUND_C = 4.0
-
-_DTYPES = ("float64", "float32", "float16", "bfloat16")
 _DEFAULT = "default"
-
-
-def machine_eps(dtype: str) -> float:
-    """Machine epsilon (spacing of floats at 1): 2^-52, 2^-23, 2^-10, 2^-7 for float64/32/16, bfloat16."""
-    if dtype == "bfloat16":
-        return 2.0**-7  # 8 significant bits
-    if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(_DTYPES)}")
-    return float(np.finfo(dtype).eps)
-
-
-def _compute_dtype(dtype: str) -> str:
-    """Half precision is computed in float32 by every implementation here."""
-    return "float32" if dtype in ("float16", "bfloat16") else dtype
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -177,8 +141,8 @@ class Case:
             raise ValueError(f"shape must have at least 2 positive dimensions, got {self.shape}")
         if not -len(self.shape) <= self.axis < len(self.shape):
             raise ValueError(f"axis {self.axis} is out of range for shape {self.shape}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}; got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         if self.mode not in ("train", "train+inference"):
             raise ValueError(f"mode must be 'train' or 'train+inference', got {self.mode!r}")
         if not (isinstance(self.steps, int) and self.steps >= 1):
@@ -239,13 +203,28 @@ def _new_value_weight_rule(conv: Convention) -> float | None:
     return None if conv.momentum is None else conv.new_value_weight(1)
 
 
-def framework_convention(case: Case, framework: str) -> Convention | str:
-    """The convention ``framework`` runs under in ``case``, or a string saying why it cannot.
+class NotApplicable(ValueError):
+    """An implementation cannot express a case: a convention it lacks, a dtype it has no type for."""
 
-    ``"numpy"`` runs the case's convention itself (for a native case: PyTorch's and Keras' both, see
-    ``run_case``). ``"torch"`` and ``"keras"`` keep their own running-variance bias (unbiased / biased).
+
+def framework_convention(case: Case, framework: str) -> Convention:
+    """The convention ``framework`` ("torch" or "keras") runs under in ``case``.
+
+    For a native case (``case.convention is None``) each framework runs its own defaults (``PYTORCH``,
+    ``KERAS``, with ``case.eps`` if given). For a shared convention each is configured to follow its eps and
+    running-average weight, keeping its own running-variance bias (unbiased / biased), which is fixed in the
+    framework. The NumPy rows run the case's convention itself (see ``run_case``).
+
+    Raises
+    ------
+    NotApplicable
+        Keras asked to follow a cumulative average (PyTorch's ``momentum=None``), which it cannot express.
+    ValueError
+        An unknown framework.
     """
-    base = {"torch": PYTORCH, "keras": KERAS}[framework]
+    if framework not in ("torch", "keras"):
+        raise ValueError(f"framework must be 'torch' or 'keras'; got {framework!r}")
+    base = PYTORCH if framework == "torch" else KERAS
     target = _target_convention(case)
     if target is None:
         return base.replace(eps=case.eps) if case.eps is not None else base
@@ -254,7 +233,7 @@ def framework_convention(case: Case, framework: str) -> Convention | str:
         momentum = w  # PyTorch's momentum is the new value's weight; None = cumulative
     else:
         if w is None:
-            return "n/a: Keras has no cumulative average (momentum=None)"
+            raise NotApplicable("Keras has no cumulative average (momentum=None)")
         momentum = 1.0 - w  # Keras' momentum is the old value's weight
     return base.replace(name=f"{base.name}~{target.name}", eps=target.eps, momentum=momentum)
 
@@ -274,17 +253,36 @@ def _round_to(a: np.ndarray, dtype: str) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _Data:
-    xs: list[np.ndarray]  # training batches, float64 holding case-dtype values
+class Batches:
+    """The data of one case, drawn once and fed to every implementation.
+
+    All arrays are float64 holding values representable in the case dtype (parameters: in the compute
+    dtype), so that each implementation receives exactly the values the float64 truth uses.
+
+    Attributes
+    ----------
+    xs, dys : list of ndarray, shape ``case.shape``
+        The training batches and the upstream gradients, one per step.
+    x_inference : ndarray, shape ``case.shape``
+        The batch of the inference pass.
+    gamma, beta : ndarray, shape (C,)
+    """
+
+    xs: list[np.ndarray]
     dys: list[np.ndarray]
     x_inference: np.ndarray
-    gamma: np.ndarray  # float64 holding parameter-dtype values
+    gamma: np.ndarray
     beta: np.ndarray
 
 
-def _make_data(case: Case) -> _Data:
+def make_batches(case: Case) -> Batches:
+    """Draw the batches of ``case`` from ``numpy.random.default_rng(case.seed)``.
+
+    ``x = loc + scale * z`` and ``dy = z'`` with ``z, z'`` standard normal, ``gamma ~ U(0.5, 1.5)``,
+    ``beta ~ N(0, 0.5^2)``, each rounded to its dtype (round to nearest even).
+    """
     rng = np.random.default_rng(case.seed)
-    pdtype = _compute_dtype(case.dtype)
+    pdtype = compute_dtype(case.dtype)
     c = case.channels
     gamma = _round_to(rng.uniform(0.5, 1.5, c), pdtype)
     beta = _round_to(rng.normal(0.0, 0.5, c), pdtype)
@@ -296,13 +294,15 @@ def _make_data(case: Case) -> _Data:
     for _ in range(case.steps):
         xs.append(batch())
         dys.append(_round_to(rng.standard_normal(case.shape), case.dtype))
-    return _Data(xs, dys, batch(), gamma, beta)
+    return Batches(xs, dys, batch(), gamma, beta)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Traces: what one implementation produced, as float64 arrays
 # ----------------------------------------------------------------------------------------------------
 
+#: What one implementation produced: for each quantity of ``QUANTITIES`` one float64 array per training step
+#: (``y_inference``: one array, after the last step, or none in mode "train").
 Trace = dict[str, list[np.ndarray]]
 
 
@@ -310,15 +310,15 @@ def _empty_trace() -> Trace:
     return {q: [] for q in QUANTITIES}
 
 
-class _NotAvailable(Exception):
-    """The implementation cannot run this case (framework missing, dtype unsupported, ...)."""
+class _NotInstalled(Exception):
+    """The framework of an implementation is not installed; the message names it."""
 
 
-def _reference_trace(case: Case, conv: Convention, data: _Data, dtype: str) -> tuple[Trace, list]:
-    """The NumPy reference in ``dtype`` (float64: the truth). Also returns the float64 caches."""
+def _reference_run(case: Case, conv: Convention, data: Batches, dtype: str) -> tuple[Trace, list]:
+    """The NumPy reference in ``dtype`` (float64: the truth). Also returns the caches."""
     if dtype == "bfloat16":
-        raise _NotAvailable("n/a: NumPy has no bfloat16")
-    pdtype = _compute_dtype(dtype)
+        raise NotApplicable("NumPy has no bfloat16")
+    pdtype = compute_dtype(dtype)
     gamma, beta = data.gamma.astype(pdtype), data.beta.astype(pdtype)
     stats = RunningStats(case.channels, conv, dtype=np.dtype(pdtype))
     trace, caches = _empty_trace(), []
@@ -337,20 +337,31 @@ def _reference_trace(case: Case, conv: Convention, data: _Data, dtype: str) -> t
     return trace, caches
 
 
-def _torch_trace(case: Case, conv: Convention, data: _Data, native: bool, device: str) -> Trace:
+def reference_trace(
+    case: Case, convention: Convention, dtype: str = "float64", batches: Batches | None = None
+) -> Trace:
+    """The NumPy reference run on the batches of ``case`` under ``convention``, computed in ``dtype``.
+
+    In float64 this is the truth every implementation is compared with. ``batches`` defaults to
+    ``make_batches(case)``. Raises ``NotApplicable`` for bfloat16 (NumPy has no such type).
+    """
+    return _reference_run(case, convention, batches if batches is not None else make_batches(case), dtype)[0]
+
+
+def _torch_trace(case: Case, conv: Convention, data: Batches, native: bool, device: str) -> Trace:
     try:
         import torch
 
         from . import torch_bn
     except ImportError:
-        raise _NotAvailable("not installed (PyTorch)") from None
+        raise _NotInstalled("PyTorch") from None
     tdtype = getattr(torch, case.dtype)
-    pdtype = getattr(torch, _compute_dtype(case.dtype))
+    pdtype = getattr(torch, compute_dtype(case.dtype))
     ndim, c = len(case.shape), case.channels
     if native:
         cls = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}.get(ndim)
         if cls is None:
-            raise _NotAvailable(f"n/a: torch.nn.BatchNorm* takes 2D-5D input, not {ndim}D")
+            raise NotApplicable(f"torch.nn.BatchNorm* takes 2D-5D input, not {ndim}D")
     else:
         cls = torch_bn.BatchNorm
     bn = cls(c, eps=conv.eps, momentum=conv.momentum, device=device, dtype=pdtype)
@@ -387,14 +398,14 @@ def _torch_trace(case: Case, conv: Convention, data: _Data, native: bool, device
     return trace
 
 
-def _keras_trace(case: Case, conv: Convention, data: _Data, native: bool) -> Trace:
+def _keras_trace(case: Case, conv: Convention, data: Batches, native: bool) -> Trace:
     try:
         import keras
         import tensorflow as tf
 
         from . import keras_bn
     except ImportError:
-        raise _NotAvailable("not installed (TensorFlow/Keras)") from None
+        raise _NotInstalled("TensorFlow/Keras") from None
     cls = keras.layers.BatchNormalization if native else keras_bn.BatchNormalization
     # Layer dtype policy: float64 runs in float64; half-precision inputs go into a float32 layer, which
     # (native and scratch alike) autocasts them to float32 and returns float32.
@@ -423,59 +434,45 @@ def _keras_trace(case: Case, conv: Convention, data: _Data, native: bool) -> Tra
 
 
 # ----------------------------------------------------------------------------------------------------
-# Error bounds (derivation in the module docstring)
+# Error bounds: bnref.testing's model applied to every step (derived in the book's appendix, ch-bounds)
 # ----------------------------------------------------------------------------------------------------
 
 
-def _bounds(case: Case, conv: Convention, truth: Trace, caches: list, data: _Data) -> dict[str, list[float]]:
-    """Absolute error bound per quantity and step, from the float64 truth (module docstring)."""
-    eps_c = machine_eps(_compute_dtype(case.dtype))
-    eps_out = machine_eps(case.dtype)
-    m, ax = case.m, case.channel_axis
-    e = BOUND_C * eps_c * (1.0 + math.sqrt(m))
-    f = m / (m - 1) if conv.running_var == "unbiased" else 1.0
+def _channels_last(a: np.ndarray, case: Case) -> np.ndarray:
+    """``a`` of ``case.shape`` as a 2-D (m, C) array, one column per channel."""
+    return np.moveaxis(np.asarray(a), case.channel_axis, -1).reshape(-1, case.channels)
+
+
+def _bounds(case: Case, conv: Convention, truth: Trace, caches: list, data: Batches) -> dict[str, list[float]]:
+    """Absolute error bound per quantity and step (max over channels), from the float64 truth and caches."""
+    eps_out = machine_eps(case.dtype)  # the rounding of outputs returned in the input dtype
     w_const = _new_value_weight_rule(conv)
-    gamma, beta = np.abs(data.gamma), np.abs(data.beta)
-
-    def per_channel(a: np.ndarray, how) -> np.ndarray:
-        return how(np.moveaxis(a, ax, -1).reshape(-1, case.channels), axis=0)
-
+    unbiased = conv.running_var == "unbiased"
     out: dict[str, list[float]] = {q: [] for q in QUANTITIES}
     b_mean = np.zeros(case.channels)
     b_var = np.zeros(case.channels)
     for k, (cache, dy) in enumerate(zip(caches, data.dys), start=1):
-        sigma = np.sqrt(cache.var + cache.eps)
-        r = np.abs(cache.mean) / sigma
-        abs_xhat = np.abs(cache.x_hat)
-        big_x = per_channel(abs_xhat, np.max)
-        sum_dy = per_channel(np.abs(dy), np.sum)
-        sum_dy_xhat = per_channel(np.abs(dy) * (abs_xhat + r.reshape(cache.layout.bshape)), np.sum)
-        dgamma = truth["dgamma"][k - 1]
-        out["y"].append(np.max(e * (gamma * (r + big_x) + beta)) + eps_out * np.max(np.abs(truth["y"][k - 1])))
-        out["dbeta"].append(np.max(e * sum_dy))
-        out["dgamma"].append(np.max(e * sum_dy_xhat))
-        dx_scale = gamma / sigma * (
-            per_channel(np.abs(dy), np.max) + (sum_dy + (r + big_x) * np.abs(dgamma) + big_x * sum_dy_xhat) / m
+        s = channel_summaries(
+            _channels_last(cache.x_hat, case), _channels_last(dy, case), cache.mean, cache.var, cache.eps
         )
-        out["dx"].append(np.max(e * dx_scale) + eps_out * np.max(np.abs(truth["dx"][k - 1])))
+        step = training_bounds(s, data.gamma, data.beta, truth["dgamma"][k - 1], case.dtype)
+        for q in ("y", "dx"):
+            out[q].append(float(np.max(step[q])) + eps_out * float(np.max(np.abs(truth[q][k - 1]))))
+        for q in ("dgamma", "dbeta"):
+            out[q].append(float(np.max(step[q])))
         w = w_const if w_const is not None else 1.0 / k
-        err_mean = e * (np.abs(cache.mean) + sigma * big_x)
-        b_mean = (1 - w) * b_mean + w * err_mean + BOUND_C * eps_c * np.abs(truth["running_mean"][k - 1])
-        b_var = (1 - w) * b_var + w * f * (e * cache.var + err_mean**2) + BOUND_C * eps_c * np.abs(
-            truth["running_var"][k - 1]
+        b_mean = running_mean_bound(b_mean, w, s, cache.mean, truth["running_mean"][k - 1], case.dtype)
+        b_var = running_var_bound(
+            b_var, w, s, cache.mean, cache.var, truth["running_var"][k - 1], case.dtype, unbiased
         )
         out["running_mean"].append(float(np.max(b_mean)))
         out["running_var"].append(float(np.max(b_var)))
     if truth["y_inference"]:
-        r_mean, r_var = truth["running_mean"][-1], truth["running_var"][-1]
-        sigma_r = np.sqrt(r_var + conv.eps)
-        max_x = per_channel(np.abs(data.x_inference), np.max)
-        x_r = per_channel(np.abs(data.x_inference - r_mean.reshape(caches[0].layout.bshape)), np.max) / sigma_r
-        ops = BOUND_C * eps_c * (gamma * (max_x + np.abs(r_mean)) / sigma_r + beta)
-        propagated = gamma * b_mean / sigma_r + gamma * x_r * b_var / (2 * sigma_r**2)
-        out["y_inference"].append(
-            float(np.max(ops + propagated)) + eps_out * np.max(np.abs(truth["y_inference"][0]))
+        bound = inference_bound(
+            _channels_last(data.x_inference, case), data.gamma, data.beta, truth["running_mean"][-1],
+            truth["running_var"][-1], conv.eps, b_mean, b_var, case.dtype,
         )
+        out["y_inference"].append(float(np.max(bound)) + eps_out * float(np.max(np.abs(truth["y_inference"][0]))))
     return out
 
 
@@ -513,23 +510,42 @@ class Diff:
         return bool(self.ratio <= 1.0)
 
 
+class Status(enum.Enum):
+    """Whether an implementation ran on a case; the value is what a table cell shows."""
+
+    RAN = "ok"
+    NOT_INSTALLED = "not installed"
+    NOT_APPLICABLE = "n/a"
+    ERROR = "error"
+
+
 @dataclass(frozen=True)
 class Row:
     """One implementation's line of an ``AgreementTable``.
 
-    ``status`` is "ok" when it ran; otherwise it says why not ("not installed (PyTorch)", "n/a: ...",
-    "error: ...") and ``diffs`` is empty.
+    ``status`` is ``Status.RAN`` when it ran; otherwise ``reason`` says why not (the framework that is
+    missing, the convention or dtype it cannot express, the error it raised) and ``diffs`` is empty.
     """
 
     implementation: str
     dtype: str
     convention: str
-    status: str
+    status: Status
+    reason: str = ""
     diffs: dict[str, Diff] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status is Status.RAN
+
+    @property
+    def message(self) -> str:
+        """The status as one line, e.g. "n/a: NumPy has no bfloat16" or "not installed (PyTorch)"."""
+        if self.ok:
+            return self.status.value
+        if self.status is Status.NOT_INSTALLED:
+            return f"{self.status.value} ({self.reason})"
+        return f"{self.status.value}: {self.reason}"
 
     @property
     def passed(self) -> bool:
@@ -590,7 +606,7 @@ class AgreementTable:
             if r.ok:
                 cells += [_cell(r.diffs.get(q), metric) for q in self.quantities]
             else:
-                cells += [r.status] + [""] * (len(self.quantities) - 1)
+                cells += [r.message] + [""] * (len(self.quantities) - 1)
             body.append(cells)
         return header, body
 
@@ -603,7 +619,7 @@ class AgreementTable:
             widths.append(max([len(header[j])] + [len(c) for c in cells]))
         lines = [f"case: {self.case.label}   [{metric}]", "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
         for b, r in zip(body, self.rows):
-            cells = b if r.ok else b[:3] + [r.status]
+            cells = b if r.ok else b[:3] + [r.message]
             lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths + [0])).rstrip())
         return "\n".join(lines)
 
@@ -631,7 +647,7 @@ class AgreementTable:
         out = []
         for r in self.rows:
             base = {"case": self.case.label, "implementation": r.implementation, "dtype": r.dtype,
-                    "convention": r.convention, "status": r.status}
+                    "convention": r.convention, "status": r.status.value, "reason": r.reason}
             if not r.ok:
                 out.append(base)
             for q, d in r.diffs.items():
@@ -686,53 +702,65 @@ def run_case(
     unknown = set(frameworks) - {"numpy", "torch", "keras"}
     if unknown:
         raise ValueError(f"unknown frameworks {sorted(unknown)}; choose from numpy, torch, keras")
-    data = _make_data(case)
+    data = make_batches(case)
     rows: list[Row] = []
-    truths: dict[str, tuple[Trace, list, dict]] = {}
+    truths: dict[str, tuple[Trace, dict]] = {}
 
-    def truth_for(conv: Convention) -> tuple[Trace, list, dict]:
+    def truth_for(conv: Convention) -> tuple[Trace, dict]:
         if conv.name not in truths:
-            trace, caches = _reference_trace(case, conv, data, "float64")
-            truths[conv.name] = (trace, caches, _bounds(case, conv, trace, caches, data))
+            trace, caches = _reference_run(case, conv, data, "float64")
+            truths[conv.name] = (trace, _bounds(case, conv, trace, caches, data))
         return truths[conv.name]
 
-    numpy_convs: list[Convention] = []
     target = _target_convention(case)
     if target is not None:
         numpy_convs = [target]
     else:
-        numpy_convs = [c for c in (framework_convention(case, f) for f in ("torch", "keras")) if isinstance(c, Convention)]
+        numpy_convs = [framework_convention(case, f) for f in ("torch", "keras")]
 
     for name, framework in IMPLEMENTATIONS:
         if framework not in frameworks:
             continue
-        convs: list[Convention | str] = numpy_convs if framework == "numpy" else [framework_convention(case, framework)]
-        for conv in convs:
-            conv_name = conv.name if isinstance(conv, Convention) else "-"
-            if isinstance(conv, str):
-                rows.append(Row(name, case.dtype, conv_name, conv))
+        if framework == "numpy":
+            convs: list[Convention] = numpy_convs
+        else:
+            try:
+                convs = [framework_convention(case, framework)]
+            except NotApplicable as why:
+                rows.append(Row(name, case.dtype, "-", Status.NOT_APPLICABLE, str(why)))
                 continue
+        for conv in convs:
             try:
                 if framework == "numpy":
-                    trace, _ = _reference_trace(case, conv, data, case.dtype)
+                    trace, _ = _reference_run(case, conv, data, case.dtype)
                 elif framework == "torch":
                     trace = _torch_trace(case, conv, data, native=name.endswith("native"), device=device)
                 else:
                     trace = _keras_trace(case, conv, data, native=name.endswith("native"))
-            except _NotAvailable as why:
-                rows.append(Row(name, case.dtype, conv_name, str(why)))
+            except _NotInstalled as why:
+                rows.append(Row(name, case.dtype, conv.name, Status.NOT_INSTALLED, str(why)))
+                continue
+            except NotApplicable as why:
+                rows.append(Row(name, case.dtype, conv.name, Status.NOT_APPLICABLE, str(why)))
                 continue
             except (RuntimeError, ValueError, TypeError) as err:  # a framework refusing the case is a finding
-                rows.append(Row(name, case.dtype, conv_name, f"error: {type(err).__name__}: {err}"))
+                rows.append(Row(name, case.dtype, conv.name, Status.ERROR, f"{type(err).__name__}: {err}"))
                 continue
-            truth, _, bounds = truth_for(conv)
-            rows.append(Row(name, case.dtype, conv_name, "ok", _compare(trace, truth, bounds)))
+            truth, bounds = truth_for(conv)
+            rows.append(Row(name, case.dtype, conv.name, Status.RAN, diffs=_compare(trace, truth, bounds)))
     return AgreementTable(case, rows)
 
 
-def run_cases(cases: Sequence[Case], **kwargs: Any) -> list[AgreementTable]:
-    """``run_case`` over several cases."""
-    return [run_case(c, **kwargs) for c in cases]
+def compare_trace(case: Case, convention: Convention, trace: Trace, batches: Batches | None = None) -> dict[str, Diff]:
+    """Compare any implementation's ``trace`` on the batches of ``case`` with the float64 reference.
+
+    Point the oracle at a BN that ``run_case`` does not know: run it on ``make_batches(case)`` (the same
+    ``batches`` must be passed here if they were drawn otherwise), collect a ``Trace``, and get one ``Diff``
+    per quantity against the bounds of ``bnref.testing`` under ``convention``.
+    """
+    data = batches if batches is not None else make_batches(case)
+    truth, caches = _reference_run(case, convention, data, "float64")
+    return _compare(trace, truth, _bounds(case, convention, truth, caches, data))
 
 
 def summary_table(tables: Sequence[AgreementTable], metric: Literal["verdict", "ratio"] = "verdict") -> str:
@@ -748,7 +776,7 @@ def summary_table(tables: Sequence[AgreementTable], metric: Literal["verdict", "
             if not rows:
                 cells.append("-")
             elif not all(r.ok for r in rows):
-                cells.append(next(r.status for r in rows if not r.ok).split(" (")[0].split(":")[0])
+                cells.append(next(r.status.value for r in rows if not r.ok))
             elif metric == "verdict":
                 cells.append("ok" if all(r.passed for r in rows) else "FAIL")
             else:
@@ -783,14 +811,17 @@ class ConventionRow:
 
 @dataclass(frozen=True)
 class ConventionTable:
+    """The result of ``cross_convention``: one ``ConventionRow`` per quantity, or a status saying why not."""
+
     case: Case
     rows: list[ConventionRow]
-    status: str = "ok"
+    status: Status = Status.RAN
+    reason: str = ""
 
     def format_table(self) -> str:
         lines = [f"torch native vs keras native, default conventions: {self.case.label}"]
-        if self.status != "ok":
-            return lines[0] + "\n" + self.status
+        if self.status is not Status.RAN:
+            return lines[0] + "\n" + f"{self.status.value} ({self.reason})"
         lines.append(f"{'quantity':<13}{'measured':>11}{'predicted':>11}  explained by the conventions")
         for r in self.rows:
             lines.append(f"{r.quantity:<13}{r.measured:>11.3e}{r.predicted:>11.3e}  {r.explained}")
@@ -815,19 +846,18 @@ def cross_convention(case: Case) -> ConventionTable:
     """
     if case.convention is not None or case.eps is not None:
         raise ValueError("cross_convention compares the frameworks' own defaults; use a Case without convention or eps")
-    data = _make_data(case)
+    data = make_batches(case)
     traces, truths, bounds = {}, {}, {}
     for framework in ("torch", "keras"):
         conv = framework_convention(case, framework)
-        assert isinstance(conv, Convention)
         try:
             if framework == "torch":
                 traces[framework] = _torch_trace(case, conv, data, native=True, device="cpu")
             else:
                 traces[framework] = _keras_trace(case, conv, data, native=True)
-        except _NotAvailable as why:
-            return ConventionTable(case, [], str(why))
-        truth, caches = _reference_trace(case, conv, data, "float64")
+        except _NotInstalled as why:
+            return ConventionTable(case, [], Status.NOT_INSTALLED, str(why))
+        truth, caches = _reference_run(case, conv, data, "float64")
         truths[framework], bounds[framework] = truth, _bounds(case, conv, truth, caches, data)
     rows = []
     for q in QUANTITIES:
@@ -841,111 +871,64 @@ def cross_convention(case: Case) -> ConventionTable:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Weight transfer between torch.nn.BatchNorm* (or bnref's) and Keras BatchNormalization (or bnref's)
+# Keras' backends: the training output of keras.layers.BatchNormalization far from zero
 # ----------------------------------------------------------------------------------------------------
 
 
-def _check_keras_built(layer: Any) -> None:
-    if getattr(layer, "moving_mean", None) is None:
-        raise ValueError(
-            "the Keras layer is not built; call it once on an input or layer.build(input_shape) first "
-            "(building needs the input rank, which a BatchNorm module does not know)"
-        )
+def keras_output_errors(
+    ratios: Sequence[float], seeds: Sequence[int], m: int = 1024, channels: int = 3
+) -> dict[str, Any]:
+    """Max-norm relative error of ``keras.layers.BatchNormalization``'s float32 training output.
 
-
-def _check_pair(bn: Any, layer: Any) -> None:
-    _check_keras_built(layer)
-    if bn.running_mean is None:
-        raise ValueError("the torch module has track_running_stats=False: there are no running statistics to move")
-    c_keras = int(layer.moving_mean.shape[0])
-    if bn.num_features != c_keras:
-        raise ValueError(f"channel counts differ: torch {bn.num_features}, Keras {c_keras}")
-    keras_affine = (layer.gamma is not None, layer.beta is not None)
-    torch_affine = (bn.weight is not None, bn.bias is not None)
-    if keras_affine != torch_affine:
-        raise ValueError(
-            f"affine parameters differ: torch has weight={torch_affine[0]} bias={torch_affine[1]}, "
-            f"Keras has gamma (scale)={keras_affine[0]} beta (center)={keras_affine[1]}"
-        )
-
-
-def torch_to_keras(bn: Any, layer: Any) -> None:
-    """Copy a torch BN module's state into a built Keras BN layer (native or bnref's).
-
-    gamma <- weight, beta <- bias, moving_mean <- running_mean, moving_variance <- running_var; the Keras
-    ``epsilon`` is set to torch's ``eps`` and ``momentum`` to ``1 - momentum`` (Keras weights the old
-    value). Inference outputs then agree to float32 precision (``inference_gap``). Training does not stay
-    in step: torch feeds the unbiased variance ``m/(m-1) var`` to its running estimate and Keras the biased
-    one, so the moving variances drift apart by a relative ``~ w/(m-1)`` per step. A torch module with
-    ``momentum=None`` (cumulative average) has no Keras equivalent; Keras' momentum is then left as is.
-    If the layer runs inside a compiled ``tf.function``, retrace it: epsilon and momentum are Python floats.
-    """
-    _check_pair(bn, layer)
-    import torch
-
-    with torch.no_grad():
-        values = {
-            "gamma": bn.weight,
-            "beta": bn.bias,
-            "moving_mean": bn.running_mean,
-            "moving_variance": bn.running_var,
-        }
-        for name, tensor in values.items():
-            var = getattr(layer, name)
-            if var is not None and tensor is not None:
-                var.assign(tensor.detach().to("cpu", torch.float64).numpy().astype(var.dtype))
-    layer.epsilon = float(bn.eps)
-    if bn.momentum is not None:
-        layer.momentum = 1.0 - float(bn.momentum)
-
-
-def keras_to_torch(layer: Any, bn: Any) -> None:
-    """Copy a Keras BN layer's state into a torch BN module: the inverse of ``torch_to_keras``.
-
-    ``eps = epsilon``, ``momentum = 1 - momentum``; ``num_batches_tracked`` is left unchanged.
-    """
-    _check_pair(bn, layer)
-    import torch
-
-    with torch.no_grad():
-        targets = {"gamma": bn.weight, "beta": bn.bias, "moving_mean": bn.running_mean, "moving_variance": bn.running_var}
-        for name, tensor in targets.items():
-            var = getattr(layer, name)
-            if var is not None and tensor is not None:
-                tensor.copy_(torch.as_tensor(np.asarray(var.numpy(), np.float64)))
-    bn.eps = float(layer.epsilon)
-    bn.momentum = 1.0 - float(layer.momentum)
-
-
-def inference_gap(bn: Any, layer: Any, x: np.ndarray) -> float:
-    """Max-norm relative difference of the two layers' inference outputs on ``x``.
-
-    Parameters
-    ----------
-    bn : torch BN module (native or bnref's); put in eval mode for this call and restored after.
-    layer : Keras BN layer, built.
-    x : ndarray with the channels on ``layer.axis``; the torch module gets it with the channels moved to dim 1.
+    Runs under whichever Keras backend is loaded (the backend is fixed when Keras is imported; see
+    ``keras_output_errors_on``). For each ``|mean|/std`` in ``ratios`` and each seed, the data are
+    ``x = ratio + z`` (z standard normal, shape (m, channels), rounded to float32), and the output is
+    compared with the float64 reference on the same float32 values, ``(x - mean) / sqrt(var + eps)``.
 
     Returns
     -------
-    float
-        ``relative_error(torch_output, keras_output)``; about float32 precision (1e-7) after
-        ``torch_to_keras`` / ``keras_to_torch``.
+    dict
+        ``{"backend": ..., "keras": version, "errors": [[error per seed] per ratio]}``; NaN where the
+        output holds NaN.
     """
-    import torch
+    import keras
 
-    _check_keras_built(layer)
-    x = np.asarray(x)
-    axis = layer.axis % x.ndim
-    param = next((p for p in bn.buffers() if p.is_floating_point()), None)
-    dtype = param.dtype if param is not None else torch.float32
-    was_training = bn.training
-    bn.eval()
-    try:
-        with torch.no_grad():
-            yt = bn(torch.as_tensor(x).to(dtype).movedim(axis, 1)).movedim(1, axis)
-        yt = yt.to("cpu", torch.float64).numpy()
-    finally:
-        bn.train(was_training)
-    yk = np.asarray(layer(x.astype(layer.compute_dtype), training=False), np.float64)
-    return relative_error(yt, yk)
+    errors = []
+    for ratio in ratios:
+        row = []
+        for seed in seeds:
+            x = (ratio + np.random.default_rng(seed).standard_normal((m, channels))).astype(np.float32)
+            layer = keras.layers.BatchNormalization()
+            y = np.asarray(keras.ops.convert_to_numpy(layer(x, training=True)), np.float64)
+            x64 = x.astype(np.float64)
+            ref = (x64 - x64.mean(0)) / np.sqrt(x64.var(0) + layer.epsilon)
+            row.append(math.nan if np.isnan(y).any() else relative_error(y, ref))
+        errors.append(row)
+    return {"backend": keras.backend.backend(), "keras": keras.__version__, "errors": errors}
+
+
+def keras_output_errors_on(
+    backend: str, ratios: Sequence[float], seeds: Sequence[int], m: int = 1024, channels: int = 3
+) -> dict[str, Any]:
+    """``keras_output_errors`` in a fresh Python process with ``KERAS_BACKEND=backend``.
+
+    Raises ``RuntimeError`` with the child's stderr if it fails (for example, the backend's framework is
+    not installed).
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from bnref.agreement import keras_output_errors\n"
+        "args = json.loads(sys.argv[1])\n"
+        "print(json.dumps(keras_output_errors(**args)))\n"
+    )
+    args = json.dumps({"ratios": list(ratios), "seeds": list(seeds), "m": m, "channels": channels})
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", code, args], env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"Keras on the {backend} backend failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,11 +1,12 @@
-"""PyTorch and Keras side by side: the facts table of GUIDE section 2, the agreement matrix, the conventions
-that must show as differences, weight transfer, drop-in training parity and property tests.
+"""PyTorch and Keras side by side: the frameworks' conventions as the book states them (chapter
+"Frameworks side by side"), the agreement matrix, the conventions that must show as differences, drop-in
+training parity and property tests. Weight transfer is tested in ``tests/test_transfer.py``.
 
-Every numerical comparison uses a bound derived from the precision (GUIDE section 4). The agreement
-matrix uses the per-quantity bounds of ``bnref.agreement`` (derivation in its module docstring):
-``e = C eps_c (1 + sqrt(m))`` (C = 4, sqrt(m): probabilistic growth of rounding error in an m-term sum,
-Higham & Mary 2019) times the absolute scale each quantity is computed from, which carries the
-``|mean|/std`` factor of the frameworks' ``y = x * a + b``, plus the rounding of half-precision outputs.
+Every numerical comparison uses a bound derived from the precision, by the error model of ``bnref.testing``
+that the book's appendix "How the checks are bounded" (``ch-bounds``) derives: ``e = C eps_c (1 + sqrt(m))``
+(``reduction_error``; C = 4, sqrt(m): probabilistic growth of rounding error in an m-term sum, Higham & Mary
+2019) times the absolute scale each quantity is computed from, which carries the ``|mean|/std`` factor of
+the frameworks' ``y = x * a + b``, plus the rounding of half-precision outputs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -30,8 +32,9 @@ keras = pytest.importorskip("keras")
 import bnref  # noqa: E402
 from bnref import KERAS, PYTORCH, PYTORCH_CUMULATIVE  # noqa: E402
 from bnref import agreement as ag  # noqa: E402
-from bnref.agreement import BOUND_C, Case, run_case  # noqa: E402
+from bnref.agreement import Case, Status, run_case  # noqa: E402
 from bnref.keras_bn import BatchNormalization  # noqa: E402
+from bnref.testing import BOUND_C, reduction_error  # noqa: E402
 from bnref.torch_bn import BatchNorm  # noqa: E402
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -44,12 +47,13 @@ def _torch_native(ndim: int):
 
 
 def _e(eps: float, m: int) -> float:
-    """The per-reduction error unit C * eps * (1 + sqrt(m)) of bnref.agreement."""
-    return BOUND_C * eps * (1 + math.sqrt(m))
+    """The per-reduction error unit C * eps * (1 + sqrt(m)) of bnref.testing (appendix ch-bounds)."""
+    dtype = {EPS64: "float64", EPS32: "float32"}[eps]
+    return reduction_error(dtype, m)
 
 
 # ----------------------------------------------------------------------------------------------------
-# GUIDE section 2: the facts table, row by row, against the native layers
+# The conventions table of the book's frameworks chapter, row by row, against the native layers
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -274,7 +278,7 @@ def test_difference_eps_1e5_vs_1e3_on_small_variance_channels():
     """Same data, same (gamma, beta): y_torch / y_keras = sqrt((var + 1e-3) / (var + 1e-5)) per channel.
 
     Channel variances 1e-4, 1e-2, 1: predicted ratios 3.3, 1.05, 1.0005. Both are float32 computations;
-    each y is within C eps32 (1 + sqrt(m)) (r + X) of exact (bnref.agreement), so the measured ratio
+    each y is within C eps32 (1 + sqrt(m)) (r + X) of exact (bnref.testing.training_bounds), so the measured ratio
     matches the prediction within twice that relative error.
     """
     rng = np.random.default_rng(11)
@@ -300,13 +304,14 @@ def test_difference_momentum_none_vs_keras_momentum():
     rm_k, _ = _first_step("keras", x)
     np.testing.assert_allclose(rm_t, x.mean(0), rtol=_e(EPS64, 10))
     np.testing.assert_allclose(rm_k, (1 - KERAS.momentum) * x.mean(0), rtol=_e(EPS64, 10))
-    assert ag.framework_convention(Case((4, 2), convention="pytorch-cumulative"), "keras").startswith("n/a")
+    with pytest.raises(ag.NotApplicable, match="cumulative average"):
+        ag.framework_convention(Case((4, 2), convention="pytorch-cumulative"), "keras")
 
 
 def test_cross_convention_differences_are_exactly_the_conventions():
     for case in (Case((64, 4), steps=3, seed=1), Case((8, 4, 3, 3), steps=2, seed=2)):
         table = ag.cross_convention(case)
-        assert table.status == "ok" and len(table.rows) == 7
+        assert table.status is Status.RAN and len(table.rows) == 7
         for row in table.rows:
             assert row.explained, (case.label, row)
         real = {r.quantity: r.measured > 10 * r.bound for r in table.rows}
@@ -334,9 +339,9 @@ def test_agreement_matrix(case):
     table = run_case(case)
     for row in table.rows:
         if case.dtype == "bfloat16" and row.implementation == "numpy":
-            assert row.status == "n/a: NumPy has no bfloat16"
+            assert row.status is Status.NOT_APPLICABLE and row.message == "n/a: NumPy has no bfloat16"
             continue
-        assert row.ok, (row.implementation, row.status)
+        assert row.ok, (row.implementation, row.message)
         assert set(row.diffs) == set(ag.QUANTITIES)
         failing = {q: d for q, d in row.diffs.items() if not d.passed}
         assert not failing, f"{row.implementation}: {failing}\n{table.format_table('ratio')}"
@@ -351,7 +356,7 @@ def test_agreement_with_a_shared_convention_and_overrides():
     conv = ag.framework_convention(case, "keras")
     assert conv.eps == 1e-4 and abs(conv.momentum - 0.7) < 1e-15 and conv.running_var == "biased"
     cumulative = run_case(Case((16, 3), convention="pytorch-cumulative", steps=4))
-    assert cumulative.row("torch native").ok and cumulative.row("keras native").status.startswith("n/a")
+    assert cumulative.row("torch native").ok and cumulative.row("keras native").status is Status.NOT_APPLICABLE
     assert cumulative.passed
 
 
@@ -363,16 +368,16 @@ def test_bounds_catch_convention_slips():
     """
 
     def setup(case):
-        data = ag._make_data(case)
-        truth, caches = ag._reference_trace(case, PYTORCH, data, "float64")
-        bounds = ag._bounds(case, PYTORCH, truth, caches, data)
-        return data, truth, lambda trace, q: ag._compare(trace, truth, bounds)[q].ratio
+        data = ag.make_batches(case)
+        truth = ag.reference_trace(case, PYTORCH, "float64", data)
+        return data, truth, lambda trace, q: ag.compare_trace(case, PYTORCH, trace, data)[q].ratio
 
     case = Case((32, 3, 2, 2), steps=2, scale=0.1, seed=5)
     data, truth, worst = setup(case)
-    biased, _ = ag._reference_trace(case, PYTORCH.replace(running_var="biased"), data, "float32")
+    assert worst(ag.reference_trace(case, PYTORCH, "float32", data), "y") <= 1  # the correct one passes
+    biased = ag.reference_trace(case, PYTORCH.replace(running_var="biased"), "float32", data)
     assert worst(biased, "running_var") > 10  # forgot m/(m-1): relative 1/m = 8e-3 off
-    keras_eps, _ = ag._reference_trace(case, PYTORCH.replace(eps=KERAS.eps), data, "float32")
+    keras_eps = ag.reference_trace(case, PYTORCH.replace(eps=KERAS.eps), "float32", data)
     assert worst(keras_eps, "y") > 10  # eps 1e-3 on var 1e-2: y off by ~5% relative
 
     # one-pass variance E[x^2] - E[x]^2 in float32 at |mean|/std = 1e3
@@ -389,6 +394,7 @@ def test_bounds_catch_convention_slips():
 
 
 def test_table_renders_and_missing_framework_rows(monkeypatch):
+    """Rendering, and the rows of a framework that cannot be imported (simulated: ``import keras`` fails)."""
     table = run_case(Case((4, 3), steps=1))
     text = table.format_table("verdict")
     assert "torch native" in text and "keras scratch" in text and "FAIL" not in text
@@ -396,113 +402,18 @@ def test_table_renders_and_missing_framework_rows(monkeypatch):
     assert "<table>" in table._repr_html_()
     assert {r["implementation"] for r in table.to_records()} == {n for n, _ in ag.IMPLEMENTATIONS}
 
-    def missing(*args, **kwargs):
-        raise ag._NotAvailable("not installed (TensorFlow/Keras)")
-
-    monkeypatch.setattr(ag, "_keras_trace", missing)
+    monkeypatch.setitem(sys.modules, "keras", None)  # the next "import keras" raises ImportError
     table = run_case(Case((4, 3), steps=1))
-    assert table.row("keras native").status == "not installed (TensorFlow/Keras)"
+    assert table.row("keras native").status is Status.NOT_INSTALLED
+    assert table.row("keras native").message == "not installed (TensorFlow/Keras)"
     assert "not installed" in table.format_table()
+    assert "not installed" in ag.summary_table([table])
     assert table.passed
+    assert ag.cross_convention(Case((4, 3))).status is Status.NOT_INSTALLED
     with pytest.raises(ValueError, match="momentum override needs a convention"):
         Case((4, 3), momentum=0.5)
     with pytest.raises(ValueError, match="value per channel"):
         Case((1, 3))
-
-
-# ----------------------------------------------------------------------------------------------------
-# Weight transfer
-# ----------------------------------------------------------------------------------------------------
-
-
-def _trained_torch(cls, x: np.ndarray):
-    bn = cls(4)
-    for k in range(3):
-        bn.train()(torch.tensor(x * (k + 1) + k))
-    with torch.no_grad():
-        bn.weight.copy_(torch.tensor([0.5, 1.0, 1.5, 2.0]))
-        bn.bias.copy_(torch.tensor([-1.0, 0.0, 1.0, 2.0]))
-    return bn
-
-
-def _inference_tol(bn, x) -> float:
-    """Both sides compute gamma (x - mean) / sqrt(var + eps) + beta in float32 with a few roundings."""
-    g, b = bn.weight.detach().numpy(), bn.bias.detach().numpy()
-    mean, var = bn.running_mean.numpy(), bn.running_var.numpy()
-    scale = np.abs(g) * (np.abs(x) + np.abs(mean)) / np.sqrt(var + bn.eps) + np.abs(b)
-    y = g * (x - mean) / np.sqrt(var + bn.eps) + b
-    return BOUND_C * EPS32 * float(np.max(scale)) / float(np.max(np.abs(y)))
-
-
-@pytest.mark.parametrize("torch_cls", [torch.nn.BatchNorm1d, BatchNorm], ids=["torch native", "torch scratch"])
-@pytest.mark.parametrize("keras_cls", [keras.layers.BatchNormalization, BatchNormalization], ids=["keras native", "keras scratch"])
-def test_weight_transfer_both_ways_inference_agrees(torch_cls, keras_cls):
-    x = np.random.default_rng(13).normal(2.0, 3.0, size=(16, 4)).astype(np.float32)
-    bn = _trained_torch(torch_cls, x)
-    layer = keras_cls()
-    layer.build(x.shape)
-    gap_before = ag.inference_gap(bn, layer, x)
-    ag.torch_to_keras(bn, layer)
-    assert layer.epsilon == bn.eps and abs(layer.momentum - (1 - bn.momentum)) < 1e-15
-    tol = _inference_tol(bn, x)
-    assert ag.inference_gap(bn, layer, x) <= tol < gap_before
-    back = torch_cls(4)
-    ag.keras_to_torch(layer, back)
-    assert back.eps == layer.epsilon and abs(back.momentum - (1 - layer.momentum)) < 1e-15
-    assert ag.inference_gap(back, layer, x) <= tol
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        assert torch.equal(getattr(back, name), getattr(bn, name)), name
-
-
-def test_eps_mismatch_after_transfer_is_measurable():
-    """Moving the weights but not eps (Keras keeps 1e-3): inference outputs differ by ~ eps/(2 var)."""
-    x = np.random.default_rng(14).normal(0.0, 0.05, size=(64, 4)).astype(np.float32)  # var ~ 2.5e-3
-    bn = _trained_torch(torch.nn.BatchNorm1d, x)
-    layer = keras.layers.BatchNormalization()
-    layer.build(x.shape)
-    ag.torch_to_keras(bn, layer)
-    layer.epsilon = KERAS.eps  # the slip
-    # the exact gap, in float64, between the two inference maps that differ only in eps
-    g, b = bn.weight.detach().double().numpy(), bn.bias.detach().double().numpy()
-    mean, var = bn.running_mean.double().numpy(), bn.running_var.double().numpy()
-    x64 = x.astype(np.float64)
-    expected = bnref.relative_error(
-        g * (x64 - mean) / np.sqrt(var + PYTORCH.eps) + b, g * (x64 - mean) / np.sqrt(var + KERAS.eps) + b
-    )
-    gap = ag.inference_gap(bn, layer, x)
-    tol = _inference_tol(bn, x)
-    assert gap > 100 * tol
-    assert abs(gap - expected) <= 2 * tol  # each side's float32 error is within tol (relative to max|y|)
-
-
-def test_weight_transfer_training_parity_drifts_by_the_variance_bias():
-    """After a transfer with matched eps and momentum, one training step moves the running variances by
-    w * m/(m-1) var (torch) vs w * var (Keras): the drift is exactly the unbiased/biased difference."""
-    rng = np.random.default_rng(15)
-    bn = torch.nn.BatchNorm1d(3, dtype=torch.float64)
-    layer = keras.layers.BatchNormalization(dtype="float64")
-    layer.build((8, 3))
-    ag.torch_to_keras(bn, layer)
-    x = rng.normal(size=(8, 3))
-    bn.train()(torch.tensor(x))
-    layer(x, training=True)
-    drift = bn.running_var.numpy() - layer.moving_variance.numpy()
-    predicted = PYTORCH.momentum * x.var(0) * (8 / 7 - 1)
-    assert np.max(np.abs(drift - predicted)) <= _e(EPS64, 8) * 4
-    assert np.min(np.abs(drift)) > 1e-4
-
-
-def test_transfer_validates():
-    layer = keras.layers.BatchNormalization()
-    with pytest.raises(ValueError, match="not built"):
-        ag.torch_to_keras(torch.nn.BatchNorm1d(3), layer)
-    layer.build((2, 4))
-    with pytest.raises(ValueError, match="channel counts differ"):
-        ag.torch_to_keras(torch.nn.BatchNorm1d(3), layer)
-    with pytest.raises(ValueError, match="affine parameters differ"):
-        ag.torch_to_keras(torch.nn.BatchNorm1d(4, affine=False), layer)
-    with pytest.raises(ValueError, match="track_running_stats=False"):
-        ag.torch_to_keras(torch.nn.BatchNorm1d(4, track_running_stats=False), layer)
 
 
 # ----------------------------------------------------------------------------------------------------
