@@ -1,28 +1,40 @@
 """NumPy reference for Batch Normalization: the oracle every other implementation is checked against.
 
-Notation (book, chapter "The forward transform"): for one channel ``c`` the mini-batch holds ``m`` values
-``x_i`` (``m = N`` for dense ``(N, C)`` inputs, ``m = N * H * W`` for images).
+Each public function is one equation of the book, written with NumPy as the equation reads. For one channel
+the mini-batch holds ``m`` values ``x_i`` (``m = N`` for a dense ``(N, C)`` input, ``m = N * H * W`` for
+images); every per-channel statistic is a reduction over all axes but the channel axis (``keepdims=True``, so
+that it broadcasts back against ``x``).
+
+Forward, training mode (book, chapter "The forward transform"):
 
 * batch mean            ``mu = (1/m) sum_i x_i``                          (eq-batch-mean)
 * biased batch variance ``var = (1/m) sum_i (x_i - mu)^2``                (eq-batch-var)
-* normalised input      ``x_hat = (x - mu) / sqrt(var + eps)``            (eq-x-hat)
+* inverse std           ``inv_std = (var + eps)^(-1/2)``                  (eq-bw-inv-std)
+* normalised input      ``x_hat = (x - mu) * inv_std``                    (eq-x-hat)
 * output                ``y = gamma * x_hat + beta``                      (eq-scale-shift)
 
-Backward (chapter "The backward pass"), per channel, with ``g = dL/dy``:
+Backward (chapter "The backward pass"), per channel, with ``dy = dL/dy``:
 
-* ``dbeta = sum_i g_i``                                                    (eq-dbeta)
-* ``dgamma = sum_i g_i * x_hat_i``                                         (eq-dgamma)
-* ``dx = gamma / (m sqrt(var + eps)) * (m g - dbeta - x_hat * dgamma)``    (eq-dx-compact)
+* ``dbeta = sum_i dy_i``                                                   (eq-dbeta)
+* ``dgamma = sum_i dy_i * x_hat_i``                                        (eq-dgamma)
+* ``dx = gamma * inv_std / m * (m * dy - dbeta - x_hat * dgamma)``         (eq-dx-compact)
+
+Inference (chapter "Inference"): ``y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta``
+(eq-inference), the running estimates following ``r = (1 - w) r + w b`` (eq-running-update).
+
+Precision: float16 inputs are computed in float32 and the outputs cast back (as both frameworks do); float32
+and float64 are computed in their own precision. The variance is the two-pass one, ``mean((x - mu)**2)``;
+the one-pass ``mean(x**2) - mu**2`` (eq-fwd-one-pass) is available from ``batch_mean_var`` to show how it
+fails when ``|mean| >> std``.
 
 Every function validates its input and raises ``ValueError`` naming the problem; no framework is imported.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, TypeVar
+from typing import Literal
 
 import numpy as np
 
@@ -32,154 +44,20 @@ __all__ = [
     "BatchNormCache",
     "RunningStats",
     "batch_mean_var",
-    "batch_norm_forward",
     "batch_norm_backward",
     "batch_norm_backward_staged",
+    "batch_norm_forward",
     "batch_norm_inference",
-    "inference_affine",
     "fold_into_preceding",
+    "inference_affine",
     "running_update",
     "update_running_stats",
 ]
 
 
 # ----------------------------------------------------------------------------------------------------
-# Layout: which axis holds the channels, and how the other axes are reduced
+# Input validation and shapes
 # ----------------------------------------------------------------------------------------------------
-
-
-#: Length, in elements, that the rows of ``_Layout.rows`` grow to when the batch allows it (see there).
-_ROW_TARGET = 16384
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """The input viewed as ``(outer, C, inner)``: everything before the channel axis, the channels,
-    everything after it. Per-channel reductions sum over ``outer`` and ``inner``.
-
-    Per-channel element-wise operations (``x - mean``, ``x_hat * gamma``, ...) run on ``rows(a)``, a 2-D
-    view of a C-contiguous array whose rows hold ``row_reps`` whole ``(C, inner)`` blocks, against
-    ``per_channel(v)``, the vector ``v`` laid out along one such row. Element for element this is the
-    same arithmetic as broadcasting ``v.reshape(bshape)`` (bit-identical results), but NumPy's inner loop
-    then runs over rows of thousands of contiguous elements instead of ``C`` (or ``inner``) at a time,
-    which made each such pass about 1.5 times faster (float32, measured: 97 -> 67 us for (1024, 512),
-    1.5 -> 1.0 ms for (64, 64, 32, 32)).
-    """
-
-    shape: tuple[int, ...]
-    axis: int  # normalised, 0 <= axis < ndim
-    outer: int
-    channels: int
-    inner: int
-    row_reps: int  # (C, inner) blocks per row of ``rows``: a power of two dividing ``outer``
-
-    @property
-    def m(self) -> int:
-        """Number of values each channel sees in the batch."""
-        return self.outer * self.inner
-
-    @property
-    def bshape(self) -> tuple[int, ...]:
-        """Shape that broadcasts a per-channel vector against the input."""
-        return tuple(self.channels if d == self.axis else 1 for d in range(len(self.shape)))
-
-    def rows(self, a: np.ndarray) -> np.ndarray:
-        """``a`` (shape ``self.shape``) as ``(outer / row_reps, row_reps * C * inner)``; a view when ``a``
-        is C-contiguous (the callers make sure of that wherever they write through the view)."""
-        return a.reshape(self.outer // self.row_reps, self.row_reps * self.channels * self.inner)
-
-    def per_channel(self, v: np.ndarray) -> np.ndarray:
-        """The per-channel vector ``v`` (shape ``(C,)``) laid out along one row of ``rows``."""
-        row = np.empty((self.row_reps, self.channels, self.inner), dtype=v.dtype)
-        row[...] = v[:, None]  # a plain broadcast copy: np.repeat took 0.4 ms for 64 values x 1024
-        return row.reshape(-1)
-
-
-def _layout(shape: tuple[int, ...], axis: int) -> _Layout:
-    ndim = len(shape)
-    if ndim < 2:
-        raise ValueError(
-            f"x must have at least 2 dimensions (batch and channels), got shape {shape}"
-        )
-    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
-        raise ValueError(f"axis must be an integer, got {axis!r}")
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"axis {axis} is out of range for an input with {ndim} dimensions {shape}")
-    axis = int(axis) % ndim
-    outer = math.prod(shape[:axis])  # math.prod: exact Python ints, and ~50x cheaper than np.prod here
-    inner = math.prod(shape[axis + 1 :])
-    block = shape[axis] * inner
-    reps = 1
-    while block and outer % (2 * reps) == 0 and 2 * reps * block <= _ROW_TARGET:
-        reps *= 2
-    return _Layout(tuple(shape), axis, outer, shape[axis], inner, reps)
-
-
-#: Largest (C, inner) slab, in elements, for which ``_channel_sum`` sums the outer axis first.
-_SLAB_LIMIT = 32768
-
-
-def _outer_first(lay: _Layout) -> bool:
-    """Whether per-channel sums should run over the outer axis first.
-
-    Both orders have the same error bound (a running sum over ``outer``, pairwise over ``inner``); they
-    differ in speed. Outer first accumulates whole ``(C, inner)`` slabs into one buffer, fast while that
-    buffer stays in cache; inner first reduces ``outer * C`` rows of ``inner`` contiguous values, fast
-    when those rows are long. Measured for float32 forward+backward: outer first took 0.6x the time for
-    (256, 64, 7, 7) and 0.94x for (32, 128, 16, 16), but 1.1x for (64, 64, 32, 32) and 1.7x for
-    (8, 16, 112, 112), whose slabs (64k and 200k values) no longer fit in cache.
-    """
-    return lay.channels * lay.inner <= _SLAB_LIMIT
-
-
-def _channel_sum(a: np.ndarray, lay: _Layout) -> np.ndarray:
-    """Sum over every axis but the channel axis, returning shape ``(C,)``.
-
-    The array is viewed as ``(outer, C, inner)`` (free for contiguous arrays). The outer axis is summed
-    by a vectorised running sum, the contiguous inner axis by NumPy's pairwise summation; the order is
-    chosen for speed by ``_outer_first``.
-    """
-    a3 = a.reshape(lay.outer, lay.channels, lay.inner)
-    if lay.inner == 1:
-        return a3[:, :, 0].sum(axis=0)
-    if _outer_first(lay):
-        return a3.sum(axis=0).sum(axis=1)
-    return a3.sum(axis=2).sum(axis=0)
-
-
-def _channel_sum_of_products(a: np.ndarray, b: np.ndarray, lay: _Layout) -> np.ndarray:
-    """``sum(a * b)`` per channel without materialising ``a * b`` (one fused pass via einsum)."""
-    a3 = a.reshape(lay.outer, lay.channels, lay.inner)
-    b3 = b.reshape(lay.outer, lay.channels, lay.inner)
-    if lay.inner == 1:
-        return np.einsum("oc,oc->c", a3[:, :, 0], b3[:, :, 0])
-    if _outer_first(lay):
-        return np.einsum("oci,oci->ci", a3, b3).sum(axis=1)
-    return np.einsum("oci,oci->c", a3, b3)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Input validation
-# ----------------------------------------------------------------------------------------------------
-
-_F = TypeVar("_F", bound=Callable[..., object])
-
-
-def _quiet_non_finite(func: _F) -> _F:
-    """Run ``func`` with NumPy's "invalid value" and "overflow" warnings off.
-
-    The functions decorated with it handle non-finite values themselves: they raise a ValueError that
-    names the channels, or, with ``check_finite=False``, let nan and inf propagate silently as the
-    frameworks do. A RuntimeWarning from NumPy on the way would only add noise, and under
-    ``-W error`` it would replace the informative ValueError.
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args: object, **kwargs: object) -> object:
-        with np.errstate(invalid="ignore", over="ignore"):
-            return func(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _as_float_array(x: object, name: str) -> np.ndarray:
@@ -194,35 +72,36 @@ def _as_float_array(x: object, name: str) -> np.ndarray:
     return arr
 
 
+def _channel_axis(shape: tuple[int, ...], axis: object) -> int:
+    """The channel axis as an index ``0 <= axis < ndim``, after checking it."""
+    ndim = len(shape)
+    if ndim < 2:
+        raise ValueError(f"x must have at least 2 dimensions (batch and channels), got shape {shape}")
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise ValueError(f"axis must be an integer, got {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for an input with {ndim} dimensions {shape}")
+    return int(axis) % ndim
+
+
+def _values_per_channel(shape: tuple[int, ...], axis: int) -> int:
+    """``m``: the number of values each channel holds, the product of all axes but the channel axis."""
+    return math.prod(n for d, n in enumerate(shape) if d != axis)
+
+
+def _other_axes(ndim: int, axis: int) -> tuple[int, ...]:
+    """The axes a per-channel statistic reduces: all but the channel axis."""
+    return tuple(d for d in range(ndim) if d != axis)
+
+
+def _broadcast_shape(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    """The shape that broadcasts a per-channel vector against x: ``(1, C, 1, 1)`` for NCHW."""
+    return tuple(n if d == axis else 1 for d, n in enumerate(shape))
+
+
 def _compute_dtype(dtype: np.dtype) -> np.dtype:
-    """float16 is computed in float32 (as both frameworks do) and cast back; others in their own dtype."""
+    """float16 is computed in float32 (as both frameworks do); float32 and float64 in their own dtype."""
     return np.result_type(dtype, np.float32)
-
-
-def _channel_param(p: object, name: str, lay: _Layout, dtype: np.dtype) -> np.ndarray:
-    arr = np.asarray(p)
-    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
-        raise ValueError(f"{name} must be a real numeric array; got dtype {arr.dtype}")
-    if arr.shape != (lay.channels,):
-        raise ValueError(
-            f"{name} must have shape ({lay.channels},) to match the {lay.channels} channels on axis "
-            f"{lay.axis} of x with shape {lay.shape}; got shape {arr.shape}"
-        )
-    arr = arr.astype(dtype, copy=False)
-    bad = np.flatnonzero(~np.isfinite(arr))
-    if bad.size:
-        raise ValueError(f"{name} has non-finite values at channels {_fmt_channels(bad)}")
-    return arr
-
-
-def _check_eps(eps: float) -> float:
-    try:
-        eps = float(eps)
-    except (TypeError, ValueError):
-        raise ValueError(f"eps must be a positive number, got {eps!r}") from None
-    if not (eps > 0 and np.isfinite(eps)):
-        raise ValueError(f"eps must be a positive finite number (it keeps sqrt(var + eps) > 0), got {eps!r}")
-    return eps
 
 
 def _fmt_channels(idx: np.ndarray, limit: int = 10) -> str:
@@ -231,17 +110,44 @@ def _fmt_channels(idx: np.ndarray, limit: int = 10) -> str:
     return f"[{shown}]{more}"
 
 
-def _raise_non_finite(x: np.ndarray, lay: _Layout, bad: np.ndarray, what: str) -> None:
-    """Explain non-finite statistics: non-finite inputs on those channels, or overflow."""
-    x3 = x.reshape(lay.outer, lay.channels, lay.inner)
-    has_bad_input = ~np.isfinite(x3[:, bad, :]).all(axis=(0, 2))
-    if has_bad_input.any():
+def _channel_param(p: object, name: str, shape: tuple[int, ...], axis: int, dtype: np.dtype) -> np.ndarray:
+    """A per-channel parameter as a new array of shape ``(C,)`` in ``dtype``, after checking it."""
+    arr = np.asarray(p)
+    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+        raise ValueError(f"{name} must be a real numeric array; got dtype {arr.dtype}")
+    channels = shape[axis]
+    if arr.shape != (channels,):
         raise ValueError(
-            f"{what} has non-finite values (nan or inf) in channels {_fmt_channels(bad[has_bad_input])}; "
+            f"{name} must have shape ({channels},) to match the {channels} channels on axis {axis} "
+            f"of x with shape {shape}; got shape {arr.shape}"
+        )
+    arr = np.array(arr, dtype=dtype)  # a copy: nothing computed here aliases the caller's array
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        raise ValueError(f"{name} has non-finite values at channels {_fmt_channels(bad)}")
+    return arr
+
+
+def _check_eps(eps: object) -> float:
+    try:
+        eps = float(eps)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"eps must be a positive number, got {eps!r}") from None
+    if not (eps > 0 and np.isfinite(eps)):
+        raise ValueError(f"eps must be a positive finite number (it keeps sqrt(var + eps) > 0), got {eps!r}")
+    return eps
+
+
+def _raise_non_finite(values: np.ndarray, axes: tuple[int, ...], bad: np.ndarray, what: str) -> None:
+    """Explain the non-finite statistics of channels ``bad``: non-finite values in ``what``, or overflow."""
+    with_non_finite_values = np.flatnonzero(~np.all(np.isfinite(values), axis=axes))
+    if with_non_finite_values.size:
+        raise ValueError(
+            f"{what} has non-finite values (nan or inf) in channels {_fmt_channels(with_non_finite_values)}; "
             "pass check_finite=False to let them propagate as the frameworks do"
         )
     raise ValueError(
-        f"the statistics of channels {_fmt_channels(bad)} overflow in {x.dtype} although {what} is finite; "
+        f"the statistics of channels {_fmt_channels(bad)} overflow in {values.dtype} although {what} is finite; "
         "rescale the input or compute in float64"
     )
 
@@ -255,26 +161,23 @@ def _raise_non_finite(x: np.ndarray, lay: _Layout, bad: np.ndarray, what: str) -
 class BatchNormCache:
     """What the training-mode forward pass keeps for the backward pass.
 
+    Every array is the forward pass's own: none of them shares memory with the caller's ``x``, ``gamma``
+    or ``beta``, so changing those after the forward pass does not change the backward pass.
+
     Attributes
     ----------
     x : ndarray, shape like the input
-        The input, in the compute dtype (float32 for float16 inputs).
+        A copy of the input, in the compute dtype (float32 for float16 inputs).
     x_hat : ndarray, shape like the input
-        The normalised input, eq. ``eq-x-hat``: ``(centred - mean_shift) * inv_std``, computed on first
-        access and then kept. The forward and compact backward passes work from ``centred`` directly,
-        which saves two passes over the data.
-    centred : ndarray, shape like the input
-        ``x - mu0``, the input minus the provisional mean of the two-pass algorithm (C-contiguous).
-    mean_shift : ndarray, shape (C,)
-        ``mean - mu0``, the correction of the provisional mean (rounding-error sized).
+        The normalised input ``(x - mean) * inv_std``, eq. ``eq-x-hat``.
     mean : ndarray, shape (C,)
         Batch mean per channel, eq. ``eq-batch-mean``.
     var : ndarray, shape (C,)
         Biased batch variance per channel (divisor m), eq. ``eq-batch-var``.
     inv_std : ndarray, shape (C,)
-        ``1 / sqrt(var + eps)``.
+        ``1 / sqrt(var + eps)``, eq. ``eq-bw-inv-std``.
     gamma : ndarray, shape (C,)
-        The scale used.
+        The scale used, in the compute dtype.
     eps : float
     axis : int
         The channel axis, normalised to ``0 <= axis < x.ndim``.
@@ -283,8 +186,7 @@ class BatchNormCache:
     """
 
     x: np.ndarray
-    centred: np.ndarray
-    mean_shift: np.ndarray
+    x_hat: np.ndarray
     mean: np.ndarray
     var: np.ndarray
     inv_std: np.ndarray
@@ -293,17 +195,15 @@ class BatchNormCache:
     axis: int
     m: int
 
-    @functools.cached_property
-    def x_hat(self) -> np.ndarray:
-        """The normalised input ``(x - mean) / sqrt(var + eps)``, eq. ``eq-x-hat``."""
-        lay = self.layout
-        x_hat = lay.rows(self.centred) - lay.per_channel(self.mean_shift)
-        x_hat *= lay.per_channel(self.inv_std)
-        return x_hat.reshape(lay.shape)
+    @property
+    def reduce_axes(self) -> tuple[int, ...]:
+        """The axes every per-channel sum runs over: all but ``axis``."""
+        return _other_axes(self.x.ndim, self.axis)
 
     @property
-    def layout(self) -> _Layout:
-        return _layout(self.x.shape, self.axis)
+    def bshape(self) -> tuple[int, ...]:
+        """The shape that broadcasts a per-channel vector against ``x``, e.g. ``(1, C, 1, 1)`` for NCHW."""
+        return _broadcast_shape(self.x.shape, self.axis)
 
     @property
     def unbiased_var(self) -> np.ndarray:
@@ -311,35 +211,31 @@ class BatchNormCache:
         return self.var * (self.m / (self.m - 1))
 
 
-def _two_pass_stats(
-    xw: np.ndarray, lay: _Layout
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, biased variance and the centred input, by the corrected two-pass algorithm.
+def _mean_and_centred(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The batch mean ``mu`` (eq. ``eq-batch-mean``) and the centred input ``x - mu`` (eq. ``eq-bw-xc``).
 
-    Pass 1 gives a provisional mean ``mu0``. Pass 2 centres, ``d = x - mu0``, and uses
-    ``var = mean(d^2) - mean(d)^2`` (Chan, Golub & LeVeque 1983): the correction term removes the
-    first-order effect of rounding error in ``mu0``. Unlike the one-pass ``E[x^2] - E[x]^2``, no large
-    numbers are subtracted, so float32 keeps its precision even when ``|mean| >> std``.
-    ``xw`` must be C-contiguous. Returns ``(mean, var, d, d_mean)`` with ``d = x - mu0`` a new
-    C-contiguous array and ``d_mean = mean - mu0``; the caller folds ``d_mean`` into per-channel constants
-    instead of spending a pass over the data on ``d - d_mean``.
+    Both have ``keepdims`` shape. In exact arithmetic this is ``mu = mean(x)``, ``x - mu``. In floating
+    point the computed ``mu`` is off by a rounding error of order ``eps * |mu|``, which is large against the
+    spread of the channel when ``|mu| >> std`` (float32 at ``|mu| / std = 1e4`` loses three digits). The
+    centred values themselves reveal that error: their mean is exactly it, and is computed to order
+    ``eps * std``. Subtracting it once more (the correction of Chan, Golub & LeVeque's corrected two-pass
+    algorithm) leaves centred values, and a ``mu``, accurate whatever ``|mu| / std``.
     """
-    m = lay.m
-    mu0 = _channel_sum(xw, lay) / m
-    centred = lay.rows(xw) - lay.per_channel(mu0)
-    d_mean = _channel_sum(centred, lay) / m
-    var = _channel_sum_of_products(centred, centred, lay) / m - d_mean * d_mean
-    np.maximum(var, 0, out=var)  # rounding can push a zero variance just below 0
-    return mu0 + d_mean, var, centred.reshape(lay.shape), d_mean
+    mu = np.mean(x, axis=axes, keepdims=True)
+    x_centred = x - mu
+    mu_error = np.mean(x_centred, axis=axes, keepdims=True)
+    x_centred -= mu_error
+    return mu + mu_error, x_centred
 
 
-@_quiet_non_finite
 def batch_mean_var(
     x: np.ndarray,
     axis: int = 1,
     method: Literal["two-pass", "one-pass"] = "two-pass",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel batch mean and biased variance, eqs. ``eq-batch-mean`` and ``eq-batch-var``.
+
+    ``mu = (1/m) sum_i x_i`` and ``var = (1/m) sum_i (x_i - mu)^2`` over the ``m`` values of each channel.
 
     Parameters
     ----------
@@ -348,30 +244,33 @@ def batch_mean_var(
     axis : int
         The channel axis; every other axis is reduced.
     method : {"two-pass", "one-pass"}
-        ``"two-pass"`` (default) is numerically stable. ``"one-pass"`` computes ``E[x^2] - E[x]^2`` in the
-        input's precision; it is here only to show, in the book and a test, how it loses every digit
-        when ``|mean| >> std``.
+        ``"two-pass"`` (default): the mean first, then the mean squared deviation from it; accurate whatever
+        ``|mean| / std``. ``"one-pass"``: ``mean(x**2) - mean(x)**2`` (eq. ``eq-fwd-one-pass``) in the
+        compute dtype; it is here only to show, in the book and a test, how it loses every digit when
+        ``|mean| >> std``.
 
     Returns
     -------
     mean, var : ndarray, shape (C,)
     """
     x = _as_float_array(x, "x")
-    lay = _layout(x.shape, axis)
-    if lay.m < 1:
+    axis = _channel_axis(x.shape, axis)
+    if _values_per_channel(x.shape, axis) < 1:
         raise ValueError(f"x with shape {x.shape} has no values per channel")
-    xw = np.ascontiguousarray(x, dtype=_compute_dtype(x.dtype))
-    if method == "two-pass":
-        mean, var, _, _ = _two_pass_stats(xw, lay)
-        return mean, var
-    if method == "one-pass":
-        mean = _channel_sum(xw, lay) / lay.m
-        mean_sq = _channel_sum_of_products(xw, xw, lay) / lay.m
-        return mean, mean_sq - mean * mean
-    raise ValueError(f"method must be 'two-pass' or 'one-pass', got {method!r}")
+    if method not in ("two-pass", "one-pass"):
+        raise ValueError(f"method must be 'two-pass' or 'one-pass', got {method!r}")
+    x = x.astype(_compute_dtype(x.dtype), copy=False)
+    axes = _other_axes(x.ndim, axis)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if method == "two-pass":
+            mu, x_centred = _mean_and_centred(x, axes)
+            var = np.mean(x_centred**2, axis=axes, keepdims=True)
+        else:
+            mu = np.mean(x, axis=axes, keepdims=True)
+            var = np.mean(x**2, axis=axes, keepdims=True) - mu**2
+    return mu.reshape(-1), var.reshape(-1)
 
 
-@_quiet_non_finite
 def batch_norm_forward(
     x: np.ndarray,
     gamma: np.ndarray,
@@ -383,8 +282,13 @@ def batch_norm_forward(
 ) -> tuple[np.ndarray, BatchNormCache]:
     """Training-mode Batch Normalization with batch statistics, eqs. ``eq-batch-mean`` to ``eq-scale-shift``.
 
-    ``y = gamma * (x - mean) / sqrt(var + eps) + beta``, with the mean and the biased variance taken per
-    channel over every axis but ``axis``.
+    Per channel, over the ``m`` values of the batch::
+
+        mu      = (1/m) sum_i x_i                  (eq-batch-mean)
+        var     = (1/m) sum_i (x_i - mu)^2         (eq-batch-var, biased: divisor m)
+        inv_std = 1 / sqrt(var + eps)              (eq-bw-inv-std)
+        x_hat   = (x - mu) * inv_std               (eq-x-hat)
+        y       = gamma * x_hat + beta             (eq-scale-shift)
 
     Parameters
     ----------
@@ -404,38 +308,40 @@ def batch_norm_forward(
     -------
     y : ndarray, same shape and dtype as x
     cache : BatchNormCache
-        The batch mean, biased variance, ``inv_std``, ``x_hat`` and what ``batch_norm_backward`` needs.
+        Copies of ``x`` and ``gamma``, and ``x_hat``, ``mean``, ``var``, ``inv_std``: what the backward
+        passes need.
     """
     x = _as_float_array(x, "x")
-    lay = _layout(x.shape, axis)
-    if lay.m < 2:
+    axis = _channel_axis(x.shape, axis)
+    m = _values_per_channel(x.shape, axis)
+    if m < 2:
         raise ValueError(
             f"training-mode batch norm needs at least 2 values per channel to estimate a variance; "
-            f"x with shape {x.shape} has {lay.m} per channel (axis {lay.axis}). "
+            f"x with shape {x.shape} has {m} per channel (axis {axis}). "
             "Use a larger batch, or batch_norm_inference with running statistics."
         )
-    cdtype = _compute_dtype(x.dtype)
-    gamma = _channel_param(gamma, "gamma", lay, cdtype)
-    beta = _channel_param(beta, "beta", lay, cdtype)
+    dtype = _compute_dtype(x.dtype)
+    gamma = _channel_param(gamma, "gamma", x.shape, axis, dtype)
+    beta = _channel_param(beta, "beta", x.shape, axis, dtype)
     eps = _check_eps(eps)
-    xw = np.ascontiguousarray(x, dtype=cdtype)  # a copy only for float16 or a non-contiguous x
+    x_in = np.array(x, dtype=dtype)  # a copy: the cache must not change when the caller's x does
+    axes = _other_axes(x.ndim, axis)
+    b = _broadcast_shape(x.shape, axis)
 
-    mean, var, centred, d_mean = _two_pass_stats(xw, lay)
-    if check_finite:
-        bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(var)))
-        if bad.size:
-            _raise_non_finite(xw, lay, bad, "x")
-    inv_std = 1.0 / np.sqrt(var + eps)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite values are reported below, by channel
+        mu, x_centred = _mean_and_centred(x_in, axes)  # eq-batch-mean, x - mu
+        var = np.mean(x_centred**2, axis=axes, keepdims=True)  # eq-batch-var
+        if check_finite:
+            bad = np.flatnonzero(~(np.isfinite(mu) & np.isfinite(var)))
+            if bad.size:
+                _raise_non_finite(x_in, axes, bad, "x")
+        inv_std = 1.0 / np.sqrt(var + eps)  # eq-bw-inv-std
+        x_hat = x_centred * inv_std  # eq-x-hat
+        y = gamma.reshape(b) * x_hat + beta.reshape(b)  # eq-scale-shift
 
-    # y = gamma * x_hat + beta with x_hat = (centred - d_mean) * inv_std, as one scale and one shift per
-    # channel: y = centred * scale + shift, two passes over the data instead of four.
-    scale = gamma * inv_std
-    y = lay.rows(centred) * lay.per_channel(scale)
-    y += lay.per_channel(beta - d_mean * scale)
-    y = y.reshape(lay.shape)
     cache = BatchNormCache(
-        x=xw, centred=centred, mean_shift=d_mean, mean=mean, var=var, inv_std=inv_std, gamma=gamma, eps=eps,
-        axis=lay.axis, m=lay.m,
+        x=x_in, x_hat=x_hat, mean=mu.reshape(-1), var=var.reshape(-1), inv_std=inv_std.reshape(-1),
+        gamma=gamma, eps=eps, axis=axis, m=m,
     )
     return y.astype(x.dtype, copy=False), cache
 
@@ -445,32 +351,25 @@ def batch_norm_forward(
 # ----------------------------------------------------------------------------------------------------
 
 
-def _check_dy(dy: np.ndarray, cache: BatchNormCache) -> np.ndarray:
+def _check_dy(dy: object, cache: object) -> np.ndarray:
     if not isinstance(cache, BatchNormCache):
         raise ValueError(f"cache must be the BatchNormCache returned by batch_norm_forward, got {type(cache).__name__}")
     dy = _as_float_array(dy, "dy")
-    if dy.shape != cache.centred.shape:
-        raise ValueError(f"dy must have the forward input's shape {cache.centred.shape}; got {dy.shape}")
-    return np.ascontiguousarray(dy, dtype=cache.centred.dtype)
+    if dy.shape != cache.x.shape:
+        raise ValueError(f"dy must have the forward input's shape {cache.x.shape}; got {dy.shape}")
+    return dy.astype(cache.x.dtype, copy=False)
 
 
-def _check_grads_finite(dy: np.ndarray, lay: _Layout, dbeta: np.ndarray, dgamma: np.ndarray) -> None:
-    bad = np.flatnonzero(~(np.isfinite(dbeta) & np.isfinite(dgamma)))
-    if bad.size:
-        _raise_non_finite(dy, lay, bad, "dy")
-
-
-@_quiet_non_finite
 def batch_norm_backward(
     dy: np.ndarray, cache: BatchNormCache, *, check_finite: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of training-mode Batch Normalization, compact closed form.
 
-    ``dbeta = sum(dy)`` (eq-dbeta), ``dgamma = sum(dy * x_hat)`` (eq-dgamma), and (eq-dx-compact)::
+    Per channel, every sum running over the channel's ``m`` values::
 
-        dx = gamma * inv_std / m * (m * dy - dbeta - x_hat * dgamma)
-
-    where every sum runs over the m values of a channel.
+        dbeta  = sum(dy)                                               (eq-dbeta)
+        dgamma = sum(dy * x_hat)                                       (eq-dgamma)
+        dx     = gamma * inv_std / m * (m * dy - dbeta - x_hat * dgamma)  (eq-dx-compact)
 
     Parameters
     ----------
@@ -483,29 +382,25 @@ def batch_norm_backward(
 
     Returns
     -------
-    dx : ndarray, same shape as dy, in the compute dtype
+    dx : ndarray, same shape as dy, in the compute dtype (float32 for float16)
     dgamma, dbeta : ndarray, shape (C,)
     """
     dy = _check_dy(dy, cache)
-    lay = cache.layout
-    m = cache.m
-    # Written with centred = x - mu0 and d = mean - mu0, so that x_hat = (centred - d) * inv_std
-    # never has to be formed: sum(dy * x_hat) = inv_std * (sum(dy * centred) - d * dbeta), and
-    # x_hat * dgamma / m = centred * a - d * a with a = inv_std * dgamma / m.
-    dbeta = _channel_sum(dy, lay)
-    d = cache.mean_shift
-    dgamma = cache.inv_std * (_channel_sum_of_products(dy, cache.centred, lay) - d * dbeta)
-    if check_finite:
-        _check_grads_finite(dy, lay, dbeta, dgamma)
-    a = cache.inv_std * dgamma / m
-    dx = lay.rows(cache.centred) * lay.per_channel(a)  # x_hat * dgamma / m, up to the per-channel d * a
-    np.subtract(lay.rows(dy), dx, out=dx)
-    dx -= lay.per_channel(dbeta / m - d * a)
-    dx *= lay.per_channel(cache.gamma * cache.inv_std)
-    return dx.reshape(lay.shape), dgamma, dbeta
+    axes, b, m = cache.reduce_axes, cache.bshape, cache.m
+    x_hat = cache.x_hat
+    gamma, inv_std = cache.gamma.reshape(b), cache.inv_std.reshape(b)
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        dbeta = np.sum(dy, axis=axes, keepdims=True)  # eq-dbeta
+        dgamma = np.sum(dy * x_hat, axis=axes, keepdims=True)  # eq-dgamma
+        if check_finite:
+            bad = np.flatnonzero(~(np.isfinite(dbeta) & np.isfinite(dgamma)))
+            if bad.size:
+                _raise_non_finite(dy, axes, bad, "dy")
+        dx = gamma * inv_std / m * (m * dy - dbeta - x_hat * dgamma)  # eq-dx-compact
+    return dx, dgamma.reshape(-1), dbeta.reshape(-1)
 
 
-@_quiet_non_finite
 def batch_norm_backward_staged(
     dy: np.ndarray, cache: BatchNormCache, *, check_finite: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -513,42 +408,46 @@ def batch_norm_backward_staged(
 
     Forward graph, per channel::
 
-        mu = mean(x)                     (eq-batch-mean)
-        xc = x - mu
-        var = mean(xc ** 2)              (eq-batch-var)
-        inv_std = (var + eps) ** -0.5
-        x_hat = xc * inv_std             (eq-x-hat)
-        y = gamma * x_hat + beta         (eq-scale-shift)
+        mu      = mean(x)                    (eq-batch-mean)
+        xc      = x - mu                     (eq-bw-xc)
+        var     = mean(xc ** 2)              (eq-bw-var)
+        inv_std = (var + eps) ** -0.5        (eq-bw-inv-std)
+        x_hat   = xc * inv_std               (eq-x-hat)
+        y       = gamma * x_hat + beta       (eq-scale-shift)
 
-    Each step below is one local derivative, visited in reverse order. The result equals
-    ``batch_norm_backward`` up to rounding; the book derives one from the other.
+    Each line of the body is one local derivative, visited in reverse order; where a node feeds two others
+    (``x`` feeds ``mu`` and ``xc``, ``xc`` feeds ``var`` and ``x_hat``) the contributions add up
+    (eq. ``eq-bw-chain``). The result equals ``batch_norm_backward`` up to rounding; the book derives one
+    from the other.
 
     Parameters and returns as in ``batch_norm_backward``.
     """
     dy = _check_dy(dy, cache)
-    lay = cache.layout
-    m = cache.m
-    b = lay.bshape
-    xc = cache.x - cache.mean.reshape(b)
+    axes, b, m = cache.reduce_axes, cache.bshape, cache.m
+    x_hat = cache.x_hat
+    mu, gamma, inv_std = cache.mean.reshape(b), cache.gamma.reshape(b), cache.inv_std.reshape(b)
 
-    # y = gamma * x_hat + beta
-    dbeta = _channel_sum(dy, lay)
-    dgamma = _channel_sum(dy * cache.x_hat, lay)
-    if check_finite:
-        _check_grads_finite(dy, lay, dbeta, dgamma)
-    dx_hat = dy * cache.gamma.reshape(b)
-    # x_hat = xc * inv_std: two parents, xc (elementwise) and inv_std (one per channel)
-    dxc = dx_hat * cache.inv_std.reshape(b)
-    dinv_std = _channel_sum(dx_hat * xc, lay)
-    # inv_std = (var + eps) ** -1/2
-    dvar = dinv_std * (-0.5) * cache.inv_std**3
-    # var = (1/m) sum xc ** 2: adds a second path into xc
-    dxc = dxc + (2.0 / m) * xc * dvar.reshape(b)
-    # xc = x - mu: x directly, and through mu
-    dmu = -_channel_sum(dxc, lay)
-    # mu = (1/m) sum x
-    dx = dxc + (dmu / m).reshape(b)
-    return dx, dgamma, dbeta
+    with np.errstate(invalid="ignore", over="ignore"):
+        xc = cache.x - mu  # the forward node xc, eq-bw-xc
+        # y = gamma * x_hat + beta
+        dbeta = np.sum(dy, axis=axes, keepdims=True)  # eq-dbeta
+        dgamma = np.sum(dy * x_hat, axis=axes, keepdims=True)  # eq-dgamma
+        if check_finite:
+            bad = np.flatnonzero(~(np.isfinite(dbeta) & np.isfinite(dgamma)))
+            if bad.size:
+                _raise_non_finite(dy, axes, bad, "dy")
+        dx_hat = gamma * dy  # eq-bw-dxhat
+        # x_hat = xc * inv_std: two parents, xc (one per value) and inv_std (one per channel)
+        dinv_std = np.sum(dx_hat * xc, axis=axes, keepdims=True)  # eq-bw-dinv-std
+        # inv_std = (var + eps) ** -1/2
+        dvar = -0.5 * inv_std**3 * dinv_std  # eq-bw-dvar
+        # var = mean(xc ** 2): the second path into xc
+        dxc = dx_hat * inv_std + dvar * 2.0 * xc / m  # eq-bw-dxc
+        # xc = x - mu: into mu, which every xc of the channel uses
+        dmu = -np.sum(dxc, axis=axes, keepdims=True)  # eq-bw-dmu
+        # mu = mean(x): x feeds xc directly and mu
+        dx = dxc + dmu / m  # eq-bw-dx-staged
+    return dx, dgamma.reshape(-1), dbeta.reshape(-1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -557,13 +456,13 @@ def batch_norm_backward_staged(
 
 
 def _running_params(
-    running_mean: np.ndarray, running_var: np.ndarray, lay: _Layout, dtype: np.dtype
+    running_mean: object, running_var: object, shape: tuple[int, ...], axis: int, dtype: np.dtype
 ) -> tuple[np.ndarray, np.ndarray]:
-    running_mean = _channel_param(running_mean, "running_mean", lay, dtype)
-    running_var = _channel_param(running_var, "running_var", lay, dtype)
-    neg = np.flatnonzero(running_var < 0)
-    if neg.size:
-        raise ValueError(f"running_var must be >= 0; it is negative at channels {_fmt_channels(neg)}")
+    running_mean = _channel_param(running_mean, "running_mean", shape, axis, dtype)
+    running_var = _channel_param(running_var, "running_var", shape, axis, dtype)
+    negative = np.flatnonzero(running_var < 0)
+    if negative.size:
+        raise ValueError(f"running_var must be >= 0; it is negative at channels {_fmt_channels(negative)}")
     return running_mean, running_var
 
 
@@ -577,7 +476,7 @@ def inference_affine(
     """Inference-mode BN as one affine map per channel, eq. ``eq-inference-affine``.
 
     ``y = scale * x + shift`` with ``scale = gamma / sqrt(running_var + eps)`` and
-    ``shift = beta - running_mean * scale``.
+    ``shift = beta - scale * running_mean``.
 
     Parameters
     ----------
@@ -586,21 +485,21 @@ def inference_affine(
 
     Returns
     -------
-    scale, shift : ndarray, shape (C,), float64 unless all inputs are float32
+    scale, shift : ndarray, shape (C,), float64 unless all inputs are float32 (or narrower)
     """
     g = np.asarray(gamma)
     if g.ndim != 1:
         raise ValueError(f"gamma must be a vector of shape (C,), got shape {g.shape}")
-    lay = _layout((1, g.shape[0]), 1)
+    shape, axis = (1, g.shape[0]), 1  # the parameters of a (1, C) input
     dtype = np.result_type(*(np.asarray(a).dtype for a in (gamma, beta, running_mean, running_var)), np.float32)
-    gamma = _channel_param(gamma, "gamma", lay, dtype)
-    beta = _channel_param(beta, "beta", lay, dtype)
-    running_mean, running_var = _running_params(running_mean, running_var, lay, dtype)
+    gamma = _channel_param(gamma, "gamma", shape, axis, dtype)
+    beta = _channel_param(beta, "beta", shape, axis, dtype)
+    running_mean, running_var = _running_params(running_mean, running_var, shape, axis, dtype)
     scale = gamma / np.sqrt(running_var + _check_eps(eps))
-    return scale, beta - running_mean * scale
+    shift = beta - scale * running_mean
+    return scale, shift
 
 
-@_quiet_non_finite
 def batch_norm_inference(
     x: np.ndarray,
     gamma: np.ndarray,
@@ -635,20 +534,20 @@ def batch_norm_inference(
     inference_affine : the same map folded into ``scale * x + shift``.
     """
     x = _as_float_array(x, "x")
-    lay = _layout(x.shape, axis)
-    cdtype = _compute_dtype(x.dtype)
-    gamma = _channel_param(gamma, "gamma", lay, cdtype)
-    beta = _channel_param(beta, "beta", lay, cdtype)
-    running_mean, running_var = _running_params(running_mean, running_var, lay, cdtype)
+    axis = _channel_axis(x.shape, axis)
+    dtype = _compute_dtype(x.dtype)
+    gamma = _channel_param(gamma, "gamma", x.shape, axis, dtype)
+    beta = _channel_param(beta, "beta", x.shape, axis, dtype)
+    running_mean, running_var = _running_params(running_mean, running_var, x.shape, axis, dtype)
     eps = _check_eps(eps)
-    xw = x.astype(cdtype, copy=False)
-    if check_finite and not np.isfinite(xw).all():
-        bad = np.flatnonzero(~np.isfinite(xw.reshape(lay.outer, lay.channels, lay.inner)).all(axis=(0, 2)))
-        _raise_non_finite(xw, lay, bad, "x")
-    b = lay.bshape
-    y = xw - running_mean.reshape(b)
-    y *= (gamma / np.sqrt(running_var + eps)).reshape(b)
-    y += beta.reshape(b)
+    x_in = x.astype(dtype, copy=False)
+    axes = _other_axes(x.ndim, axis)
+    if check_finite and not np.all(np.isfinite(x_in)):
+        _raise_non_finite(x_in, axes, np.flatnonzero(~np.all(np.isfinite(x_in), axis=axes)), "x")
+    b = _broadcast_shape(x.shape, axis)
+    with np.errstate(invalid="ignore", over="ignore"):
+        x_hat = (x_in - running_mean.reshape(b)) / np.sqrt(running_var.reshape(b) + eps)
+        y = gamma.reshape(b) * x_hat + beta.reshape(b)  # eq-inference
     return y.astype(x.dtype, copy=False)
 
 
@@ -659,10 +558,10 @@ def fold_into_preceding(
     shift: np.ndarray,
     out_axis: int = -1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fold inference BN (``y = scale * z + shift``) into the linear layer that produces ``z``.
+    """Fold inference BN (``y = scale * z + shift``) into the linear layer that produces ``z``, eq. ``eq-fold``.
 
-    For ``z = x @ W + b`` followed by BN, ``y = x @ (W * scale) + (b * scale + shift)`` (eq-fold).
-    The same holds for a convolution, whose output channels are one axis of its kernel.
+    For ``z = x @ W + b`` followed by BN, ``y = x @ (W * scale) + (b * scale + shift)``. The same holds for a
+    convolution, whose output channels are one axis of its kernel.
 
     Parameters
     ----------
@@ -692,9 +591,8 @@ def fold_into_preceding(
     bias = np.zeros(c, dtype=scale.dtype) if bias is None else np.asarray(bias)
     if bias.shape != (c,):
         raise ValueError(f"bias must have shape ({c},), got {bias.shape}")
-    bshape = [1] * weight.ndim
-    bshape[out_axis] = c
-    return weight * scale.reshape(bshape), bias * scale + shift
+    b = _broadcast_shape(weight.shape, out_axis % weight.ndim)
+    return weight * scale.reshape(b), bias * scale + shift
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -728,6 +626,10 @@ def update_running_stats(
     convention: Convention | str,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One training step's update of the running mean and variance under a convention.
+
+    ``r = (1 - w) r + w b`` (eq. ``eq-running-update``) for the mean and for the variance, where the
+    variance fed in is the biased batch variance, or ``m / (m - 1)`` times it for the conventions whose
+    ``running_var`` is ``"unbiased"`` (PyTorch, the paper).
 
     Parameters
     ----------
