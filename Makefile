@@ -38,5 +38,11 @@ notebooks: $(STAMP)
 test: book
 	$(BIN)/python -m pytest tests book --nbval --nbval-current-env
 
+# Lint and format check, configured in pyproject.toml ([tool.ruff]).
+.PHONY: lint
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
 clean:
 	rm -rf _build build book/_static/mathjax
