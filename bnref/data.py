@@ -46,6 +46,8 @@ __all__ = [
     "validate_mnist",
     "to_features",
     "one_hot",
+    "as_features",
+    "as_labeled",
 ]
 
 ENV_VAR = "BNREF_MNIST"
@@ -337,3 +339,46 @@ def one_hot(y: np.ndarray, num_classes: int = 10) -> np.ndarray:
     out = np.zeros((len(y), num_classes), dtype=np.float32)
     out[np.arange(len(y)), y.astype(np.int64)] = 1.0
     return out
+
+
+def as_features(x: np.ndarray, *, name: str = "x") -> np.ndarray:
+    """Any model input as a C-contiguous float32 matrix ``(n, d)``: the one place inputs are coerced.
+
+    Images ``(n, 28, 28)`` go through :func:`to_features` (flattened, scaled to [0, 1]); a 2-D array
+    of features is cast to float32 as it is (tests and the claims chapter feed synthetic features
+    this way). Anything else raises ValueError naming ``name``.
+    """
+    x = np.asarray(x)
+    if x.ndim == 3:
+        return to_features(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be images (n, 28, 28) or features (n, d); got shape {x.shape}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def as_labeled(
+    x: np.ndarray, y: np.ndarray, *, name: str = "", num_classes: int | None = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels checked against each other: ``(float32 (n, d), int64 (n,))``.
+
+    Parameters
+    ----------
+    x : ndarray
+        Images ``(n, 28, 28)`` or features ``(n, d)`` (:func:`as_features`).
+    y : ndarray, shape (n,)
+        Integer class labels.
+    name : str
+        Suffix for error messages (``"train"`` gives ``x_train``, ``y_train``).
+    num_classes : int or None
+        Labels must lie in ``0..num_classes - 1``; None skips that check.
+    """
+    xn, yn = (f"x_{name}", f"y_{name}") if name else ("x", "y")
+    x = as_features(x, name=xn)
+    y = np.asarray(y)
+    if y.shape != (len(x),):
+        raise ValueError(f"{yn} must have shape ({len(x)},) to match {xn}; got {y.shape}")
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{yn} must hold integer labels; got dtype {y.dtype}")
+    if num_classes is not None and y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"{yn} must hold labels in 0..{num_classes - 1}; got {y.min()}..{y.max()}")
+    return x, y.astype(np.int64)

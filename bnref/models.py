@@ -44,9 +44,15 @@ __all__ = [
     "INPUT_DIM",
     "HIDDEN",
     "NUM_CLASSES",
+    "INITS",
     "check_choice",
+    "check_int",
+    "check_positive",
     "glorot_uniform",
+    "he_uniform",
     "initial_weights",
+    "linear_layers",
+    "load_linear_weights",
     "build_keras_model",
     "build_torch_model",
 ]
@@ -59,6 +65,27 @@ PLACEMENTS: tuple[str, ...] = ("after", "before")
 INPUT_DIM = 784
 HIDDEN: tuple[int, ...] = (64, 32)
 NUM_CLASSES = 10
+
+
+def check_int(name: str, value: Any, *, low: int = 1, high: int | None = None) -> int:
+    """Return ``value`` if it is an integer in ``low..high`` (``high`` None: no upper limit), else raise
+    ValueError naming ``name``. Booleans are not integers here."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not ok or value < low or (high is not None and value > high):
+        span = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{name} must be an integer {span}; got {value!r}")
+    return int(value)
+
+
+def check_positive(name: str, value: Any) -> float:
+    """Return ``value`` as a float if it is a finite number > 0, else raise ValueError naming ``name``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number; got {value!r}") from None
+    if not (np.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a positive number; got {value!r}")
+    return v
 
 
 def check_choice(bn: str, placement: str) -> None:
@@ -80,28 +107,51 @@ def glorot_uniform(fan_in: int, fan_out: int, rng: np.random.Generator) -> np.nd
     return rng.uniform(-a, a, size=(fan_in, fan_out)).astype(np.float32)
 
 
+def he_uniform(fan_in: int, fan_out: int, rng: np.random.Generator) -> np.ndarray:
+    """He/Kaiming uniform weights ``(fan_in, fan_out)``, float32, ``U(-a, a)``, ``a = sqrt(6 / fan_in)``.
+
+    Variance ``2 / fan_in``: keeps the second moment of ReLU activations constant from layer to layer.
+    """
+    a = np.sqrt(6.0 / fan_in)
+    return rng.uniform(-a, a, size=(fan_in, fan_out)).astype(np.float32)
+
+
+#: Weight initialisers by name: ``draw(fan_in, fan_out, rng) -> float32 (fan_in, fan_out)``.
+INITS: dict[str, Any] = {"glorot": glorot_uniform, "he": he_uniform}
+
+
 def initial_weights(
-    seed: int, *, input_dim: int = INPUT_DIM, hidden: tuple[int, ...] = HIDDEN, num_classes: int = NUM_CLASSES
+    seed: int,
+    *,
+    input_dim: int = INPUT_DIM,
+    hidden: tuple[int, ...] = HIDDEN,
+    num_classes: int = NUM_CLASSES,
+    init: str = "glorot",
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """The starting weights of every Dense layer, in Keras layout.
 
     Parameters
     ----------
     seed : int
-        Seed of the NumPy generator that draws them.
+        Seed of the NumPy generator that draws them, layer by layer from input to output.
     input_dim, hidden, num_classes : int, tuple of int, int
         Layer widths: ``input_dim -> hidden[0] -> ... -> num_classes``.
+    init : {"glorot", "he"}
+        :func:`glorot_uniform` (Keras' default, the article's model) or :func:`he_uniform`.
 
     Returns
     -------
     list of (W, b)
-        One pair per Dense layer: ``W`` float32 ``(fan_in, fan_out)`` Glorot-uniform, ``b`` float32
-        ``(fan_out,)`` zeros. (PyTorch stores ``W.T``.) A layer built without bias ignores ``b``.
+        One pair per Dense layer: ``W`` float32 ``(fan_in, fan_out)``, ``b`` float32 ``(fan_out,)``
+        zeros. (PyTorch stores ``W.T``.) A layer built without bias ignores ``b``.
     """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {tuple(INITS)}; got {init!r}")
+    draw = INITS[init]
     rng = np.random.default_rng(seed)
     widths = (input_dim, *hidden, num_classes)
     return [
-        (glorot_uniform(n_in, n_out, rng), np.zeros(n_out, dtype=np.float32))
+        (draw(n_in, n_out, rng), np.zeros(n_out, dtype=np.float32))
         for n_in, n_out in zip(widths[:-1], widths[1:])
     ]
 
@@ -190,6 +240,33 @@ def build_keras_model(
 # --------------------------------------------------------------------------------------------
 
 
+def linear_layers(model: "torch.nn.Module") -> list["torch.nn.Linear"]:
+    """The ``torch.nn.Linear`` layers of a model, input to output."""
+    import torch
+
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def load_linear_weights(linears: "list[torch.nn.Linear]", weights: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Copy Keras-layout weights (:func:`initial_weights`) into PyTorch Linear layers, in place.
+
+    ``weight <- W.T`` (PyTorch stores ``(fan_out, fan_in)``) and ``bias <- b`` where the layer has a
+    bias. Raises ValueError when the numbers of layers or the shapes differ.
+    """
+    import torch
+
+    if len(linears) != len(weights):
+        raise ValueError(f"{len(weights)} weight pairs for {len(linears)} Linear layers")
+    for i, (linear, (w, b)) in enumerate(zip(linears, weights)):
+        if tuple(linear.weight.shape) != tuple(w.shape[::-1]) or (linear.bias is not None and b.shape != (w.shape[1],)):
+            raise ValueError(f"layer {i}: Linear weight {tuple(linear.weight.shape)} does not take W {w.shape}, b {b.shape}")
+    with torch.no_grad():
+        for linear, (w, b) in zip(linears, weights):
+            linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
+            if linear.bias is not None:
+                linear.bias.copy_(torch.from_numpy(b))
+
+
 def _torch_bn_layer(bn: str, width: int) -> "torch.nn.Module":
     import torch
 
@@ -219,7 +296,6 @@ def build_torch_model(
     with the same seed (``weight = W.T``).
     """
     check_choice(bn, placement)
-    import torch
     from torch import nn
 
     modules: list[tuple[str, nn.Module]] = []
@@ -240,10 +316,5 @@ def build_torch_model(
     linears.append(out)
     modules.append(("logits", out))
     model = nn.Sequential(OrderedDict(modules))
-
-    with torch.no_grad():
-        for linear, (w, b) in zip(linears, initial_weights(seed, input_dim=input_dim, hidden=hidden, num_classes=num_classes)):
-            linear.weight.copy_(torch.from_numpy(w.T.copy()))
-            if linear.bias is not None:
-                linear.bias.copy_(torch.from_numpy(b))
+    load_linear_weights(linears, initial_weights(seed, input_dim=input_dim, hidden=hidden, num_classes=num_classes))
     return model

@@ -288,6 +288,26 @@ def test_one_hot():
         data.one_hot(np.zeros((2, 2), np.int64))
 
 
+def test_as_features_and_as_labeled():
+    images = np.zeros((2, 28, 28), np.uint8)
+    images[1, 0, 0] = 255
+    np.testing.assert_array_equal(data.as_features(images), data.to_features(images))
+    feats = np.arange(6, dtype=np.float64).reshape(3, 2)
+    out = data.as_features(feats)
+    assert out.dtype == np.float32 and out.flags["C_CONTIGUOUS"] and np.array_equal(out, feats)
+    with pytest.raises(ValueError, match=r"x_sub must be images \(n, 28, 28\) or features \(n, d\); got shape \(4,\)"):
+        data.as_features(np.zeros(4), name="x_sub")
+    x, y = data.as_labeled(feats, np.array([0, 9, 3], np.uint8))
+    assert y.dtype == np.int64 and y.tolist() == [0, 9, 3]
+    with pytest.raises(ValueError, match=r"y_train must have shape \(3,\) to match x_train"):
+        data.as_labeled(feats, np.array([0, 1]), name="train")
+    with pytest.raises(ValueError, match=r"y must hold labels in 0..9; got 0..10"):
+        data.as_labeled(feats, np.array([0, 1, 10]))
+    with pytest.raises(ValueError, match="integer labels"):
+        data.as_labeled(feats, np.array([0.0, 1.0, 2.0]))
+    assert data.as_labeled(feats, np.array([0, 1, 10]), num_classes=None)[1].tolist() == [0, 1, 10]
+
+
 def test_import_does_not_pull_frameworks():
     code = (
         "import sys, bnref.data, bnref.models, bnref.training, bnref.train; "

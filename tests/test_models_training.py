@@ -7,12 +7,14 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import keras
 import numpy as np
 import pytest
 import torch
 
-from bnref import models, training
+from bnref import keras_bn, keras_training, models, torch_bn, torch_training, training
 from bnref.models import build_keras_model, build_torch_model, initial_weights
+from bnref.records import load_experiment
 
 U32 = 2.0**-24  # unit roundoff of float32 (half of eps = 1.19e-7)
 
@@ -133,7 +135,6 @@ def test_torch_forward_without_bn_matches_float64():
 
 
 def test_keras_structure_and_weights():
-    keras = pytest.importorskip("keras")
     after = build_keras_model("native", "after", seed=5)
     assert [type(l).__name__ for l in after.layers] == ["Dense", "BatchNormalization", "Dense", "BatchNormalization", "Dense"]
     assert [l.activation.__name__ for l in after.layers if isinstance(l, keras.layers.Dense)] == ["relu", "relu", "softmax"]
@@ -153,7 +154,6 @@ def test_keras_structure_and_weights():
 
 
 def test_keras_forward_without_bn_matches_float64():
-    pytest.importorskip("keras")
     x = np.random.default_rng(8).random((32, 784), dtype=np.float32)
     z64, bound = float64_forward_with_bound(x, initial_weights(seed=8))
     p32 = np.asarray(build_keras_model("none", seed=8)(x), dtype=np.float64)
@@ -173,7 +173,6 @@ def test_keras_forward_without_bn_matches_float64():
 
 @pytest.mark.parametrize("placement", models.PLACEMENTS)
 def test_torch_scratch_bn(placement):
-    torch_bn = pytest.importorskip("bnref.torch_bn", reason="bnref.torch_bn (from-scratch BN) not written yet")
     model = build_torch_model("scratch", placement, seed=0)
     assert len([m for m in model if isinstance(m, torch_bn.BatchNorm)]) == 2
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model)
@@ -182,13 +181,10 @@ def test_torch_scratch_bn(placement):
 
 
 def test_keras_scratch_bn():
-    pytest.importorskip("tensorflow")
-    keras = pytest.importorskip("keras")
     if keras.backend.backend() != "tensorflow":
         with pytest.raises(ValueError, match="TensorFlow"):
             build_keras_model("scratch")
         return
-    keras_bn = pytest.importorskip("bnref.keras_bn", reason="bnref.keras_bn (from-scratch BN) not written yet")
     model = build_keras_model("scratch", "before", seed=0)
     assert len([l for l in model.layers if isinstance(l, keras_bn.BatchNormalization)]) == 2
 
@@ -277,7 +273,7 @@ def make_loop(seed=3, n_train=300, bs=64, cuda_graphs=False):
     x_train, y_train, x_test, y_test = easy_problem(n_train=n_train)
     tensors = [torch.from_numpy(a) for a in (x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64))]
     model = build_torch_model("native", "after", seed, input_dim=x_train.shape[1])
-    return training._FastTorchLoop(model, *tensors, batch_size=bs, lr=1e-2, seed=seed, cuda_graphs=cuda_graphs)
+    return torch_training.FastTorchLoop(model, *tensors, batch_size=bs, lr=1e-2, seed=seed, cuda_graphs=cuda_graphs)
 
 
 def test_graph_replay_path_computes_what_the_eager_path_does(monkeypatch):
@@ -295,7 +291,7 @@ def test_graph_replay_path_computes_what_the_eager_path_does(monkeypatch):
         self.static_idx = torch.zeros(self.batch_size, dtype=torch.int64)
         self.graph = ReplayOnCpu(self)
 
-    monkeypatch.setattr(training._FastTorchLoop, "_capture", capture_on_cpu)
+    monkeypatch.setattr(torch_training.FastTorchLoop, "_capture", capture_on_cpu)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -315,11 +311,11 @@ def test_restore_after_warm_up_steps_equals_a_fresh_start():
     torch.set_num_threads(1)
     try:
         fresh, warmed = make_loop(), make_loop()
-        saved = warmed._snapshot()
+        saved = torch_training.snapshot(warmed._state())
         for _ in range(3):
             warmed._step(torch.arange(64))
         assert not torch.equal(warmed.flat, fresh.flat)
-        warmed._restore(saved)
+        warmed._restore_start(saved)
         assert torch.equal(warmed.flat, fresh.flat)
         assert warmed.train_epoch() == fresh.train_epoch()
         assert torch.equal(warmed.flat, fresh.flat)
@@ -345,7 +341,6 @@ def test_flat_parameters_keep_gradients_as_views():
 
 
 def test_keras_run_learns_and_writes_a_record(tmp_path):
-    keras = pytest.importorskip("keras")
     out = tmp_path / "keras.json"
     rec = training.train_keras(easy_problem(), epochs=3, batch_size=32, lr=1e-2, progress=False, out=out)
     assert rec.final.test_acc > 0.9
@@ -440,3 +435,188 @@ def test_cli_reports_missing_data(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "absent.npz" in err and "BNREF_MNIST=" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# the shared helpers: initialisers, weight loading, argument checks, evaluation, state
+# ---------------------------------------------------------------------------------------------
+
+
+def test_he_uniform_has_variance_two_over_fan_in():
+    rng = np.random.default_rng(0)
+    w = models.he_uniform(400, 300, rng)
+    a = np.sqrt(6.0 / 400)
+    assert w.dtype == np.float32 and w.shape == (400, 300) and np.abs(w).max() <= a
+    # 120000 draws of U(-a, a): the sample variance is within 2% of a^2/3 = 2/fan_in (its relative
+    # standard error is sqrt(0.8 / n) ~ 0.26%).
+    assert abs(w.var() / (2.0 / 400) - 1) < 0.02
+    he = initial_weights(seed=1, init="he", input_dim=20, hidden=(30,), num_classes=5)
+    again = models.he_uniform(20, 30, np.random.default_rng(1))
+    assert np.array_equal(he[0][0], again)
+    with pytest.raises(ValueError, match="init must be one of"):
+        initial_weights(seed=1, init="orthogonal")
+
+
+def test_load_linear_weights_copies_the_transpose_and_checks_shapes():
+    model = build_torch_model("none", seed=0, input_dim=16)
+    linears = models.linear_layers(model)
+    weights = initial_weights(seed=9, input_dim=16)
+    models.load_linear_weights(linears, weights)
+    for linear, (w, b) in zip(linears, weights):
+        assert np.array_equal(linear.weight.detach().numpy(), w.T) and np.array_equal(linear.bias.detach().numpy(), b)
+    with pytest.raises(ValueError, match="2 weight pairs for 3 Linear layers"):
+        models.load_linear_weights(linears, weights[:2])
+    with pytest.raises(ValueError, match="layer 0"):
+        models.load_linear_weights(linears, initial_weights(seed=9, input_dim=17))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: models.check_int("depth", 0), "depth must be an integer >= 1; got 0"),
+        (lambda: models.check_int("depth", 2.0), "depth must be an integer"),
+        (lambda: models.check_int("depth", True), "depth must be an integer"),
+        (lambda: models.check_int("n", 11, low=2, high=10), r"n must be an integer in 2..10; got 11"),
+        (lambda: models.check_positive("lr", 0.0), "lr must be a positive number"),
+        (lambda: models.check_positive("lr", float("nan")), "lr must be a positive number"),
+        (lambda: models.check_positive("lr", "fast"), "lr must be a positive number"),
+        (lambda: training.check_training_args(1, 1, 1e-3), "batch_size"),
+    ],
+)
+def test_argument_checks_name_the_argument(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_argument_checks_pass_good_values():
+    assert models.check_int("n", np.int64(5), low=2, high=10) == 5
+    assert models.check_positive("lr", np.float32(0.5)) == 0.5
+
+
+def test_evaluate_is_mean_cross_entropy_and_accuracy_in_inference_mode():
+    x_train, y_train, x_test, y_test = easy_problem()
+    model = build_torch_model("native", seed=1, input_dim=16)
+    model.train()
+    model(torch.from_numpy(x_train))  # one training-mode pass moves the running statistics
+    loss, acc = torch_training.evaluate(model, x_test, y_test, chunk=100)  # three chunks
+    assert model.training  # the flag is put back
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x_test)).double()
+    logp = torch.log_softmax(logits, dim=1)[torch.arange(len(y_test)), torch.from_numpy(y_test)]
+    assert acc == float((logits.argmax(1).numpy() == y_test).mean())
+    # float32 log-softmax of 10 logits and a sum of 256 terms: a relative error far below 1e-5.
+    assert loss == pytest.approx(float(-logp.mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="y must have shape"):
+        torch_training.evaluate(model, x_test, y_test[:-1])
+
+
+def test_kept_buffers_and_snapshot_restore_put_state_back():
+    model = build_torch_model("native", seed=1, input_dim=16)
+    before = [b.clone() for b in model.buffers()]
+    with torch_training.kept_buffers(model):
+        model.train()
+        model(torch.from_numpy(easy_problem()[0]))
+        assert not all(torch.equal(a, b) for a, b in zip(model.buffers(), before))
+    assert all(torch.equal(a, b) for a, b in zip(model.buffers(), before))
+    params = list(model.parameters())
+    saved = torch_training.snapshot(params)
+    with torch.no_grad():
+        params[0].add_(1.0)
+    torch_training.restore(params, saved)
+    assert torch.equal(params[0], saved[0])
+    with pytest.raises(ValueError, match="1 saved tensors for"):
+        torch_training.restore(params, saved[:1])
+
+
+def test_as_tensors_coerces_images_and_features():
+    x, y = torch_training.as_tensors(np.zeros((3, 28, 28), np.uint8), np.array([1, 2, 3]))
+    assert x.shape == (3, 784) and x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+def test_import_bnref_and_training_stay_framework_free():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bnref, bnref.training, bnref.records, bnref.models, bnref.data\n"
+        "print(sorted(m for m in ('torch', 'keras', 'tensorflow', 'jax') if m in sys.modules))\n"
+        "bnref.training.train_torch\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["[]", "True"]
+
+
+def test_keras_recorder_is_a_module_level_callback():
+    assert issubclass(keras_training.EpochRecorder, keras.callbacks.Callback)
+    assert training.train_keras is keras_training.train_keras
+    assert training.train_torch is torch_training.train_torch
+
+
+def test_import_keras_quietly_returns_keras():
+    assert training.import_keras_quietly() is keras
+
+
+# ---------------------------------------------------------------------------------------------
+# the MNIST experiment
+# ---------------------------------------------------------------------------------------------
+
+
+def test_mnist_experiment_definition():
+    assert training.MNIST.runs() == ["torch/native", "torch/none", "keras/native", "keras/none"]
+    cfg = training.MNIST.config()
+    assert (cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["placement"]) == (10, 128, 1e-3, "after")
+    assert len(training.MNIST_SEEDS) >= training.MIN_SEEDS >= 3
+    with pytest.raises(ValueError, match="frameworks"):
+        training.MnistExperiment(frameworks=("jax",))
+    with pytest.raises(ValueError, match="epochs"):
+        training.MnistExperiment(epochs=0)
+
+
+def test_run_mnist_experiment_records_every_seed_and_run(tmp_path):
+    small = training.MnistExperiment(epochs=2, batch_size=64, lr=1e-2)
+    rec = training.run_mnist_experiment(easy_problem(n_train=256, n_test=128), small, seeds=[3, 4], device="cpu")
+    assert rec.name == "mnist" and rec.seeds == [3, 4] and rec.config == small.config()
+    assert rec.device["type"] == "cpu"
+    path = rec.save(tmp_path / "mnist-cpu.json")
+    runs = training.experiment_runs(load_experiment(path))
+    assert sorted(runs) == sorted((k, s) for k in small.runs() for s in (3, 4))
+    for (key, seed), run in runs.items():
+        assert f"{run.framework}/{run.config.bn}" == key and run.seed == seed and len(run.epochs) == 2
+        assert run.machine == rec.machine and run.final.test_acc > 0.5
+    # the same seed gives the same torch run, bit for bit, on one CPU
+    again = training.train_torch(easy_problem(n_train=256, n_test=128), bn="native", epochs=2, batch_size=64, lr=1e-2,
+                                 seed=3, device="cpu", progress=False)
+    assert [e.test_loss for e in again.epochs] == [e.test_loss for e in runs[("torch/native", 3)].epochs]
+    with pytest.raises(ValueError, match="distinct"):
+        training.run_mnist_experiment(easy_problem(), small, seeds=[1, 1])
+
+
+def test_keras_on_another_device_than_the_experiment_is_refused(monkeypatch):
+    monkeypatch.setattr(keras_training, "keras_device", lambda: {"type": "gpu", "name": "a GPU"})
+    small = training.MnistExperiment(frameworks=("keras",), bn=("none",), epochs=1, batch_size=64)
+    with pytest.raises(ValueError, match="KERAS_BACKEND=torch"):
+        training.run_mnist_experiment(easy_problem(n_train=128, n_test=64), small, seeds=[0], device="cpu")
+
+
+def test_cli_experiment_writes_a_record(tmp_path, capsys):
+    from bnref import train
+
+    rng = np.random.default_rng(0)
+    mnist = tmp_path / "mini.npz"
+    np.savez(
+        mnist,
+        x_train=rng.integers(0, 256, (96, 28, 28), dtype=np.uint8), y_train=(np.arange(96) % 10).astype(np.uint8),
+        x_test=rng.integers(0, 256, (32, 28, 28), dtype=np.uint8), y_test=(np.arange(32) % 10).astype(np.uint8),
+    )
+    out = tmp_path / "e.json"
+    # a file that is not MNIST is refused by the content check, which the experiment does not skip
+    assert train.main(["experiment", "mnist", "--data", str(mnist), "--out", str(out)]) == 2
+    assert "full MNIST has (60000, 28, 28)" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit):
+        train.main(["experiment", "cifar"])
+    with pytest.raises(SystemExit) as info:
+        train.main(["experiment", "--help"])
+    assert info.value.code == 0
+    assert "bnref.experiment/1" in capsys.readouterr().out

@@ -1,0 +1,192 @@
+"""Train the article's model with Keras 3 ``model.fit``, as the article does, and record it.
+
+:class:`EpochRecorder` is the ``keras.callbacks.Callback`` that times each epoch and keeps fit's
+metrics; :func:`train_keras` compiles, fits and returns a :class:`bnref.records.RunRecord`.
+Runs on whichever backend Keras was started with (``KERAS_BACKEND``) and on the device that
+backend picks.
+
+This module imports Keras (and so its backend) at the top; ``import bnref`` never imports it. To
+import it without TensorFlow's C++ start-up lines on stderr, call
+:func:`bnref.training.import_keras_quietly` first.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from bnref.data import one_hot
+from bnref.models import NUM_CLASSES, build_keras_model, check_choice
+from bnref.records import EpochRecord, RunConfig, RunRecord, cpu_device, machine_info, now_utc
+from bnref.training import check_training_args, prepare_data, progress_bar
+
+__all__ = ["EpochRecorder", "keras_device", "backend_version", "train_keras"]
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """Records each epoch of ``fit`` as an :class:`~bnref.records.EpochRecord`, with its wall time.
+
+    ``fit`` must run with ``validation_data`` and the ``accuracy`` metric: the test loss and
+    accuracy are fit's ``val_loss`` and ``val_accuracy``. The epoch's training time runs from
+    ``on_epoch_begin`` to the start of the validation pass, the evaluation time from there to
+    ``on_epoch_end``.
+
+    Parameters
+    ----------
+    epochs : int
+        For the progress bar.
+    progress : bool
+        Show a tqdm bar, one tick per epoch.
+    desc : str
+        The bar's label.
+    """
+
+    def __init__(self, epochs: int, progress: bool = False, desc: str = "keras") -> None:
+        super().__init__()
+        self.history: list[EpochRecord] = []
+        self.bar = progress_bar(progress, epochs, desc)
+        self.t_begin = 0.0
+        self.t_test: float | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.t_begin = time.perf_counter()
+        self.t_test = None
+
+    def on_test_begin(self, logs: dict | None = None) -> None:  # fit's validation pass
+        self.t_test = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        t_end = time.perf_counter()
+        logs = logs or {}
+        t_test = self.t_test if self.t_test is not None else t_end
+        self.history.append(
+            EpochRecord(
+                epoch=epoch + 1,
+                train_loss=float(logs["loss"]),
+                train_acc=float(logs["accuracy"]),
+                test_loss=float(logs["val_loss"]),
+                test_acc=float(logs["val_accuracy"]),
+                train_s=t_test - self.t_begin,
+                eval_s=t_end - t_test,
+                wall_s=t_end - self.t_begin,
+            )
+        )
+        self.bar.set_postfix(loss=f"{logs['loss']:.4f}", test_acc=f"{logs['val_accuracy']:.4f}")
+        self.bar.update(1)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.bar.close()
+
+
+def keras_device() -> dict[str, str]:
+    """The device Keras trains on, for each backend: the first GPU if there is one, else the CPU."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                details = tf.config.experimental.get_device_details(gpus[0])
+                return {"type": "gpu", "name": details.get("device_name", gpus[0].name)}
+        elif backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return {"type": "cuda", "name": torch.cuda.get_device_name(0)}
+        elif backend == "jax":
+            import jax
+
+            d = jax.devices()[0]
+            if d.platform != "cpu":
+                return {"type": d.platform, "name": getattr(d, "device_kind", str(d))}
+    except Exception:  # noqa: BLE001, S110  (a failed device query must not lose the run: the CPU it is)
+        pass
+    return cpu_device()
+
+
+def backend_version(backend: str) -> str | None:
+    """The version of the framework behind a Keras backend, or None if it cannot be imported."""
+    modules = {"tensorflow": "tensorflow", "torch": "torch", "jax": "jax"}
+    if backend not in modules:
+        return None
+    try:
+        module = __import__(modules[backend])
+    except ImportError:
+        return None
+    return str(module.__version__)
+
+
+def train_keras(
+    data: Sequence[np.ndarray],
+    *,
+    bn: str = "native",
+    placement: str = "after",
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+    out: str | os.PathLike | None = None,
+) -> RunRecord:
+    """Train the article's model with ``model.fit``, as the article does, and record it.
+
+    The model is compiled with Adam (``learning_rate=lr``, Keras' defaults otherwise: betas 0.9,
+    0.999, epsilon 1e-7), categorical cross-entropy on one-hot labels and accuracy; ``fit`` runs
+    with ``validation_data=(x_test, y_test)``, ``shuffle=True`` and ``verbose=0``. Runs on whatever
+    backend Keras was started with (``KERAS_BACKEND``) and on the device that backend picks.
+    Arguments as in :func:`bnref.torch_training.train_torch`; ``keras.utils.set_random_seed(seed)``
+    fixes the shuffling.
+    """
+    check_choice(bn, placement)
+    check_training_args(epochs, batch_size, lr)
+    x_train, y_train, x_test, y_test = prepare_data(data)
+    keras.utils.set_random_seed(seed)
+    model = build_keras_model(bn, placement, seed, input_dim=x_train.shape[1])
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    backend = keras.backend.backend()
+    recorder = EpochRecorder(epochs, progress, f"keras/{backend} bn={bn}")
+    model.fit(
+        x_train,
+        one_hot(y_train, NUM_CLASSES),
+        epochs=epochs,
+        batch_size=batch_size,
+        validation_data=(x_test, one_hot(y_test, NUM_CLASSES)),
+        shuffle=True,
+        verbose=0,
+        callbacks=[recorder],
+    )
+    details: dict[str, Any] = {
+        "trainer": "keras Model.fit(validation_data=test set, shuffle=True, verbose=0)",
+        "adam": "keras.optimizers.Adam, beta_1 0.9, beta_2 0.999, epsilon 1e-7",
+        "jit_compile": str(getattr(model, "jit_compile", None)),
+    }
+    record = RunRecord(
+        framework="keras",
+        framework_version=keras.__version__,
+        backend=backend,
+        backend_version=backend_version(backend),
+        device=keras_device(),
+        machine=machine_info(),
+        seed=seed,
+        config=RunConfig(
+            bn=bn, placement=placement, epochs=epochs, batch_size=batch_size, lr=lr,
+            loss="categorical cross-entropy on softmax outputs, one-hot labels",
+            train_size=len(y_train), test_size=len(y_test), trainer="keras-fit", details=details,
+        ),
+        epochs=recorder.history,
+        setup_s=0.0,
+        created_utc=now_utc(),
+    )
+    if out is not None:
+        record.save(out)
+    return record
