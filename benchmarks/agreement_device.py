@@ -39,7 +39,11 @@ def matrix(quick: bool = False) -> list[Case]:
         for n in batches
         for k in steps
     ]
-    cases += [Case((n, *rest), axis=axis, dtype="float32", steps=5, loc=1e3, seed=7) for rest, axis in layouts for n in (3, 128)]
+    cases += [
+        Case((n, *rest), axis=axis, dtype="float32", steps=5, loc=1e3, seed=7)
+        for rest, axis in layouts
+        for n in (3, 128)
+    ]
     cases += [
         Case((n, *rest), axis=axis, dtype=dtype, steps=3, seed=11)
         for dtype in ("float16", "bfloat16")
@@ -91,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.out is not None:
         record = {
-            "what": "bnref agreement matrix, torch part (NumPy reference, bnref.torch_bn.BatchNorm, torch.nn.BatchNorm*)",
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "what": (
+                "bnref agreement matrix, torch part (NumPy reference, bnref.torch_bn.BatchNorm, torch.nn.BatchNorm*)"
+            ),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             **info,
             "wall_time_s": round(wall, 2),
             "all_passed": passed,

@@ -27,8 +27,9 @@ import dataclasses
 import enum
 import html
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -322,11 +323,11 @@ def _reference_run(case: Case, conv: Convention, data: Batches, dtype: str) -> t
     gamma, beta = data.gamma.astype(pdtype), data.beta.astype(pdtype)
     stats = RunningStats(case.channels, conv, dtype=np.dtype(pdtype))
     trace, caches = _empty_trace(), []
-    for x, dy in zip(data.xs, data.dys):
+    for x, dy in zip(data.xs, data.dys, strict=False):
         y, cache = batch_norm_forward(x.astype(dtype), gamma, beta, conv.eps, case.axis)
         dx, dgamma, dbeta = batch_norm_backward(dy.astype(dtype), cache)
         stats.update(cache)
-        for q, v in zip(QUANTITIES, (y, dx.astype(dtype), dgamma, dbeta, stats.mean, stats.var)):
+        for q, v in zip(QUANTITIES, (y, dx.astype(dtype), dgamma, dbeta, stats.mean, stats.var), strict=False):
             trace[q].append(np.asarray(v, np.float64))
         caches.append(cache)
     if case.mode == "train+inference":
@@ -359,7 +360,9 @@ def _torch_trace(case: Case, conv: Convention, data: Batches, native: bool, devi
     pdtype = getattr(torch, compute_dtype(case.dtype))
     ndim, c = len(case.shape), case.channels
     if native:
-        cls = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}.get(ndim)
+        cls = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}.get(
+            ndim
+        )
         if cls is None:
             raise NotApplicable(f"torch.nn.BatchNorm* takes 2D-5D input, not {ndim}D")
     else:
@@ -380,7 +383,7 @@ def _torch_trace(case: Case, conv: Convention, data: Batches, native: bool, devi
 
     trace = _empty_trace()
     bn.train()
-    for x, dy in zip(data.xs, data.dys):
+    for x, dy in zip(data.xs, data.dys, strict=False):
         xt = to_torch(x).requires_grad_(True)
         y = bn(xt)
         y.backward(to_torch(dy))
@@ -417,7 +420,7 @@ def _keras_trace(case: Case, conv: Convention, data: Batches, native: bool) -> T
     tdtype = getattr(tf, case.dtype)
 
     trace = _empty_trace()
-    for x, dy in zip(data.xs, data.dys):
+    for x, dy in zip(data.xs, data.dys, strict=False):
         xt = tf.constant(x, dtype=tdtype)
         with tf.GradientTape() as tape:
             tape.watch(xt)
@@ -425,7 +428,7 @@ def _keras_trace(case: Case, conv: Convention, data: Batches, native: bool) -> T
         dx, dgamma, dbeta = tape.gradient(
             y, [xt, layer.gamma, layer.beta], output_gradients=tf.cast(tf.constant(dy, dtype=tdtype), y.dtype)
         )
-        for q, v in zip(QUANTITIES, (y, dx, dgamma, dbeta, layer.moving_mean, layer.moving_variance)):
+        for q, v in zip(QUANTITIES, (y, dx, dgamma, dbeta, layer.moving_mean, layer.moving_variance), strict=False):
             trace[q].append(np.array(tf.cast(v, tf.float64), copy=True))
     if case.mode == "train+inference":
         y_inf = layer(tf.constant(data.x_inference, dtype=tdtype), training=False)
@@ -451,7 +454,7 @@ def _bounds(case: Case, conv: Convention, truth: Trace, caches: list, data: Batc
     out: dict[str, list[float]] = {q: [] for q in QUANTITIES}
     b_mean = np.zeros(case.channels)
     b_var = np.zeros(case.channels)
-    for k, (cache, dy) in enumerate(zip(caches, data.dys), start=1):
+    for k, (cache, dy) in enumerate(zip(caches, data.dys, strict=False), start=1):
         s = channel_summaries(
             _channels_last(cache.x_hat, case), _channels_last(dy, case), cache.mean, cache.var, cache.eps
         )
@@ -462,15 +465,20 @@ def _bounds(case: Case, conv: Convention, truth: Trace, caches: list, data: Batc
             out[q].append(float(np.max(step[q])))
         w = w_const if w_const is not None else 1.0 / k
         b_mean = running_mean_bound(b_mean, w, s, cache.mean, truth["running_mean"][k - 1], case.dtype)
-        b_var = running_var_bound(
-            b_var, w, s, cache.mean, cache.var, truth["running_var"][k - 1], case.dtype, unbiased
-        )
+        b_var = running_var_bound(b_var, w, s, cache.mean, cache.var, truth["running_var"][k - 1], case.dtype, unbiased)
         out["running_mean"].append(float(np.max(b_mean)))
         out["running_var"].append(float(np.max(b_var)))
     if truth["y_inference"]:
         bound = inference_bound(
-            _channels_last(data.x_inference, case), data.gamma, data.beta, truth["running_mean"][-1],
-            truth["running_var"][-1], conv.eps, b_mean, b_var, case.dtype,
+            _channels_last(data.x_inference, case),
+            data.gamma,
+            data.beta,
+            truth["running_mean"][-1],
+            truth["running_var"][-1],
+            conv.eps,
+            b_mean,
+            b_var,
+            case.dtype,
         )
         out["y_inference"].append(float(np.max(bound)) + eps_out * float(np.max(np.abs(truth["y_inference"][0]))))
     return out
@@ -615,12 +623,15 @@ class AgreementTable:
         header, body = self._grid(metric)
         widths = []
         for j in range(len(header)):
-            cells = [b[j] for b, r in zip(body, self.rows) if r.ok or j < 3]
+            cells = [b[j] for b, r in zip(body, self.rows, strict=False) if r.ok or j < 3]
             widths.append(max([len(header[j])] + [len(c) for c in cells]))
-        lines = [f"case: {self.case.label}   [{metric}]", "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-        for b, r in zip(body, self.rows):
+        lines = [
+            f"case: {self.case.label}   [{metric}]",
+            "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)).rstrip(),
+        ]
+        for b, r in zip(body, self.rows, strict=False):
             cells = b if r.ok else b[:3] + [r.message]
-            lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths + [0])).rstrip())
+            lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths + [0], strict=False)).rstrip())
         return "\n".join(lines)
 
     def to_markdown(self, metric: str = "rel") -> str:
@@ -646,8 +657,14 @@ class AgreementTable:
         """JSON-ready list: one dict per (implementation, quantity), or per row that did not run."""
         out = []
         for r in self.rows:
-            base = {"case": self.case.label, "implementation": r.implementation, "dtype": r.dtype,
-                    "convention": r.convention, "status": r.status.value, "reason": r.reason}
+            base = {
+                "case": self.case.label,
+                "implementation": r.implementation,
+                "dtype": r.dtype,
+                "convention": r.convention,
+                "status": r.status.value,
+                "reason": r.reason,
+            }
             if not r.ok:
                 out.append(base)
             for q, d in r.diffs.items():
@@ -662,7 +679,7 @@ def _compare(trace: Trace, truth: Trace, bounds: dict[str, list[float]]) -> dict
             continue
         worst_abs = worst_rel = 0.0
         worst = (-1.0, 0.0, 0.0)  # (ratio, bound, bound / max|ref|)
-        for a, t, bnd in zip(trace[q], truth[q], bounds[q]):
+        for a, t, bnd in zip(trace[q], truth[q], bounds[q], strict=False):
             if a.shape != t.shape:
                 raise ValueError(f"{q}: implementation gave shape {a.shape}, the reference {t.shape}")
             err = float(np.max(np.abs(a - t))) if a.size else 0.0
@@ -769,7 +786,7 @@ def summary_table(tables: Sequence[AgreementTable], metric: Literal["verdict", "
     labels = [t.case.label for t in tables]
     width = max([len("case")] + [len(s) for s in labels])
     lines = ["case".ljust(width) + "  " + "  ".join(n.ljust(13) for n in names)]
-    for t, label in zip(tables, labels):
+    for t, label in zip(tables, labels, strict=False):
         cells = []
         for n in names:
             rows = [r for r in t.rows if r.implementation == n]
@@ -863,9 +880,13 @@ def cross_convention(case: Case) -> ConventionTable:
     for q in QUANTITIES:
         if not truths["torch"][q]:
             continue
-        measured = max(float(np.max(np.abs(a - b))) for a, b in zip(traces["torch"][q], traces["keras"][q]))
-        predicted = max(float(np.max(np.abs(a - b))) for a, b in zip(truths["torch"][q], truths["keras"][q]))
-        bound = max(bt + bk for bt, bk in zip(bounds["torch"][q], bounds["keras"][q]))
+        measured = max(
+            float(np.max(np.abs(a - b))) for a, b in zip(traces["torch"][q], traces["keras"][q], strict=False)
+        )
+        predicted = max(
+            float(np.max(np.abs(a - b))) for a, b in zip(truths["torch"][q], truths["keras"][q], strict=False)
+        )
+        bound = max(bt + bk for bt, bk in zip(bounds["torch"][q], bounds["keras"][q], strict=False))
         rows.append(ConventionRow(q, measured, predicted, bound))
     return ConventionTable(case, rows)
 

@@ -299,7 +299,9 @@ class ChannelSummaries:
     dy_xhat_sum: np.ndarray
 
 
-def channel_summaries(x_hat: np.ndarray, dy: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float) -> ChannelSummaries:
+def channel_summaries(
+    x_hat: np.ndarray, dy: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float
+) -> ChannelSummaries:
     """Summaries of one training step, from exact (float64) ``x_hat`` and ``dy`` of shape (m, C)."""
     x_hat, dy = np.asarray(x_hat, np.float64), np.asarray(dy, np.float64)
     if x_hat.ndim != 2 or x_hat.shape != dy.shape:

@@ -92,7 +92,12 @@ def keras_to_torch(layer: Any, bn: Any) -> None:
     """
     _check_pair(bn, layer)
     with torch.no_grad():
-        targets = {"gamma": bn.weight, "beta": bn.bias, "moving_mean": bn.running_mean, "moving_variance": bn.running_var}
+        targets = {
+            "gamma": bn.weight,
+            "beta": bn.bias,
+            "moving_mean": bn.running_mean,
+            "moving_variance": bn.running_var,
+        }
         for name, tensor in targets.items():
             var = getattr(layer, name)
             if var is not None and tensor is not None:

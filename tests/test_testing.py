@@ -171,8 +171,9 @@ def test_training_bounds_hold_for_a_literal_float32_forward_and_catch_an_eps_sli
     def forward32(eps_used: float) -> np.ndarray:
         mu = x32.mean(0, dtype=np.float32)
         v = np.square(x32 - mu).mean(0, dtype=np.float32)
-        return (gamma.astype(np.float32) * (x32 - mu) / np.sqrt(v + np.float32(eps_used))
-                + beta.astype(np.float32)).astype(np.float64)
+        return (
+            gamma.astype(np.float32) * (x32 - mu) / np.sqrt(v + np.float32(eps_used)) + beta.astype(np.float32)
+        ).astype(np.float64)
 
     assert np.all(np.max(np.abs(forward32(eps) - y), axis=0) <= bounds["y"])
     assert np.any(np.max(np.abs(forward32(1e-3) - y), axis=0) > 10 * bounds["y"])

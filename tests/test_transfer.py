@@ -49,7 +49,9 @@ def _inference_tol(bn, x) -> float:
 
 
 @pytest.mark.parametrize("torch_cls", [torch.nn.BatchNorm1d, BatchNorm], ids=["torch native", "torch scratch"])
-@pytest.mark.parametrize("keras_cls", [keras.layers.BatchNormalization, BatchNormalization], ids=["keras native", "keras scratch"])
+@pytest.mark.parametrize(
+    "keras_cls", [keras.layers.BatchNormalization, BatchNormalization], ids=["keras native", "keras scratch"]
+)
 def test_weight_transfer_both_ways_inference_agrees(torch_cls, keras_cls):
     x = np.random.default_rng(13).normal(2.0, 3.0, size=(16, 4)).astype(np.float32)
     bn = _trained_torch(torch_cls, x)
@@ -117,5 +119,3 @@ def test_transfer_validates():
         transfer.torch_to_keras(torch.nn.BatchNorm1d(4, affine=False), layer)
     with pytest.raises(ValueError, match="track_running_stats=False"):
         transfer.torch_to_keras(torch.nn.BatchNorm1d(4, track_running_stats=False), layer)
-
-
