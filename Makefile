@@ -38,6 +38,18 @@ notebooks: $(STAMP)
 test: book
 	$(BIN)/python -m pytest tests book --nbval --nbval-current-env
 
+# nbval again under CPU kernels other than this machine's defaults: the committed outputs must not depend on
+# them. Pass 1: torch's generic kernels, NumPy's baseline SIMD, OpenBLAS's SSE4.2 kernels, one thread.
+# Pass 2: torch's AVX2 kernels, two threads. Not part of `make test`: it runs every notebook twice more.
+PORTABLE_1 := ATEN_CPU_CAPABILITY=default NPY_DISABLE_CPU_FEATURES="X86_V3 X86_V4 AVX512_ICL AVX512_SPR" \
+              OPENBLAS_CORETYPE=Nehalem OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+PORTABLE_2 := ATEN_CPU_CAPABILITY=avx2 OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2
+
+.PHONY: test-portable
+test-portable: $(STAMP)
+	env $(PORTABLE_1) $(BIN)/python -m pytest --nbval --nbval-current-env book
+	env $(PORTABLE_2) $(BIN)/python -m pytest --nbval --nbval-current-env book
+
 # Lint and format check, configured in pyproject.toml ([tool.ruff]).
 .PHONY: lint
 lint: $(STAMP)
