@@ -56,5 +56,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Every GPU job of the book (agreement on cuDNN, throughput, MNIST, claims) within 8 minutes, writing records
+# named after the GPU into book/results/ (see book/results/README.md). Needs a CUDA GPU and BNREF_MNIST.
+.PHONY: gpu-records
+gpu-records:
+	$(or $(wildcard $(BIN)/python),python3) benchmarks/gpu_records.py
+
 clean:
 	rm -rf _build build book/_static/mathjax

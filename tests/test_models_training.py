@@ -620,3 +620,62 @@ def test_cli_experiment_writes_a_record(tmp_path, capsys):
         train.main(["experiment", "--help"])
     assert info.value.code == 0
     assert "bnref.experiment/1" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# the GPU command (its CPU-side logic; the jobs themselves need a CUDA GPU)
+# ---------------------------------------------------------------------------------------------
+
+
+def gpu_records_module():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_records.py"
+    spec = importlib.util.spec_from_file_location("gpu_records", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_records"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_jobs_are_named_after_the_gpu(tmp_path):
+    g = gpu_records_module()
+    todo = g.jobs("h200", tmp_path, mnist_seeds=5)
+    assert [j.name for j in todo] == ["agreement", "throughput", "mnist", "claims"]
+    by_name = {j.name: j for j in todo}
+    assert str(tmp_path / "mnist-h200.json") in by_name["mnist"].argv and "--seeds" in by_name["mnist"].argv
+    assert str(tmp_path / "benchmark-h200.json") in by_name["throughput"].argv
+    assert str(tmp_path / "agreement-h200.json") in by_name["agreement"].argv
+    assert all("cuda" in j.argv for j in todo)
+    assert all(j.env.get("KERAS_BACKEND") == "torch" for j in todo if j.name in ("throughput", "mnist", "claims"))
+    with pytest.raises(ValueError, match="at least 3"):
+        g.jobs("h200", tmp_path, mnist_seeds=2)
+
+
+def test_gpu_jobs_keep_to_the_budget():
+    import sys
+
+    g = gpu_records_module()
+    sleep = [sys.executable, "-c", "import time; time.sleep(30)"]
+    todo = [g.Job("ok", [sys.executable, "-c", "pass"], cap_s=30), g.Job("slow", sleep, cap_s=30),
+            g.Job("late", [sys.executable, "-c", "pass"], cap_s=30),
+            g.Job("bad", [sys.executable, "-c", "raise SystemExit(3)"], cap_s=30)]
+    t0 = __import__("time").perf_counter()
+    summary = g.run_jobs(todo, budget_s=12, log=lambda line: None)
+    assert __import__("time").perf_counter() - t0 < 25
+    status = {s["job"]: s["status"] for s in summary}
+    assert status["ok"] == "ok" and status["slow"].startswith("stopped after")
+    assert status["late"].startswith("not run") and status["bad"].startswith("not run")
+    assert g.run_jobs(todo[3:], budget_s=30, log=lambda line: None)[0]["status"] == "failed (exit status 3)"
+
+
+def test_gpu_command_dry_run_and_refusal_without_gpu(capsys):
+    g = gpu_records_module()
+    assert g.main(["--dry-run", "--gpu-name", "NVIDIA H200"]) == 0
+    out = capsys.readouterr().out
+    assert "mnist-h200.json" in out and "KERAS_BACKEND=torch" in out and "benchmark-h200.json" in out
+    if not torch.cuda.is_available():
+        assert g.main([]) == 2
+        assert "no CUDA GPU here" in capsys.readouterr().err
