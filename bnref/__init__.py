@@ -1,7 +1,8 @@
 """bnref: a verified reference for Batch Normalization.
 
-The top level holds the NumPy reference, the conventions and the gradient check; it imports nothing but
-NumPy. The framework modules are imported explicitly when needed::
+The top level holds the NumPy reference, the conventions and the gradient check (the module
+``bnref.finite_differences``, whose function ``gradcheck`` is exported as ``bnref.gradcheck``); it imports
+nothing but NumPy. The framework modules are imported explicitly when needed::
 
     import bnref                  # NumPy only
     from bnref import torch_bn    # PyTorch from scratch + adapters to torch.nn.BatchNorm*
@@ -18,7 +19,7 @@ from .conventions import (
     Convention,
     get_convention,
 )
-from .gradcheck import gradcheck, numerical_gradients, relative_error
+from .finite_differences import gradcheck, numerical_gradients, relative_error
 from .reference import (
     BatchNormCache,
     RunningStats,
