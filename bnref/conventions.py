@@ -94,6 +94,16 @@ class Convention:
         step : int
             The number of training batches seen *including* the current one (PyTorch's
             ``num_batches_tracked`` after it is incremented), so the first batch is step 1.
+
+        Examples
+        --------
+        >>> from bnref import KERAS, PAPER, PYTORCH
+        >>> PYTORCH.new_value_weight(step=5)
+        0.1
+        >>> KERAS.new_value_weight(step=5)  # 1 - 0.99, rounded in binary floating point
+        0.010000000000000009
+        >>> [PAPER.new_value_weight(step) for step in (1, 2, 4)]
+        [1.0, 0.5, 0.25]
         """
         if self.momentum is None:
             if step < 1:
@@ -102,7 +112,14 @@ class Convention:
         return self.momentum if self.momentum_weights == "new" else 1.0 - self.momentum
 
     def replace(self, **changes: object) -> "Convention":
-        """A copy with some fields changed, e.g. ``PYTORCH.replace(momentum=None)``."""
+        """A copy with some fields changed.
+
+        Examples
+        --------
+        >>> from bnref import PYTORCH, PYTORCH_CUMULATIVE
+        >>> PYTORCH.replace(name="pytorch-cumulative", momentum=None) == PYTORCH_CUMULATIVE
+        True
+        """
         return dataclasses.replace(self, **changes)
 
 
