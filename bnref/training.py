@@ -76,6 +76,7 @@ __all__ = [
     "MnistExperiment",
     "run_mnist_experiment",
     "experiment_runs",
+    "paired_verdict",
 ]
 
 #: Names served by the framework modules, loaded when first asked for.
@@ -220,6 +221,32 @@ class MnistExperiment:
         """The keys of one seed's results: ``"<framework>/<bn>"``."""
         return [f"{fw}/{bn}" for fw in self.frameworks for bn in self.bn]
 
+    def check_record(self, record: ExperimentRecord, *, full_data: bool = True) -> None:
+        """Raise ValueError unless ``record`` holds this experiment: the same ``config``, at least
+        :data:`MIN_SEEDS` seeds, every run of every seed, each run configured as defined (and, with
+        ``full_data``, trained on all 60000 MNIST images and tested on all 10000)."""
+        where = f"experiment record {record.name!r} ({record.device.get('name')}, {record.created_utc})"
+        if record.name != self.name:
+            raise ValueError(f"{where}: name {record.name!r}, expected {self.name!r}")
+        if record.config != self.config():
+            changed = sorted(k for k in set(record.config) | set(self.config())
+                             if record.config.get(k) != self.config().get(k))
+            raise ValueError(f"{where}: config differs from the definition in {changed}; run the experiment again")
+        if len(record.seeds) < MIN_SEEDS:
+            raise ValueError(f"{where}: {len(record.seeds)} seeds, a verdict needs at least {MIN_SEEDS}")
+        runs = experiment_runs(record)
+        expected = sorted((k, s) for k in self.runs() for s in record.seeds)
+        if sorted(runs) != expected:
+            raise ValueError(f"{where}: runs {sorted(runs)}, expected {expected}")
+        for (key, seed), run in runs.items():
+            c = run.config
+            got = (f"{run.framework}/{c.bn}", c.placement, c.epochs, c.batch_size, c.lr, len(run.epochs), run.seed)
+            want = (key, self.placement, self.epochs, self.batch_size, self.lr, self.epochs, seed)
+            if got != want:
+                raise ValueError(f"{where}: run {key!r} seed {seed} is {got}, expected {want}")
+            if full_data and (c.train_size, c.test_size) != (60000, 10000):
+                raise ValueError(f"{where}: run {key!r} seed {seed} used {c.train_size}/{c.test_size} images")
+
 
 #: The experiment whose records the chapter ``mnist`` shows.
 MNIST = MnistExperiment()
@@ -293,6 +320,37 @@ def run_mnist_experiment(
                         f"({rec.total_s:.1f} s) on {rec.device['name']}")
         results[str(seed)] = per_run
     return ExperimentRecord.create(experiment.name, experiment.config(), seeds, results, device=dev_info)
+
+
+def paired_verdict(differences: Sequence[float], *, min_seeds: int = MIN_SEEDS) -> int:
+    """The rule that turns per-seed paired differences (with BN minus without, same seed) into a verdict.
+
+    A difference counts only when it has the same sign for every seed *and* its mean lies more than
+    two standard errors from zero (standard error = sample standard deviation / sqrt(n)). The first
+    condition alone would accept a mean carried by one large seed among near-zeros; the second
+    alone, with few seeds, a mean dragged by one outlier of either sign.
+
+    Returns
+    -------
+    int
+        +1 (consistently positive), -1 (consistently negative) or 0 (no consistent difference).
+
+    Raises
+    ------
+    ValueError
+        Fewer than ``min_seeds`` differences, or a non-finite one.
+    """
+    d = np.asarray(differences, dtype=np.float64)
+    if d.ndim != 1 or len(d) < min_seeds:
+        raise ValueError(f"a verdict needs at least {min_seeds} paired differences; got {d.shape}")
+    if not np.all(np.isfinite(d)):
+        raise ValueError("paired differences must be finite")
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    if np.all(d > 0) and d.mean() > 2 * se:
+        return 1
+    if np.all(d < 0) and d.mean() < -2 * se:
+        return -1
+    return 0
 
 
 def experiment_runs(record: ExperimentRecord) -> dict[tuple[str, int], RunRecord]:
