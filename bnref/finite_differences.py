@@ -45,7 +45,7 @@ def numerical_gradients(
     dy: np.ndarray,
     h: float = 1e-5,
 ) -> list[np.ndarray]:
-    """Central-difference gradients of ``sum(f(*inputs) * dy)`` with respect to each input.
+    """Central-difference gradients of ``sum(f(*inputs) * dy)`` with respect to each input, eq. ``eq-bw-central``.
 
     Parameters
     ----------
