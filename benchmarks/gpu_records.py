@@ -72,14 +72,38 @@ def jobs(slug: str, out: Path, *, mnist_seeds: int = 5, claims_seeds: int | None
     if claims_seeds is not None:
         claims += ["--seeds", str(claims_seeds)]
     return [
-        Job("agreement", [py, "benchmarks/agreement_device.py", "--device", "cuda", "--out",
-                          str(out / f"agreement-{slug}.json")], cap_s=60, writes=f"agreement-{slug}.json"),
-        Job("throughput", [py, "benchmarks/train_throughput.py", "--device", "cuda", "--json",
-                           str(out / f"benchmark-{slug}.json")], cap_s=90, env=keras_torch,
-            writes=f"benchmark-{slug}.json"),
-        Job("mnist", [py, "-m", "bnref.train", "experiment", "mnist", "--seeds", str(mnist_seeds), "--device", "cuda",
-                      "--out", str(out / f"mnist-{slug}.json")], cap_s=240, env=keras_torch,
-            writes=f"mnist-{slug}.json"),
+        Job(
+            "agreement",
+            [py, "benchmarks/agreement_device.py", "--device", "cuda", "--out", str(out / f"agreement-{slug}.json")],
+            cap_s=60,
+            writes=f"agreement-{slug}.json",
+        ),
+        Job(
+            "throughput",
+            [py, "benchmarks/train_throughput.py", "--device", "cuda", "--json", str(out / f"benchmark-{slug}.json")],
+            cap_s=90,
+            env=keras_torch,
+            writes=f"benchmark-{slug}.json",
+        ),
+        Job(
+            "mnist",
+            [
+                py,
+                "-m",
+                "bnref.train",
+                "experiment",
+                "mnist",
+                "--seeds",
+                str(mnist_seeds),
+                "--device",
+                "cuda",
+                "--out",
+                str(out / f"mnist-{slug}.json"),
+            ],
+            cap_s=240,
+            env=keras_torch,
+            writes=f"mnist-{slug}.json",
+        ),
         Job("claims", claims, cap_s=180, env=keras_torch, writes="claims-*.json (names chosen by bnref.experiments)"),
     ]
 
@@ -109,7 +133,9 @@ def run_jobs(todo: list[Job], budget_s: float, log=print) -> list[dict]:
         log(f"[{job.name}] {job.shell()}  (at most {limit:.0f} s)")
         t0 = time.perf_counter()
         try:
-            rc = subprocess.run(job.argv, cwd=ROOT, env={**os.environ, **job.env}, timeout=limit, check=False).returncode
+            rc = subprocess.run(
+                job.argv, cwd=ROOT, env={**os.environ, **job.env}, timeout=limit, check=False
+            ).returncode
             status = "ok" if rc == 0 else f"failed (exit status {rc})"
         except subprocess.TimeoutExpired:
             status = f"stopped after {limit:.0f} s"
@@ -123,18 +149,28 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="See the module docstring.")
     ap.add_argument("--dry-run", action="store_true", help="list the jobs and exit; needs no GPU")
     ap.add_argument("--gpu-name", help="the GPU's name for file names (default: torch.cuda.get_device_name(0))")
-    ap.add_argument("--out", type=Path, default=Path("book/results"), help="folder of the records (default: %(default)s)")
-    ap.add_argument("--budget-s", type=float, default=480.0, help="seconds for all jobs together (default: %(default)s)")
-    ap.add_argument("--mnist-seeds", type=int, default=5, help="seeds of the MNIST experiment, >= 3 (default: %(default)s)")
+    ap.add_argument(
+        "--out", type=Path, default=Path("book/results"), help="folder of the records (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--budget-s", type=float, default=480.0, help="seconds for all jobs together (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--mnist-seeds", type=int, default=5, help="seeds of the MNIST experiment, >= 3 (default: %(default)s)"
+    )
     ap.add_argument("--claims-seeds", type=int, help="override the claims experiments' seeds (default: theirs)")
-    ap.add_argument("--only", nargs="+", choices=("agreement", "throughput", "mnist", "claims"), help="run only these jobs")
+    ap.add_argument(
+        "--only", nargs="+", choices=("agreement", "throughput", "mnist", "claims"), help="run only these jobs"
+    )
     ap.add_argument("--data", help="mnist.npz (default: $BNREF_MNIST)")
     args = ap.parse_args(argv)
 
     name = args.gpu_name or gpu_name()
     if name is None and not args.dry_run:
-        print("error: no CUDA GPU here (torch.cuda.is_available() is False); use --dry-run to list the jobs",
-              file=sys.stderr)
+        print(
+            "error: no CUDA GPU here (torch.cuda.is_available() is False); use --dry-run to list the jobs",
+            file=sys.stderr,
+        )
         return 2
     slug = device_slug(name) if name else "<gpu>"
     try:
@@ -144,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.only:
         todo = [j for j in todo if j.name in args.only]
-    print(f"GPU: {name or 'none here (dry run)'}; records under {args.out}/ named after '{slug}'; "
-          f"budget {args.budget_s:.0f} s")
+    print(
+        f"GPU: {name or 'none here (dry run)'}; records under {args.out}/ named after '{slug}'; "
+        f"budget {args.budget_s:.0f} s"
+    )
     for job in todo:
         print(f"  {job.name:10s} at most {job.cap_s:4.0f} s  {job.shell()}")
         print(f"  {'':10s} writes {job.writes}")
@@ -155,14 +193,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.data:
         os.environ["BNREF_MNIST"] = args.data
     if not Path(os.environ.get("BNREF_MNIST", "")).is_file() and any(j.name in ("throughput", "mnist") for j in todo):
-        print("error: set BNREF_MNIST (or --data) to a local mnist.npz; the GPU machine may have no network",
-              file=sys.stderr)
+        print(
+            "error: set BNREF_MNIST (or --data) to a local mnist.npz; the GPU machine may have no network",
+            file=sys.stderr,
+        )
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     summary = run_jobs(todo, args.budget_s)
     record = {
-        "schema": "bnref.gpu-jobs/1", "gpu": name, "code_version": code_version(), "machine": machine_info(),
-        "budget_s": args.budget_s, "jobs": summary, "created_utc": now_utc(),
+        "schema": "bnref.gpu-jobs/1",
+        "gpu": name,
+        "code_version": code_version(),
+        "machine": machine_info(),
+        "budget_s": args.budget_s,
+        "jobs": summary,
+        "created_utc": now_utc(),
     }
     path = args.out / f"gpu-jobs-{slug}.json"
     path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

@@ -94,8 +94,16 @@ def plain_dataloader_run(data, *, epochs: int, batch_size: int, seed: int, devic
                 xb, yb = xb.to(device), yb.to(device)
                 test_correct += (model(xb).argmax(1) == yb).sum().item()
         t2 = time.perf_counter()
-        epochs_out.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                           "test_acc": test_correct / len(test_ds), "train_s": t1 - t0, "wall_s": t2 - t0})
+        epochs_out.append(
+            {
+                "epoch": epoch,
+                "train_loss": loss_sum / seen,
+                "train_acc": correct / seen,
+                "test_acc": test_correct / len(test_ds),
+                "train_s": t1 - t0,
+                "wall_s": t2 - t0,
+            }
+        )
     return {"epochs": epochs_out}
 
 
@@ -149,11 +157,18 @@ def main(argv=None) -> int:
     plain = plain_dataloader_run(data, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=device)
     call_b = time.perf_counter() - t0
     torch.set_num_threads(threads_default)
-    rows.append({
-        "name": "(b) torch DataLoader loop", "call_s": call_b,
-        "train_s": sum(e["train_s"] for e in plain["epochs"]), "epoch_s": [e["wall_s"] for e in plain["epochs"]],
-        "setup_s": 0.0, "test_acc": plain["epochs"][-1]["test_acc"], "device": training.device_name(device), "details": {},
-    })
+    rows.append(
+        {
+            "name": "(b) torch DataLoader loop",
+            "call_s": call_b,
+            "train_s": sum(e["train_s"] for e in plain["epochs"]),
+            "epoch_s": [e["wall_s"] for e in plain["epochs"]],
+            "setup_s": 0.0,
+            "test_acc": plain["epochs"][-1]["test_acc"],
+            "device": training.device_name(device),
+            "details": {},
+        }
+    )
 
     t0 = time.perf_counter()
     rec_c = training.train_torch(data, bn="native", placement="after", device=str(device), **kw)
@@ -171,14 +186,18 @@ def main(argv=None) -> int:
     print(f"Keras {keras.__version__} ({keras.backend.backend()} {rec_a.backend_version}) on {keras_dev}")
     print(f"{args.epochs} epochs, batch {args.batch_size}, model with BN after ReLU, test set evaluated every epoch")
     if device.type == "cpu":
-        print(f"PyTorch CPU threads: (b) 1, (c) {rec_c.config.details['torch_threads']}; "
-              f"load average before the runs {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
+        print(
+            f"PyTorch CPU threads: (b) 1, (c) {rec_c.config.details['torch_threads']}; "
+            f"load average before the runs {load_before:.2f}, after {os.getloadavg()[0]:.2f}"
+        )
     print()
     print(f"{'':27}{'s/epoch':>8}{'median':>8}{'call':>7}{'train':>7}   speed-up vs (a){'test acc':>10}")
     print(f"{'':27}{'mean':>8}{'epoch s':>8}{'s':>7}{'s':>7}   median ep.  call")
     for r in rows:
-        print(f"{r['name']:27}{np.mean(r['epoch_s']):8.3f}{r['median_epoch_s']:8.3f}{r['call_s']:7.2f}"
-              f"{r['train_s']:7.2f}{r['speedup_median_epoch']:11.2f}x{r['speedup_call']:6.2f}x{100 * r['test_acc']:9.2f}%")
+        print(
+            f"{r['name']:27}{np.mean(r['epoch_s']):8.3f}{r['median_epoch_s']:8.3f}{r['call_s']:7.2f}"
+            f"{r['train_s']:7.2f}{r['speedup_median_epoch']:11.2f}x{r['speedup_call']:6.2f}x{100 * r['test_acc']:9.2f}%"
+        )
     if rec_c.config.details.get("cuda_graph_error"):
         print(f"note: (c) ran without a CUDA graph: {rec_c.config.details['cuda_graph_error']}")
     print()
@@ -192,7 +211,12 @@ def main(argv=None) -> int:
             ("(c) >= 10x faster than (a) (median epoch)", c["speedup_median_epoch"] >= 10.0),
         ]
     else:
-        checks.append((f"(c) >= 2x faster than (a) on this {device.type.upper()} (median epoch)", c["speedup_median_epoch"] >= 2.0))
+        checks.append(
+            (
+                f"(c) >= 2x faster than (a) on this {device.type.upper()} (median epoch)",
+                c["speedup_median_epoch"] >= 2.0,
+            )
+        )
     for text, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
 
@@ -201,14 +225,24 @@ def main(argv=None) -> int:
             "schema": "bnref.benchmark/1",
             "benchmark": "train_throughput",
             "device": {"type": device.type, "name": torch_dev, "keras_device": keras_dev},
-            "versions": {"torch": torch.__version__, "keras": keras.__version__,
-                         "keras_backend": keras.backend.backend(), "keras_backend_version": rec_a.backend_version,
-                         "python": platform.python_version()},
+            "versions": {
+                "torch": torch.__version__,
+                "keras": keras.__version__,
+                "keras_backend": keras.backend.backend(),
+                "keras_backend_version": rec_a.backend_version,
+                "python": platform.python_version(),
+            },
             "machine": machine_info(),
             "code_version": code_version(),
             "load_average": {"before": load_before, "after": os.getloadavg()[0]},
-            "config": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
-                       "model": "article's model, BN native after ReLU", "optimizer": "adam", "lr": 1e-3},
+            "config": {
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "seed": args.seed,
+                "model": "article's model, BN native after ReLU",
+                "optimizer": "adam",
+                "lr": 1e-3,
+            },
             "rows": rows,
             "checks": [{"check": t, "pass": bool(ok)} for t, ok in checks],
             "created_utc": now_utc(),

@@ -180,9 +180,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     except MnistError:
         raise
     except (zipfile.BadZipFile, EOFError, zlib.error) as e:
-        raise MnistError(
-            f"{path} is truncated or corrupt ({type(e).__name__}: {e}); download or copy it again"
-        ) from e
+        raise MnistError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); download or copy it again") from e
     except (OSError, ValueError) as e:
         # numpy raises ValueError for bytes that are neither .npz nor .npy (it refuses pickles).
         raise MnistError(f"{path} cannot be read as an .npz archive ({type(e).__name__}: {e})") from e
@@ -215,15 +213,11 @@ def validate_mnist(arrays: dict[str, np.ndarray], *, verify: bool = True, source
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.dtype != np.uint8 or y.dtype != np.uint8:
-            raise MnistError(
-                f"{where}x_{split} and y_{split} must be uint8; got {x.dtype} and {y.dtype}"
-            )
+            raise MnistError(f"{where}x_{split} and y_{split} must be uint8; got {x.dtype} and {y.dtype}")
         if x.ndim != 3 or x.shape[1:] != (28, 28):
             raise MnistError(f"{where}x_{split} must have shape (n, 28, 28); got {x.shape}")
         if y.shape != (x.shape[0],):
-            raise MnistError(
-                f"{where}y_{split} must have shape ({x.shape[0]},) to match x_{split}; got {y.shape}"
-            )
+            raise MnistError(f"{where}y_{split} must have shape ({x.shape[0]},) to match x_{split}; got {y.shape}")
         if y.size and y.max() > 9:
             raise MnistError(f"{where}y_{split} holds labels outside 0..9 (max {int(y.max())})")
     if verify:
@@ -255,9 +249,7 @@ def _report(looked: list[str]) -> str:
     return "Looked in this order:\n" + "\n".join(f"  {i}. {line}" for i, line in enumerate(looked, 1))
 
 
-def load_mnist(
-    path: str | os.PathLike | None = None, *, verify: bool = True, download: bool = True
-) -> Mnist:
+def load_mnist(path: str | os.PathLike | None = None, *, verify: bool = True, download: bool = True) -> Mnist:
     """Load MNIST as four ``uint8`` arrays in the Keras layout.
 
     Parameters
@@ -290,8 +282,7 @@ def load_mnist(
             looked.append(f"{candidate} ({source}): no such file")
             if explicit:
                 raise MnistNotFoundError(
-                    f"MNIST file not found at {candidate} (named by {source}).\n"
-                    f"{_report(looked)}\n{HOW_TO_PROVIDE}"
+                    f"MNIST file not found at {candidate} (named by {source}).\n{_report(looked)}\n{HOW_TO_PROVIDE}"
                 )
             continue
         try:

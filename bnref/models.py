@@ -152,7 +152,7 @@ def initial_weights(
     widths = (input_dim, *hidden, num_classes)
     return [
         (draw(n_in, n_out, rng), np.zeros(n_out, dtype=np.float32))
-        for n_in, n_out in zip(widths[:-1], widths[1:])
+        for n_in, n_out in zip(widths[:-1], widths[1:], strict=True)
     ]
 
 
@@ -187,8 +187,8 @@ def build_keras_model(
     input_dim: int = INPUT_DIM,
     hidden: tuple[int, ...] = HIDDEN,
     num_classes: int = NUM_CLASSES,
-) -> "keras.Sequential":
-    """The article's model as a ``keras.Sequential`` (uncompiled), input ``(batch, 784)``, output softmax ``(batch, 10)``.
+) -> keras.Sequential:
+    """The article's model as an uncompiled ``keras.Sequential``: input ``(batch, 784)``, softmax ``(batch, 10)``.
 
     Parameters
     ----------
@@ -228,7 +228,9 @@ def build_keras_model(
     dense_layers.append(out)
     model = keras.Sequential(layers, name=f"mlp_bn_{bn}_{placement}")
 
-    for dense, (w, b) in zip(dense_layers, initial_weights(seed, input_dim=input_dim, hidden=hidden, num_classes=num_classes)):
+    for dense, (w, b) in zip(
+        dense_layers, initial_weights(seed, input_dim=input_dim, hidden=hidden, num_classes=num_classes), strict=True
+    ):
         dense.kernel.assign(w)
         if dense.use_bias:
             dense.bias.assign(b)
@@ -240,14 +242,14 @@ def build_keras_model(
 # --------------------------------------------------------------------------------------------
 
 
-def linear_layers(model: "torch.nn.Module") -> list["torch.nn.Linear"]:
+def linear_layers(model: torch.nn.Module) -> list[torch.nn.Linear]:
     """The ``torch.nn.Linear`` layers of a model, input to output."""
     import torch
 
     return [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
 
 
-def load_linear_weights(linears: "list[torch.nn.Linear]", weights: list[tuple[np.ndarray, np.ndarray]]) -> None:
+def load_linear_weights(linears: list[torch.nn.Linear], weights: list[tuple[np.ndarray, np.ndarray]]) -> None:
     """Copy Keras-layout weights (:func:`initial_weights`) into PyTorch Linear layers, in place.
 
     ``weight <- W.T`` (PyTorch stores ``(fan_out, fan_in)``) and ``bias <- b`` where the layer has a
@@ -257,17 +259,19 @@ def load_linear_weights(linears: "list[torch.nn.Linear]", weights: list[tuple[np
 
     if len(linears) != len(weights):
         raise ValueError(f"{len(weights)} weight pairs for {len(linears)} Linear layers")
-    for i, (linear, (w, b)) in enumerate(zip(linears, weights)):
+    for i, (linear, (w, b)) in enumerate(zip(linears, weights, strict=True)):
         if tuple(linear.weight.shape) != tuple(w.shape[::-1]) or (linear.bias is not None and b.shape != (w.shape[1],)):
-            raise ValueError(f"layer {i}: Linear weight {tuple(linear.weight.shape)} does not take W {w.shape}, b {b.shape}")
+            raise ValueError(
+                f"layer {i}: Linear weight {tuple(linear.weight.shape)} does not take W {w.shape}, b {b.shape}"
+            )
     with torch.no_grad():
-        for linear, (w, b) in zip(linears, weights):
+        for linear, (w, b) in zip(linears, weights, strict=True):
             linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
             if linear.bias is not None:
                 linear.bias.copy_(torch.from_numpy(b))
 
 
-def _torch_bn_layer(bn: str, width: int) -> "torch.nn.Module":
+def _torch_bn_layer(bn: str, width: int) -> torch.nn.Module:
     import torch
 
     if bn == "native":
@@ -287,8 +291,8 @@ def build_torch_model(
     input_dim: int = INPUT_DIM,
     hidden: tuple[int, ...] = HIDDEN,
     num_classes: int = NUM_CLASSES,
-) -> "torch.nn.Sequential":
-    """The article's model as a ``torch.nn.Sequential`` on the CPU: input ``(batch, 784)``, output logits ``(batch, 10)``.
+) -> torch.nn.Sequential:
+    """The article's model as a ``torch.nn.Sequential`` on the CPU: input ``(batch, 784)``, logits ``(batch, 10)``.
 
     Train it with ``nn.CrossEntropyLoss`` (softmax + categorical cross-entropy in one stable step).
     Arguments as in :func:`build_keras_model`; ``bn="scratch"`` uses ``bnref.torch_bn.BatchNorm``.
@@ -302,7 +306,7 @@ def build_torch_model(
     linears: list[nn.Linear] = []
     with_bias = _dense_has_bias(bn, placement)
     widths = (input_dim, *hidden)
-    for i, (n_in, width) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+    for i, (n_in, width) in enumerate(zip(widths[:-1], widths[1:], strict=True), start=1):
         linear = nn.Linear(n_in, width, bias=with_bias)
         linears.append(linear)
         modules.append((f"dense{i}", linear))

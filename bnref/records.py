@@ -336,7 +336,9 @@ class ExperimentRecord:
             raise ValueError(f"{source}: field 'name' must be a non-empty string; got {self.name!r}")
         for field, kind in (("config", dict), ("machine", dict), ("device", dict), ("results", dict)):
             if not isinstance(getattr(self, field), kind):
-                raise ValueError(f"{source}: field {field!r} must be a JSON object; got {type(getattr(self, field)).__name__}")
+                raise ValueError(
+                    f"{source}: field {field!r} must be a JSON object; got {type(getattr(self, field)).__name__}"
+                )
         for field in ("code_version", "created_utc", "schema"):
             if not isinstance(getattr(self, field), str):
                 raise ValueError(f"{source}: field {field!r} must be a string; got {getattr(self, field)!r}")
@@ -441,7 +443,9 @@ def load_experiments(folder: str | os.PathLike, name: str | None = None) -> list
     Files of other schemas (run records, benchmark outputs) are passed over; a file that is not
     valid JSON, or claims the experiment schema and is malformed, raises ValueError naming it.
     """
-    records = [ExperimentRecord.from_dict(d, source=str(p)) for p, d in _json_files_with_schema(folder, EXPERIMENT_SCHEMA)]
+    records = [
+        ExperimentRecord.from_dict(d, source=str(p)) for p, d in _json_files_with_schema(folder, EXPERIMENT_SCHEMA)
+    ]
     return [r for r in records if name is None or r.name == name]
 
 

@@ -165,7 +165,7 @@ def restore(tensors: Iterable[torch.Tensor], saved: Sequence[torch.Tensor]) -> N
     if len(tensors) != len(saved):
         raise ValueError(f"restore: {len(saved)} saved tensors for {len(tensors)} tensors")
     with torch.no_grad():
-        for t, s in zip(tensors, saved):
+        for t, s in zip(tensors, saved, strict=True):
             t.copy_(s)
 
 
@@ -390,14 +390,29 @@ def train_torch(
     if dev.type == "cpu" and cpu_threads is not None:
         torch.set_num_threads(cpu_threads)
     try:
-        return _train(x_train, y_train, x_test, y_test, dev, bn=bn, placement=placement, epochs=epochs,
-                      batch_size=batch_size, lr=lr, seed=seed, cuda_graphs=cuda_graphs, progress=progress, out=out)
+        return _train(
+            x_train,
+            y_train,
+            x_test,
+            y_test,
+            dev,
+            bn=bn,
+            placement=placement,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            cuda_graphs=cuda_graphs,
+            progress=progress,
+            out=out,
+        )
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _train(x_train, y_train, x_test, y_test, dev, *, bn, placement, epochs, batch_size, lr, seed,
-           cuda_graphs, progress, out) -> RunRecord:
+def _train(
+    x_train, y_train, x_test, y_test, dev, *, bn, placement, epochs, batch_size, lr, seed, cuda_graphs, progress, out
+) -> RunRecord:
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     tensors = [torch.from_numpy(a).to(dev) for a in (x_train, y_train, x_test, y_test)]
@@ -436,9 +451,16 @@ def _train(x_train, y_train, x_test, y_test, dev, *, bn, placement, epochs, batc
         machine=machine_info(),
         seed=seed,
         config=RunConfig(
-            bn=bn, placement=placement, epochs=epochs, batch_size=batch_size, lr=lr,
+            bn=bn,
+            placement=placement,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
             loss="cross-entropy on logits (torch.nn.functional.cross_entropy)",
-            train_size=len(y_train), test_size=len(y_test), trainer="torch-fast", details=details,
+            train_size=len(y_train),
+            test_size=len(y_test),
+            trainer="torch-fast",
+            details=details,
         ),
         epochs=history,
         setup_s=setup_s,

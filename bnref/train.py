@@ -67,30 +67,43 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--framework", choices=("torch", "keras"), default="torch",
+        "--framework",
+        choices=("torch", "keras"),
+        default="torch",
         help="torch: bnref's fast PyTorch loop; keras: Keras 3 model.fit (default: %(default)s)",
     )
     p.add_argument(
-        "--bn", choices=BN_CHOICES, default="native",
+        "--bn",
+        choices=BN_CHOICES,
+        default="native",
         help="which Batch Normalization layers: the framework's own (native), bnref's "
         "from-scratch ones (scratch; Keras: TensorFlow backend only) or none (default: %(default)s)",
     )
     p.add_argument(
-        "--placement", choices=PLACEMENTS, default="after",
+        "--placement",
+        choices=PLACEMENTS,
+        default="after",
         help="BN after the ReLU, as in the article, or before it with a bias-free Dense layer, "
         "as in the paper; ignored with --bn none (default: %(default)s)",
     )
-    p.add_argument("--epochs", type=int, default=10, help="passes over the 60000 training images (default: %(default)s)")
+    p.add_argument(
+        "--epochs", type=int, default=10, help="passes over the 60000 training images (default: %(default)s)"
+    )
     p.add_argument("--batch-size", type=int, default=128, help="images per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     p.add_argument(
-        "--device", default="auto",
+        "--device",
+        default="auto",
         help="PyTorch only: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:1, mps. "
         "Keras uses the device its backend picks. (default: %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for the initial weights and the shuffling (default: %(default)s)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for the initial weights and the shuffling (default: %(default)s)"
+    )
     p.add_argument("--out", metavar="RESULTS.json", help="where to write the results record (default: print only)")
-    p.add_argument("--data", metavar="MNIST.npz", help="MNIST file to use (default: $BNREF_MNIST, then the Keras cache)")
+    p.add_argument(
+        "--data", metavar="MNIST.npz", help="MNIST file to use (default: $BNREF_MNIST, then the Keras cache)"
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of the MNIST arrays (saves ~0.1 s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -124,14 +137,20 @@ def build_experiment_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", choices=("mnist",), help="the experiment to run")
-    p.add_argument("--seeds", type=int, default=5, help="run seeds 0..N-1 (default: %(default)s; at least 3 for the book)")
+    p.add_argument(
+        "--seeds", type=int, default=5, help="run seeds 0..N-1 (default: %(default)s; at least 3 for the book)"
+    )
     p.add_argument("--device", default="cpu", help="PyTorch device: cpu, cuda, cuda:1, auto (default: %(default)s)")
     p.add_argument("--epochs", type=int, help="override the number of epochs (a reduced run)")
     p.add_argument(
-        "--out", metavar="RECORD.json",
-        help="where to write the record (default: book/results/mnist-<device>.json, <device> being cpu or the GPU's short name)",
+        "--out",
+        metavar="RECORD.json",
+        help="where to write the record (default: book/results/mnist-<device>.json, <device> being cpu "
+        "or the GPU's short name)",
     )
-    p.add_argument("--data", metavar="MNIST.npz", help="MNIST file to use (default: $BNREF_MNIST, then the Keras cache)")
+    p.add_argument(
+        "--data", metavar="MNIST.npz", help="MNIST file to use (default: $BNREF_MNIST, then the Keras cache)"
+    )
     p.add_argument("--progress", action="store_true", help="show a progress bar per run")
     return p
 
@@ -155,7 +174,11 @@ def run_experiment_command(argv: Sequence[str]) -> int:
         if args.epochs is not None:
             experiment = dataclasses.replace(experiment, epochs=args.epochs)
         record = training.run_mnist_experiment(
-            data, experiment, range(args.seeds), device=args.device, progress=args.progress,
+            data,
+            experiment,
+            range(args.seeds),
+            device=args.device,
+            progress=args.progress,
             log=lambda line: print(line, flush=True),
         )
     except (MnistError, ValueError) as e:
@@ -182,8 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.framework == "keras":
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from bnref.data import MnistError, load_mnist
     from bnref import training
+    from bnref.data import MnistError, load_mnist
 
     try:
         data = load_mnist(args.data, verify=not args.no_verify)
@@ -191,8 +214,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     common = dict(
-        bn=args.bn, placement=args.placement, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, seed=args.seed, progress=not args.no_progress, out=args.out,
+        bn=args.bn,
+        placement=args.placement,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        progress=not args.no_progress,
+        out=args.out,
     )
     try:
         if args.framework == "torch":
@@ -206,7 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{record.label} on {record.device['name']}")
     print(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>9} {'test acc':>8} {'seconds':>7}")
     for e in record.epochs:
-        print(f"{e.epoch:>5} {e.train_loss:>10.4f} {e.train_acc:>9.4f} {e.test_loss:>9.4f} {e.test_acc:>8.4f} {e.wall_s:>7.2f}")
+        print(
+            f"{e.epoch:>5} {e.train_loss:>10.4f} {e.train_acc:>9.4f} {e.test_loss:>9.4f} {e.test_acc:>8.4f} "
+            f"{e.wall_s:>7.2f}"
+        )
     print(
         f"final test accuracy {record.final.test_acc:.4f}; {record.mean_epoch_s:.3f} s per epoch "
         f"(setup {record.setup_s:.2f} s)"

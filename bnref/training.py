@@ -229,8 +229,9 @@ class MnistExperiment:
         if record.name != self.name:
             raise ValueError(f"{where}: name {record.name!r}, expected {self.name!r}")
         if record.config != self.config():
-            changed = sorted(k for k in set(record.config) | set(self.config())
-                             if record.config.get(k) != self.config().get(k))
+            changed = sorted(
+                k for k in set(record.config) | set(self.config()) if record.config.get(k) != self.config().get(k)
+            )
             raise ValueError(f"{where}: config differs from the definition in {changed}; run the experiment again")
         if len(record.seeds) < MIN_SEEDS:
             raise ValueError(f"{where}: {len(record.seeds)} seeds, a verdict needs at least {MIN_SEEDS}")
@@ -295,8 +296,13 @@ def run_mnist_experiment(
         from bnref.keras_training import train_keras
     dev = select_device(device)
     dev_info = {"type": dev.type, "name": device_name(dev)}
-    common = dict(placement=experiment.placement, epochs=experiment.epochs, batch_size=experiment.batch_size,
-                  lr=experiment.lr, progress=progress)
+    common = dict(
+        placement=experiment.placement,
+        epochs=experiment.epochs,
+        batch_size=experiment.batch_size,
+        lr=experiment.lr,
+        progress=progress,
+    )
     results: dict[str, dict[str, Any]] = {}
     for seed in seeds:
         per_run: dict[str, Any] = {}
@@ -316,8 +322,10 @@ def run_mnist_experiment(
                 del run["machine"], run["schema"]
                 per_run[f"{fw}/{bn}"] = run
                 if log is not None:
-                    log(f"seed {seed} {rec.label:30s} test acc {rec.final.test_acc:.4f} "
-                        f"({rec.total_s:.1f} s) on {rec.device['name']}")
+                    log(
+                        f"seed {seed} {rec.label:30s} test acc {rec.final.test_acc:.4f} "
+                        f"({rec.total_s:.1f} s) on {rec.device['name']}"
+                    )
         results[str(seed)] = per_run
     return ExperimentRecord.create(experiment.name, experiment.config(), seeds, results, device=dev_info)
 

@@ -62,7 +62,7 @@ def test_explicit_path_loads_small_file(env):
     m = load_mnist(path, verify=False)
     assert isinstance(m, data.Mnist)
     x_train, y_train, x_test, y_test = m  # unpacks like the plain 4-tuple
-    for key, got in zip(data.KEYS, (x_train, y_train, x_test, y_test)):
+    for key, got in zip(data.KEYS, (x_train, y_train, x_test, y_test), strict=True):
         assert got.dtype == np.uint8
         np.testing.assert_array_equal(got, arrays[key])
 

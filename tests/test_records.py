@@ -27,11 +27,20 @@ from bnref.records import (
 
 def a_run(seed: int = 0) -> RunRecord:
     return RunRecord(
-        framework="torch", framework_version="2.x", backend=None, backend_version=None,
-        device={"type": "cpu", "name": "some CPU"}, machine=records.machine_info(), seed=seed,
+        framework="torch",
+        framework_version="2.x",
+        backend=None,
+        backend_version=None,
+        device={"type": "cpu", "name": "some CPU"},
+        machine=records.machine_info(),
+        seed=seed,
         config=RunConfig(bn="native", placement="after", epochs=2, batch_size=128, lr=1e-3),
-        epochs=[EpochRecord(1, 0.5, 0.8, 0.4, 0.85, 1.0, 0.1, 1.1), EpochRecord(2, 0.3, 0.9, 0.35, 0.88, 1.0, 0.1, 1.1)],
-        setup_s=0.2, created_utc=records.now_utc(),
+        epochs=[
+            EpochRecord(1, 0.5, 0.8, 0.4, 0.85, 1.0, 0.1, 1.1),
+            EpochRecord(2, 0.3, 0.9, 0.35, 0.88, 1.0, 0.1, 1.1),
+        ],
+        setup_s=0.2,
+        created_utc=records.now_utc(),
     )
 
 
@@ -173,9 +182,14 @@ def test_code_version_is_this_commit_or_unknown(tmp_path):
     root = Path(records.__file__).resolve().parent.parent
     version = records.code_version()
     head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
-    tracked = subprocess.run(
-        ["git", "-C", str(root), "ls-files", "--error-unmatch", "bnref/records.py"], capture_output=True, check=False
-    ).returncode == 0
+    tracked = (
+        subprocess.run(
+            ["git", "-C", str(root), "ls-files", "--error-unmatch", "bnref/records.py"],
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
     if head.returncode == 0 and tracked:
         assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", version)
         assert version.split("+")[0] == head.stdout.strip()
@@ -192,8 +206,14 @@ def test_code_version_outside_a_repository_is_unknown(tmp_path):
         (pkg / name).write_text((src / name).read_text())
     (pkg / "__init__.py").write_text("")  # the copy needs only records and models
     code = "import bnref.records as r; print(r.code_version())"
-    out = subprocess.run([sys.executable, "-c", code], check=False, cwd=tmp_path, capture_output=True, text=True,
-                         env={"PATH": "/usr/bin:/bin", "GIT_CEILING_DIRECTORIES": str(tmp_path.parent)})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "GIT_CEILING_DIRECTORIES": str(tmp_path.parent)},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "unknown"
 
