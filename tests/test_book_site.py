@@ -235,10 +235,22 @@ def is_local(url: str) -> bool:
     return host is None or host in LOCAL_HOSTS
 
 
-def final_url(url: str, file: Path) -> str:
-    """Where the browser ends up: ``url`` itself, or the target of the page's meta-refresh redirect."""
-    redirect = META_REFRESH.search(file.read_text(encoding="utf-8", errors="replace"))
-    return urllib.parse.urljoin(url, redirect.group(1)) if redirect else url
+def final_url(url: str, base: str, root: Path) -> str:
+    """Where the browser ends up from ``url``: the end of its chain of meta-refresh redirects (``root`` served at
+    ``base``); ``url`` itself for a page that does not redirect."""
+    for _ in range(10):
+        if not url.startswith(base):
+            return url
+        file = root / urllib.parse.unquote(urllib.parse.urlsplit(url[len(base) :]).path)
+        if file.is_dir():
+            file = file / "index.html"
+        if not file.is_file():
+            return url
+        redirect = META_REFRESH.search(file.read_text(encoding="utf-8", errors="replace"))
+        if not redirect:
+            return url
+        url = urllib.parse.urljoin(url, redirect.group(1))
+    return url
 
 
 class Tab:
@@ -277,8 +289,10 @@ class Tab:
         self.result = result = PageResult(path)
         started = time.monotonic()
         try:
-            self.page.goto(url, wait_until="load")
-            if self.page.url != expected_url:
+            if expected_url == url:
+                self.page.goto(url, wait_until="load")
+            else:  # a redirect may leave before the first page's load event: wait for the last page instead
+                self.page.goto(url, wait_until="commit")
                 self.page.wait_for_url(expected_url, wait_until="load")
             result.report = self.page.evaluate(PAGE_REPORT_JS)
             self.page.wait_for_timeout(SETTLE_S * 1000)
@@ -325,7 +339,7 @@ def crawl_site(
         for page in pages:
             shots = [(screenshot_dir / name, to_math) for p, name, to_math in screenshots if prefix + p == page]
             url = base + page
-            results[page] = tab.visit(page, url, final_url(url, root / page), shots)
+            results[page] = tab.visit(page, url, final_url(url, base, root), shots)
             if not results[page].load_error:
                 saved.update({target.name: target for target, _ in shots})
     finally:
