@@ -909,23 +909,30 @@ def keras_output_errors(
     Returns
     -------
     dict
-        ``{"backend": ..., "keras": version, "errors": [[error per seed] per ratio]}``; NaN where the
-        output holds NaN.
+        ``{"backend": ..., "keras": version, "errors": [[error per seed] per ratio], "bounds": [[...]]}``:
+        the measured error (NaN where the output holds NaN) and the bound of ``bnref.testing.training_bounds``
+        (eq-bound-y of the book's appendix) relative to ``max|reference|``, for the same data.
     """
     import keras
 
-    errors = []
+    errors, bounds = [], []
     for ratio in ratios:
-        row = []
+        row, row_bounds = [], []
         for seed in seeds:
             x = (ratio + np.random.default_rng(seed).standard_normal((m, channels))).astype(np.float32)
             layer = keras.layers.BatchNormalization()
             y = np.asarray(keras.ops.convert_to_numpy(layer(x, training=True)), np.float64)
             x64 = x.astype(np.float64)
-            ref = (x64 - x64.mean(0)) / np.sqrt(x64.var(0) + layer.epsilon)
+            mean, var = x64.mean(0), x64.var(0)
+            ref = (x64 - mean) / np.sqrt(var + layer.epsilon)
             row.append(math.nan if np.isnan(y).any() else relative_error(y, ref))
+            s = channel_summaries(ref, np.zeros_like(ref), mean, var, layer.epsilon)
+            ones, zeros = np.ones(channels), np.zeros(channels)
+            bound = training_bounds(s, ones, zeros, zeros, "float32")["y"]
+            row_bounds.append(float(np.max(bound) / np.max(np.abs(ref))))
         errors.append(row)
-    return {"backend": keras.backend.backend(), "keras": keras.__version__, "errors": errors}
+        bounds.append(row_bounds)
+    return {"backend": keras.backend.backend(), "keras": keras.__version__, "errors": errors, "bounds": bounds}
 
 
 def keras_output_errors_on(
