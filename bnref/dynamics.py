@@ -1,0 +1,714 @@
+"""What BN does to training: the experiments behind the chapters ``why`` and ``dynamics``.
+
+Each experiment is defined once here, as a :class:`bnref.claims.Experiment` (name, section, summary,
+full configuration, seeds, runner), and run in full by one command that writes one
+:class:`bnref.records.ExperimentRecord` per experiment::
+
+    python -m bnref.dynamics run all --seeds 3 --out book/results/
+    python -m bnref.dynamics run dynamics-lenet --device cuda --out /tmp/records
+
+The chapters draw their figures and verdicts from the committed records and run a reduced
+configuration live (:func:`run_experiment` with ``overrides``), checked against the records' spread
+with :func:`bnref.claims.within_spread`. :func:`check_record` fails when a record's configuration no
+longer matches its definition here.
+
+What is here
+------------
+* :func:`build_lenet`: a LeNet-style convolutional network, with ``BatchNorm2d`` (statistics over
+  N, H, W per channel) after each convolution and ``BatchNorm1d`` after each hidden Linear layer, or
+  without BN.
+* :func:`build_resnet`: a residual MLP whose blocks end in a BN layer; its last ``gamma`` may start at
+  zero (Goyal et al. 2017).
+* :func:`gaussian_weights`: initial weights ``N(0, scale^2)``, for the sweep over initial scales.
+* :func:`train_steps`: minibatch SGD or Adam for a number of steps, with a hook called after each
+  backward pass (the gradient is there, the step not yet taken), so an experiment can measure weights
+  and gradients.
+* :func:`nonlinearity_inputs`: the values that enter each nonlinearity of a network on a batch.
+* :func:`weight_norm_step`: the squared-norm change of a weight matrix predicted by one SGD step.
+* :func:`stopgrad_bias_demo`: Ioffe and Szegedy's example (section 2 of their paper) of a bias that grows
+  without bound when the mean subtraction is left out of the gradient, in NumPy.
+
+PyTorch is imported at the top of this module; ``import bnref`` does not import it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bnref import experiments as ex
+from bnref.claims import Experiment, load_claims_record, record_filename
+from bnref.models import (
+    build_torch_model,
+    check_int,
+    check_positive,
+    initial_weights,
+    linear_layers,
+    load_linear_weights,
+)
+from bnref.records import ExperimentRecord, json_ready
+from bnref.torch_training import as_tensors, device_name, evaluate, kept_buffers, select_device
+
+__all__ = [
+    "EXPERIMENTS",
+    "build_lenet",
+    "build_resnet",
+    "gaussian_weights",
+    "train_steps",
+    "nonlinearity_inputs",
+    "weight_norm_step",
+    "stopgrad_bias_demo",
+    "run_experiment",
+    "load_record",
+    "check_record",
+    "main",
+]
+
+NONLINEARITIES = (nn.ReLU, nn.Tanh, nn.Sigmoid)
+
+
+# --------------------------------------------------------------------------------------------
+# networks
+# --------------------------------------------------------------------------------------------
+
+
+def build_lenet(*, bn: bool, seed: int = 0, activation: str = "relu") -> nn.Sequential:
+    """A LeNet-style network for 28x28 images, input ``(n, 784)`` in [0, 1], logits ``(n, 10)``.
+
+    ``conv 5x5, 6 channels (padding 2) -> [BN2d] -> act -> max-pool 2 -> conv 5x5, 16 channels -> [BN2d]
+    -> act -> max-pool 2 -> Linear 400->120 -> [BN1d] -> act -> Linear 120->84 -> [BN1d] -> act ->
+    Linear 84->10``. ``BatchNorm2d`` normalises each channel over the batch and both spatial axes
+    (N, H, W). A layer followed by BN has no bias (BN's mean subtraction would cancel it).
+
+    Parameters
+    ----------
+    bn : bool
+    seed : int
+        Seeds PyTorch's default initialisation (Kaiming-uniform), identical on every CPU.
+    activation : {"relu", "tanh"}
+    """
+    acts = {"relu": nn.ReLU, "tanh": nn.Tanh}
+    if activation not in acts:
+        raise ValueError(f"activation must be one of {tuple(acts)}; got {activation!r}")
+    act = acts[activation]
+
+    def block(layer: nn.Module, norm: type[nn.Module], width: int) -> list[nn.Module]:
+        return [layer, norm(width), act()] if bn else [layer, act()]
+
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 28, 28)),
+        *block(nn.Conv2d(1, 6, 5, padding=2, bias=not bn), nn.BatchNorm2d, 6),
+        nn.MaxPool2d(2),
+        *block(nn.Conv2d(6, 16, 5, bias=not bn), nn.BatchNorm2d, 16),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        *block(nn.Linear(400, 120, bias=not bn), nn.BatchNorm1d, 120),
+        *block(nn.Linear(120, 84, bias=not bn), nn.BatchNorm1d, 84),
+        nn.Linear(84, 10),
+    )
+
+
+class ResidualBlock(nn.Module):
+    """``h -> relu(h + BN2(W2 relu(BN1(W1 h))))``, widths equal; ``BN2.weight`` (its gamma) starts at ``last_gamma``."""
+
+    def __init__(self, width: int, last_gamma: float) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(width, width, bias=False)
+        self.bn1 = nn.BatchNorm1d(width)
+        self.linear2 = nn.Linear(width, width, bias=False)
+        self.bn2 = nn.BatchNorm1d(width)
+        nn.init.constant_(self.bn2.weight, last_gamma)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        branch = self.bn2(self.linear2(torch.relu(self.bn1(self.linear1(h)))))
+        return torch.relu(h + branch)
+
+
+def build_resnet(
+    blocks: int, width: int, *, last_gamma: float, seed: int = 0, input_dim: int = 784, num_classes: int = 10
+) -> nn.Sequential:
+    """A residual MLP: ``Linear -> BN -> ReLU``, then ``blocks`` :class:`ResidualBlock` s, then a Linear output.
+
+    It has ``2 * blocks + 2`` Linear layers, as many as ``bnref.experiments.build_mlp(2 * blocks + 1,
+    width, bn=True)``, and the same He-uniform weights drawn from ``seed``
+    (:func:`bnref.models.initial_weights`), so the two differ only by the skip connections and
+    ``last_gamma``.
+    """
+    check_int("blocks", blocks)
+    check_int("width", width, low=2)
+    model = nn.Sequential(
+        nn.Linear(input_dim, width, bias=False),
+        nn.BatchNorm1d(width),
+        nn.ReLU(),
+        *[ResidualBlock(width, last_gamma) for _ in range(blocks)],
+        nn.Linear(width, num_classes),
+    )
+    hidden = (width,) * (2 * blocks + 1)
+    weights = initial_weights(seed, input_dim=input_dim, hidden=hidden, num_classes=num_classes, init="he")
+    load_linear_weights(linear_layers(model), weights)
+    return model
+
+
+def gaussian_weights(seed: int, widths: Sequence[int], scale: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Weights ``W ~ N(0, scale^2)`` of shape ``(in, out)`` and zero biases for the layers ``widths[i] -> widths[i+1]``.
+
+    The initialisation of the CS231n batch-normalisation exercise: one standard deviation for every
+    layer, whatever its fan-in. Drawn with ``numpy.random.default_rng(seed)``, input layer first.
+    """
+    check_positive("scale", scale)
+    rng = np.random.default_rng(seed)
+    return [
+        (scale * rng.standard_normal((n_in, n_out)), np.zeros(n_out))
+        for n_in, n_out in zip(widths[:-1], widths[1:], strict=True)
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# training and measuring
+# --------------------------------------------------------------------------------------------
+
+Hook = Callable[[int, nn.Module], None]
+
+
+def train_steps(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    optimizer: str = "sgd",
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    after_backward: Hook | None = None,
+) -> np.ndarray:
+    """Train ``model`` in place on mean cross-entropy for ``steps`` minibatch steps; return each step's loss.
+
+    Each epoch visits the examples in a new order drawn by ``numpy.random.default_rng(seed)``; the
+    last incomplete batch of an epoch is dropped. ``after_backward(step, model)``, if given, is called
+    after each backward pass and before the update, so the gradients of step ``step`` and the weights
+    they were computed at are both there to measure.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps ``(n, d)`` float32 to logits.
+    x : ndarray, shape (n, d)
+    y : ndarray, shape (n,), int
+    steps, batch_size : int
+    lr : float
+    seed : int
+    optimizer : {"sgd", "adam"}
+    momentum : float
+        SGD momentum (``torch.optim.SGD``).
+    weight_decay : float
+        L2 penalty ``weight_decay / 2 * ||w||^2`` on every parameter, as ``torch.optim`` applies it: each
+        SGD step multiplies the weights by ``1 - lr * weight_decay`` before subtracting ``lr * g``.
+    after_backward : callable, optional
+
+    Returns
+    -------
+    ndarray, shape (steps,), float64
+        Loss of each step on its batch, before the update.
+    """
+    dev = next(model.parameters()).device
+    xs, ys = as_tensors(x, y, device=dev, num_classes=None)
+    n = len(ys)
+    check_int("steps", steps)
+    check_int("batch_size", batch_size, low=2, high=n)
+    check_positive("lr", lr)
+    params = list(model.parameters())
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    elif optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {optimizer!r}")
+    rng = np.random.default_rng(seed)
+    batches_per_epoch = n // batch_size
+    losses = np.empty(steps)
+    model.train()
+    for step in range(steps):
+        if step % batches_per_epoch == 0:
+            order = torch.from_numpy(rng.permutation(n)).to(dev)
+        first = (step % batches_per_epoch) * batch_size
+        batch = order[first : first + batch_size]
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(xs[batch]), ys[batch])
+        loss.backward()
+        losses[step] = loss.item()
+        if after_backward is not None:
+            after_backward(step, model)
+        opt.step()
+    return losses
+
+
+def nonlinearity_inputs(model: nn.Module, x: np.ndarray) -> list[np.ndarray]:
+    """The input of every nonlinearity module (ReLU, Tanh, Sigmoid) of ``model`` on the batch ``x``, in order.
+
+    Measured in training mode (BN uses the batch's statistics, as during training); the model's
+    buffers (BN running statistics) are put back afterwards, so the probe does not train anything.
+
+    Returns
+    -------
+    list of ndarray, each (n, units) float64, one per nonlinearity in forward order
+    """
+    seen: list[np.ndarray] = []
+    handles = [
+        m.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].detach().double().cpu().numpy()))
+        for m in model.modules()
+        if isinstance(m, NONLINEARITIES)
+    ]
+    if not handles:
+        raise ValueError("the model has no ReLU, Tanh or Sigmoid module to probe")
+    dev = next(model.parameters()).device
+    xs = torch.as_tensor(np.asarray(x, dtype=np.float32), device=dev)
+    try:
+        with kept_buffers(model), torch.no_grad():
+            model.train()
+            model(xs)
+    finally:
+        for h in handles:
+            h.remove()
+    return [v.reshape(len(v), -1) for v in seen]
+
+
+def weight_norm_step(w_norm: float, g_norm: float, lr: float, weight_decay: float = 0.0) -> float:
+    """Squared norm after one SGD step ``w' = (1 - lr * wd) w - lr g`` with ``g`` orthogonal to ``w``, eq. ``eq-dyn-norm``.
+
+    ``||w'||^2 = (1 - lr * wd)^2 ||w||^2 + lr^2 ||g||^2``: no cross term, because a scale-invariant
+    loss has a gradient orthogonal to the weights.
+    """
+    return (1.0 - lr * weight_decay) ** 2 * w_norm**2 + lr**2 * g_norm**2
+
+
+def stopgrad_bias_demo(
+    u: np.ndarray, target: np.ndarray, *, steps: int, lr: float, stop_gradient: bool
+) -> dict[str, np.ndarray]:
+    """Ioffe and Szegedy's section-2 example: ``x = u + b``, ``x_hat = x - mean(x)``, loss ``mean((x_hat - t)^2) / 2``.
+
+    Gradient descent on the bias ``b``. With ``stop_gradient`` the mean is treated as a constant, so
+    ``dL/db = mean(x_hat - t)``; the update changes ``b`` and the mean by the same amount, the output
+    ``x_hat`` and the loss do not change, and ``b`` moves by the same step for ever. With the full
+    gradient ``dL/db = 0`` exactly (``x_hat`` does not depend on ``b``) and ``b`` stays put.
+
+    Parameters
+    ----------
+    u : ndarray, shape (m,)
+        The layer's input before the bias, over a batch.
+    target : ndarray, shape (m,)
+        What the normalised output should be; ``mean(target) != 0`` makes the stop-gradient drift non-zero.
+    steps : int
+    lr : float
+    stop_gradient : bool
+
+    Returns
+    -------
+    dict with ``b`` (steps + 1,) and ``loss`` (steps + 1,), float64
+    """
+    u = np.asarray(u, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    if u.ndim != 1 or u.shape != target.shape or len(u) < 2:
+        raise ValueError(f"u and target must be 1-D arrays of the same length >= 2; got {u.shape}, {target.shape}")
+    check_int("steps", steps)
+    check_positive("lr", lr)
+    b, bs, losses = 0.0, [0.0], []
+    for _ in range(steps + 1):
+        x = u + b
+        x_hat = x - x.mean()
+        residual = x_hat - target
+        losses.append(0.5 * np.mean(residual**2))
+        # dL/dx_hat = residual / m; through x_hat = x - mean(x) the full dL/dx is its centred version
+        dx = residual / len(u) if stop_gradient else (residual - residual.mean()) / len(u)
+        b = b - lr * dx.sum()
+        bs.append(b)
+    return {"b": np.array(bs[:-1]), "loss": np.array(losses)}
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+
+Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist() -> Data:
+    from bnref.data import load_mnist, to_features
+
+    x_train, y_train, x_test, y_test = load_mnist()
+    return to_features(x_train), y_train.astype(np.int64), to_features(x_test), y_test.astype(np.int64)
+
+
+def _subsets(cfg: dict[str, Any], data: Data, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The seed's training subset of ``cfg["train_size"]`` and the first ``cfg["test_size"]`` test examples."""
+    x, y = ex.take_subset(data[0], data[1], cfg["train_size"], seed=seed)
+    return x, y, data[2][: cfg["test_size"]], data[3][: cfg["test_size"]]
+
+
+# --------------------------------------------------------------------------------------------
+# runners: one seed each
+# --------------------------------------------------------------------------------------------
+
+
+def _why_net(net: str, bn: bool, seed: int, cfg: dict[str, Any]) -> nn.Module:
+    if net == "article":
+        return build_torch_model("native" if bn else "none", "before", seed)
+    depth, width, act = cfg["deep"]
+    return ex.build_mlp(depth, width, bn=bn, activation=act, seed=seed)
+
+
+def _run_why(cfg: dict[str, Any], seed: int, device: torch.device, data: Data) -> dict[str, Any]:
+    """Activation distributions per layer over training, the article's network and a deep one, +/- BN."""
+    x, y, xt, yt = _subsets(cfg, data, seed)
+    probe = data[2][-cfg["probe_size"] :]  # held-out images, never trained on, the same for every seed
+    probe_y = data[3][-cfg["probe_size"] :]
+    edges = np.linspace(-cfg["hist_range"], cfg["hist_range"], cfg["hist_bins"] + 1)
+    out: dict[str, Any] = {}
+    for net in cfg["nets"]:
+        for bn in (True, False):
+            model = _why_net(net, bn, seed, cfg).to(device)
+            every, pct, hists, grads = cfg["probe_every"], [], [], []
+
+            def probe_now(step: int, m: nn.Module) -> None:
+                if step % every == 0:
+                    z = nonlinearity_inputs(m, probe)
+                    pct.append([np.percentile(v, cfg["percentiles"]) for v in z])
+                    if step in (0, cfg["steps"] - every):
+                        hists.append([np.histogram(np.clip(v, edges[0], edges[-1]), edges)[0] / v.size for v in z])
+                    with kept_buffers(m):
+                        grads.append(ex.weight_gradient_norms(m, probe, probe_y))
+
+            loss = train_steps(
+                model, x, y, steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed,
+                after_backward=probe_now,
+            )  # fmt: skip
+            test_loss, test_acc = evaluate(model, xt, yt)
+            out[f"{net}-{'bn' if bn else 'none'}"] = {
+                "loss": loss.reshape(-1, every).mean(axis=1),
+                "percentiles": np.array(pct),  # (probes, layers, percentiles)
+                "hist_first_last": np.array(hists),  # (2, layers, bins)
+                "grad_norms": np.array(grads),  # (probes, linear layers)
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+            }
+    return out
+
+
+def _run_lenet(cfg: dict[str, Any], seed: int, device: torch.device, data: Data) -> dict[str, Any]:
+    """LeNet with and without BN: training loss and test accuracy after every epoch."""
+    x, y, xt, yt = _subsets(cfg, data, seed)
+    per_epoch = len(y) // cfg["batch_size"]
+    out: dict[str, Any] = {}
+    for bn in (True, False):
+        model = build_lenet(bn=bn, seed=seed, activation=cfg["activation"]).to(device)
+        curves: dict[str, list[float]] = {"train_loss": [], "test_loss": [], "test_acc": [], "seconds": []}
+        for epoch in range(cfg["epochs"]):
+            t0 = time.perf_counter()
+            loss = train_steps(
+                model, x, y, steps=per_epoch, batch_size=cfg["batch_size"], lr=cfg["lr"], momentum=cfg["momentum"],
+                seed=seed * 1000 + epoch,
+            )  # fmt: skip
+            curves["seconds"].append(time.perf_counter() - t0)
+            curves["train_loss"].append(float(loss.mean()))
+            test_loss, test_acc = evaluate(model, xt, yt)
+            curves["test_loss"].append(test_loss)
+            curves["test_acc"].append(test_acc)
+        out["bn" if bn else "none"] = curves
+    return out
+
+
+def _scale_invariant_layers(model: nn.Module) -> list[nn.Linear]:
+    """The Linear layers followed directly by BN (no bias): the loss does not change when they are scaled."""
+    mods = list(model)
+    return [m for m, nxt in zip(mods[:-1], mods[1:], strict=True) if isinstance(m, nn.Linear) and isinstance(nxt, nn.BatchNorm1d)]
+
+
+def _run_scale(cfg: dict[str, Any], seed: int, device: torch.device, data: Data) -> dict[str, Any]:
+    """Weight norms, gradient-weight cosines and effective learning rates of BN layers under SGD, per weight decay."""
+    x, y, xt, yt = _subsets(cfg, data, seed)
+    depth, width = cfg["net"]
+    out: dict[str, Any] = {}
+    for wd in cfg["weight_decays"]:
+        model = ex.build_mlp(depth, width, bn=True, seed=seed).to(device)
+        layers = _scale_invariant_layers(model)
+        norms, grads, cosines = [], [], []
+
+        def measure(step: int, m: nn.Module) -> None:
+            w = [lin.weight.detach().double() for lin in layers]
+            g = [lin.weight.grad.detach().double() for lin in layers]
+            norms.append([float(a.norm()) for a in w])
+            grads.append([float(b.norm()) for b in g])
+            cosines.append([float((a * b).sum() / (a.norm() * b.norm())) for a, b in zip(w, g, strict=True)])
+
+        loss = train_steps(
+            model, x, y, steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed,
+            weight_decay=wd, after_backward=measure,
+        )  # fmt: skip
+        test_loss, test_acc = evaluate(model, xt, yt)
+        every = cfg["record_every"]
+        norms_a, grads_a = np.array(norms), np.array(grads)
+        # eq-dyn-norm, step by step: the measured squared norm after each step against the prediction
+        predicted = weight_norm_step(norms_a[:-1], grads_a[:-1], cfg["lr"], wd)
+        out[str(wd)] = {
+            "steps": np.arange(0, cfg["steps"], every),
+            "w_norm": norms_a[::every],  # (records, layers)
+            "g_norm": grads_a[::every],
+            "cos_max": float(np.max(np.abs(cosines))),
+            "norm_step_rel_err": float(np.max(np.abs(norms_a[1:] ** 2 - predicted) / norms_a[1:] ** 2)),
+            "loss": loss.reshape(-1, every).mean(axis=1),
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+        }
+    return out
+
+
+def _run_init_scale(cfg: dict[str, Any], seed: int, device: torch.device, data: Data) -> dict[str, Any]:
+    """Final training and test accuracy over a sweep of initial weight scales, with and without BN."""
+    x, y, xt, yt = _subsets(cfg, data, seed)
+    depth, width = cfg["net"]
+    widths = (x.shape[1], *([width] * depth), 10)
+    out: dict[str, Any] = {}
+    for bn in (True, False):
+        rows: dict[str, list[float]] = {"train_acc": [], "test_acc": [], "final_loss": []}
+        for scale in cfg["scales"]:
+            model = ex.build_mlp(depth, width, bn=bn, seed=seed)
+            load_linear_weights(linear_layers(model), gaussian_weights(seed, widths, scale))
+            model = model.to(device)
+            loss = train_steps(
+                model, x, y, steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed,
+                optimizer="adam",
+            )  # fmt: skip
+            rows["final_loss"].append(float(np.mean(loss[-cfg["final_window"] :])))
+            rows["train_acc"].append(evaluate(model, x, y)[1])
+            rows["test_acc"].append(evaluate(model, xt, yt)[1])
+        out["bn" if bn else "none"] = rows
+    return out
+
+
+def _run_resnet(cfg: dict[str, Any], seed: int, device: torch.device, data: Data) -> dict[str, Any]:
+    """Per-layer weight-gradient norms at initialisation: plain BN MLP, residual with gamma_last 1 and 0."""
+    x, y = ex.take_subset(data[0], data[1], cfg["batch_size"], seed=seed)
+    blocks, width = cfg["blocks"], cfg["width"]
+    nets = {
+        "plain": ex.build_mlp(2 * blocks + 1, width, bn=True, init="he", seed=seed),
+        "residual": build_resnet(blocks, width, last_gamma=1.0, seed=seed),
+        "residual-zero-gamma": build_resnet(blocks, width, last_gamma=0.0, seed=seed),
+    }
+    out: dict[str, Any] = {}
+    for name, model in nets.items():
+        norms = ex.weight_gradient_norms(model.to(device), x, y)
+        # a zero gamma blocks every gradient into its branch: those weights get exactly zero at the first step
+        hidden = norms[:-1][norms[:-1] > 0]
+        growth = ex.fitted_growth_factor(hidden, first=1, last=len(hidden)) if len(hidden) >= 4 else None
+        out[name] = {"grad_norms": norms, "growth": growth, "first_over_last": norms[0] / norms[-1]}
+    return out
+
+
+def _experiments() -> dict[str, Experiment]:
+    defs = [
+        Experiment(
+            "why-activations",
+            "why",
+            "SGD on 10,000 MNIST images: the inputs of every nonlinearity on 1,000 held-out images, every 50 "
+            "steps, for the article's network and an 8-layer tanh network, with and without BN",
+            {
+                "nets": ["article", "deep"],
+                "deep": [8, 64, "tanh"],
+                "train_size": 10000,
+                "test_size": 8000,
+                "probe_size": 1000,
+                "batch_size": 64,
+                "lr": 0.1,
+                "steps": 1000,
+                "probe_every": 50,
+                "percentiles": [5, 15, 50, 85, 95],
+                "hist_range": 5.0,
+                "hist_bins": 50,
+            },
+            (0, 1, 2),
+            _run_why,
+        ),
+        Experiment(
+            "dynamics-lenet",
+            "dynamics (a)",
+            "LeNet with and without BN, SGD with momentum on 6,000 MNIST images, test accuracy per epoch",
+            {
+                "train_size": 6000,
+                "test_size": 5000,
+                "batch_size": 128,
+                "lr": 0.02,
+                "momentum": 0.9,
+                "epochs": 4,
+                "activation": "relu",
+            },
+            (0, 1, 2),
+            _run_lenet,
+        ),
+        Experiment(
+            "dynamics-scale",
+            "dynamics (b)",
+            "a 3-layer BN MLP under SGD at weight decays 0, 1e-3, 1e-2: norms of the BN layers' weights, "
+            "gradient-weight cosines, effective learning rates",
+            {
+                "net": [3, 64],
+                "train_size": 10000,
+                "test_size": 10000,
+                "batch_size": 64,
+                "lr": 0.5,
+                "steps": 1500,
+                "record_every": 25,
+                "weight_decays": [0.0, 1e-3, 1e-2],
+            },
+            (0, 1, 2),
+            _run_scale,
+        ),
+        Experiment(
+            "dynamics-init-scale",
+            "dynamics (c)",
+            "a 5-layer MLP (100 units) with weights N(0, s^2) for 9 scales s from 1e-4 to 1e0, with and without BN, "
+            "Adam on 1,000 MNIST images",
+            {
+                "net": [5, 100],
+                "train_size": 1000,
+                "test_size": 2000,
+                "batch_size": 50,
+                "lr": 1e-3,
+                "steps": 200,
+                "final_window": 20,
+                "scales": [float(s) for s in np.logspace(-4, 0, 9)],
+            },
+            (0, 1, 2),
+            _run_init_scale,
+        ),
+        Experiment(
+            "dynamics-resnet",
+            "dynamics (d)",
+            "per-layer weight-gradient norms at initialisation of a 31-layer plain BN MLP and residual MLPs "
+            "with the last gamma of each block at 1 or 0",
+            {"blocks": 15, "width": 128, "batch_size": 256},
+            (0, 1, 2, 3, 4),
+            _run_resnet,
+        ),
+    ]
+    return {e.name: e for e in defs}
+
+
+EXPERIMENTS: dict[str, Experiment] = _experiments()
+
+
+# --------------------------------------------------------------------------------------------
+# running, loading and checking records
+# --------------------------------------------------------------------------------------------
+
+
+def run_experiment(
+    name: str,
+    *,
+    seeds: Sequence[int] | None = None,
+    device: str = "cpu",
+    overrides: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    data: Data | None = None,
+) -> ExperimentRecord:
+    """Run one experiment of :data:`EXPERIMENTS` over ``seeds`` and return (and with ``out``, write) its record.
+
+    Parameters
+    ----------
+    name : str
+    seeds : sequence of int, optional
+        Default: the definition's seeds.
+    device : str
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"``. On the CPU PyTorch uses one thread during the run
+        (restored afterwards), so the numbers do not depend on the core count.
+    overrides : dict, optional
+        Configuration entries replaced for a reduced run; the record carries the changed configuration.
+    out : path, optional
+        Folder; the file is ``bnref.claims.record_filename(name, device)``, e.g. ``dynamics-lenet.cpu.json``.
+    data : (x_train, y_train, x_test, y_test), optional
+        Float32 features ``(n, 784)`` in [0, 1] and int64 labels; default MNIST. Tests pass synthetic data.
+    """
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; known: {sorted(EXPERIMENTS)}")
+    exp = EXPERIMENTS[name]
+    unknown = sorted(set(overrides or {}) - set(exp.config))
+    if unknown:
+        raise ValueError(f"{name} has no configuration entries {unknown} to override; it has {sorted(exp.config)}")
+    config = {**exp.config, **(overrides or {})}
+    seeds = [int(s) for s in (exp.seeds if seeds is None else seeds)]
+    if not seeds or min(seeds) < 0:
+        raise ValueError(f"seeds must be a non-empty list of non-negative integers; got {seeds!r}")
+    dev = select_device(device)
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        results = {s: exp.runner(config, s, dev, _mnist() if data is None else data) for s in seeds}
+    finally:
+        torch.set_num_threads(threads)
+    record = ExperimentRecord.create(name, config, seeds, results, device={"type": dev.type, "name": device_name(dev)})
+    if out is not None:
+        record.save(Path(out) / record_filename(name, record.device))
+    return record
+
+
+def load_record(name: str, folder: str | Path, device_type: str = "cpu") -> ExperimentRecord:
+    """The one committed record of ``name`` made on a device of ``device_type`` in ``folder``."""
+    return load_claims_record(name, folder, device_type)
+
+
+def check_record(record: ExperimentRecord) -> None:
+    """Raise ValueError unless ``record`` has its definition's configuration and the first ``k >= 3`` of its seeds."""
+    if record.name not in EXPERIMENTS:
+        raise ValueError(f"{record.name!r} is not an experiment of bnref.dynamics")
+    exp = EXPERIMENTS[record.name]
+    wanted = json_ready(exp.config)
+    differ = sorted(k for k in wanted.keys() | record.config.keys() if wanted.get(k) != record.config.get(k))
+    if differ:
+        raise ValueError(f"{record.name}: configuration differs from bnref.dynamics at {differ}; run it again")
+    k = len(record.seeds)
+    if k < 3 or list(record.seeds) != list(exp.seeds[:k]):
+        raise ValueError(f"{record.name}: seeds {record.seeds} are not the first k >= 3 of {list(exp.seeds)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bnref.dynamics run NAME|all [--seeds N] [--device cpu|cuda] --out DIR`` (or ``list``)."""
+    parser = argparse.ArgumentParser(prog="python -m bnref.dynamics", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the experiments")
+    run = sub.add_parser("run", help="run experiments and write their records")
+    run.add_argument("name", help="an experiment name or 'all'")
+    run.add_argument("--seeds", type=int, default=None, help="the first N of each experiment's seeds")
+    run.add_argument("--device", default="cpu")
+    run.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for e in EXPERIMENTS.values():
+            print(f"{e.name:22s} {e.claims:13s} {len(e.seeds)} seeds: {e.summary}")
+        return 0
+    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
+    if any(n not in EXPERIMENTS for n in names):
+        parser.error(f"unknown experiment {args.name!r}; known: all, {', '.join(EXPERIMENTS)}")
+    if args.seeds is not None and args.seeds < 1:
+        parser.error(f"--seeds must be a positive integer; got {args.seeds}")
+    for name in names:
+        seeds = EXPERIMENTS[name].seeds[: args.seeds]
+        t0 = time.perf_counter()
+        rec = run_experiment(name, seeds=seeds, device=args.device, out=args.out)
+        print(f"{name}: seeds {rec.seeds} on {rec.device['name']} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
