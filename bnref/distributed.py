@@ -71,6 +71,15 @@ __all__ = [
     "launch",
     "free_port",
     "shard_bounds",
+    "DDP_EXPERIMENT",
+    "DDP_VARIANTS",
+    "mnist_tensors",
+    "train_variant",
+    "run_ddp_experiment",
+    "ddp_record",
+    "DEMO_CASES",
+    "demo_batch",
+    "chapter_demo",
 ]
 
 
@@ -441,6 +450,8 @@ _COLLECTIVES = (
     "all_reduce",
     "all_gather",
     "all_gather_into_tensor",
+    "all_gather_single",
+    "_all_gather_base",
     "all_gather_object",
     "broadcast",
     "reduce",
@@ -478,6 +489,10 @@ class Collective:
     dtype: str
 
 
+#: Collectives called as ``fn(output, input, ...)``.
+_OUTPUT_FIRST = ("all_gather_into_tensor", "all_gather_single", "_all_gather_base", "reduce_scatter_tensor")
+
+
 def _nbytes(t: Any) -> int:
     return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
 
@@ -487,6 +502,9 @@ def _record(op: str, args: tuple, kwargs: dict) -> Collective:
         outputs, tensor = (list(args) + [kwargs.get("tensor_list"), kwargs.get("tensor")])[:2]
         sent = tensor if isinstance(tensor, torch.Tensor) else kwargs.get("tensor")
         return Collective(op, _nbytes(sent), sum(_nbytes(o) for o in outputs), tuple(sent.shape), str(sent.dtype))
+    if op in _OUTPUT_FIRST and len(args) >= 2:
+        out, inp = args[0], args[1]
+        return Collective(op, _nbytes(inp), _nbytes(out), tuple(inp.shape), str(inp.dtype))
     tensor = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
     if isinstance(tensor, torch.Tensor):
         return Collective(op, _nbytes(tensor), _nbytes(tensor), tuple(tensor.shape), str(tensor.dtype))
@@ -617,7 +635,11 @@ DDP_EXPERIMENT: dict[str, Any] = {
 DDP_VARIANTS = ("single", "single-reordered", "sync", "local")
 
 
-def _mnist_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def mnist_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MNIST as torch tensors: train features (60000, 784) float32 in [0, 1], int64 labels, test likewise.
+
+    Read from ``$BNREF_MNIST`` or the other local places of ``bnref.data.load_mnist`` (never downloaded).
+    """
     from .data import as_features, load_mnist
 
     d = load_mnist(download=False)
@@ -668,7 +690,7 @@ def train_variant(
     distributed = variant in ("sync", "local")
     if distributed and world_size != config["world_size"]:
         raise ValueError(f"variant {variant!r} runs on {config['world_size']} ranks, got world_size {world_size}")
-    xt, yt, xv, yv = data if data is not None else _mnist_tensors()
+    xt, yt, xv, yv = data if data is not None else mnist_tensors()
     torch.manual_seed(seed)
     model = build_torch_model("native", "after", seed)
     if variant == "sync":
@@ -713,7 +735,7 @@ def train_variant(
 
 
 def _ddp_worker(rank: int, world_size: int, seeds: Sequence[int], config: dict, max_steps: int | None) -> dict:
-    data = _mnist_tensors()
+    data = mnist_tensors()
     out = {}
     for seed in seeds:
         out[seed] = {
@@ -758,7 +780,7 @@ def run_ddp_experiment(
         raise ValueError("seeds must name at least one seed")
     torch.set_num_threads(config["threads_per_process"])
     by_rank = launch(_ddp_worker, config["world_size"], seeds, config, max_steps, threads=config["threads_per_process"])
-    data = _mnist_tensors()
+    data = mnist_tensors()
     results = {}
     for seed in seeds:
         runs = {

@@ -417,3 +417,20 @@ def test_convert_sync_batchnorm_converts_native_and_bnref_layers():
     assert isinstance(single, SyncBatchNorm) and single.weight is None
     with pytest.raises(ValueError, match="Module"):
         convert_sync_batchnorm("not a module")
+
+
+def test_committed_ddp_record_matches_the_experiment_definition():
+    """The chapter's record describes the experiment bnref.distributed defines, with at least 3 seeds."""
+    from pathlib import Path
+
+    from bnref.distributed import DDP_EXPERIMENT, DDP_VARIANTS
+    from bnref.records import load_experiment
+
+    path = Path(__file__).resolve().parents[1] / "book" / "results" / "distributed-ddp-mnist-cpu.json"
+    record = load_experiment(path)
+    assert record.name == DDP_EXPERIMENT["name"]
+    assert {k: v for k, v in record.config.items() if k != "torch"} == DDP_EXPERIMENT
+    assert len(record.seeds) >= 3
+    for _, result in record.per_seed():
+        assert set(result) == set(DDP_VARIANTS)
+        assert len(result["single"]["epochs"]) == DDP_EXPERIMENT["epochs"]
