@@ -20,7 +20,15 @@ What is here
   measure of internal covariate shift.
 * :func:`lr_sweep`: :func:`train_sgd` over a list of learning rates.
 * :func:`step_seconds`: wall time of one training step, interleaving the models compared.
-* :func:`classification_metrics`: loss and accuracy of a model in inference mode.
+
+What is not here, because it has one home elsewhere: coercing inputs (:func:`bnref.data.as_labeled`,
+:func:`bnref.torch_training.as_tensors`), initial weights and loading them (:func:`bnref.models.initial_weights`,
+:func:`bnref.models.load_linear_weights`, :func:`bnref.models.linear_layers`), argument checks
+(:func:`bnref.models.check_int`, :func:`bnref.models.check_positive`), evaluation in inference mode
+(:func:`bnref.torch_training.evaluate`) and putting state back (:func:`bnref.torch_training.snapshot`,
+:func:`~bnref.torch_training.restore`, :func:`~bnref.torch_training.kept_buffers`). The experiments
+themselves, with their configurations and records, are defined in :mod:`bnref.claims`; ``python -m
+bnref.experiments`` runs them (:func:`main`).
 """
 
 from __future__ import annotations
@@ -32,31 +40,28 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bnref.models import glorot_uniform
+from bnref.data import as_labeled
+from bnref.models import INITS, check_int, check_positive, initial_weights, linear_layers, load_linear_weights
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
     "ACTIVATIONS",
-    "INITS",
     "take_subset",
-    "he_uniform",
     "build_mlp",
     "make_shift_noise",
-    "linear_layers",
     "weight_gradient_norms",
     "bn_gradient_growth",
     "fitted_growth_factor",
-    "classification_metrics",
     "input_shift",
     "train_sgd",
     "lr_sweep",
     "step_seconds",
+    "main",
 ]
 
 ACTIVATIONS: tuple[str, ...] = ("relu", "tanh", "linear")
-INITS: tuple[str, ...] = ("glorot", "he")
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,19 +89,10 @@ def take_subset(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> tuple[np.nda
     x_sub : ndarray, shape (n, d), float32
     y_sub : ndarray, shape (n,), int64
     """
-    from bnref.data import to_features
-
-    x, y = np.asarray(x), np.asarray(y)
-    if y.shape != (len(x),):
-        raise ValueError(f"y must have shape ({len(x)},) to match x; got {y.shape}")
-    if not (isinstance(n, (int, np.integer)) and 1 <= n <= len(x)):
-        raise ValueError(f"n must be an integer in 1..{len(x)}; got {n!r}")
-    idx = np.sort(np.random.default_rng(seed).choice(len(x), size=int(n), replace=False))
-    xs = x[idx]
-    xs = to_features(xs) if xs.ndim == 3 else np.ascontiguousarray(xs, dtype=np.float32)
-    if xs.ndim != 2:
-        raise ValueError(f"x must be images (N, 28, 28) or features (N, d); got {x.shape}")
-    return xs, y[idx].astype(np.int64)
+    x, y = as_labeled(x, y, num_classes=None)
+    n = check_int("n", n, low=1, high=len(x))
+    idx = np.sort(np.random.default_rng(seed).choice(len(x), size=n, replace=False))
+    return x[idx], y[idx]
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,16 +100,7 @@ def take_subset(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> tuple[np.nda
 # --------------------------------------------------------------------------------------------
 
 
-def he_uniform(fan_in: int, fan_out: int, rng: np.random.Generator) -> np.ndarray:
-    """He/Kaiming uniform weights ``(fan_in, fan_out)``, float32, ``U(-a, a)``, ``a = sqrt(6 / fan_in)``.
-
-    Variance ``2 / fan_in``: keeps the second moment of ReLU activations constant from layer to layer.
-    """
-    a = np.sqrt(6.0 / fan_in)
-    return rng.uniform(-a, a, size=(fan_in, fan_out)).astype(np.float32)
-
-
-def make_shift_noise(width: int, *, max_shift: float, max_log_scale: float) -> "torch.nn.Module":
+def make_shift_noise(width: int, *, max_shift: float, max_log_scale: float) -> torch.nn.Module:
     """A layer that moves the distribution of its input at random, anew at every training step.
 
     In training mode each call draws, per channel ``c``, a shift ``m_c ~ U(-max_shift, max_shift)``
@@ -141,9 +128,10 @@ def make_shift_noise(width: int, *, max_shift: float, max_log_scale: float) -> "
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if not self.training:
                 return x
+            # drawn on the CPU generator (the same numbers on every device), then moved to x's device
             m = (2 * torch.rand(self.width) - 1) * self.max_shift
             s = torch.exp((2 * torch.rand(self.width) - 1) * self.max_log_scale)
-            return x * s + m
+            return x * s.to(x.device) + m.to(x.device)
 
         def extra_repr(self) -> str:
             return f"{self.width}, max_shift={self.max_shift}, max_log_scale={self.max_log_scale}"
@@ -162,7 +150,7 @@ def build_mlp(
     input_dim: int = 784,
     num_classes: int = 10,
     shift_noise: tuple[float, float] | None = None,
-) -> "torch.nn.Sequential":
+) -> torch.nn.Sequential:
     """A deep fully connected network: ``depth`` hidden blocks of ``width`` units, then a linear output.
 
     Each hidden block is ``Linear -> BatchNorm1d -> activation`` with ``bn=True`` (the paper's
@@ -180,8 +168,8 @@ def build_mlp(
         Insert ``torch.nn.BatchNorm1d`` (eps 1e-5, momentum 0.1) before each activation.
     activation : {"relu", "tanh", "linear"}
     init : {"glorot", "he"}
-        Weights drawn with NumPy from ``seed``: Glorot-uniform (Keras' default, the article's model)
-        or He-uniform (:func:`he_uniform`); biases zero.
+        Weights drawn with NumPy from ``seed`` by :func:`bnref.models.initial_weights`: Glorot-uniform
+        (Keras' default, the article's model) or He-uniform; biases zero.
     seed : int
     input_dim, num_classes : int
     shift_noise : (max_shift, max_log_scale), optional
@@ -190,28 +178,23 @@ def build_mlp(
     Returns
     -------
     torch.nn.Sequential
-        On the CPU, float32. Its Linear layers are listed by :func:`linear_layers`.
+        On the CPU, float32. Its Linear layers are listed by :func:`bnref.models.linear_layers`.
     """
-    import torch
     from torch import nn
 
-    if not (isinstance(depth, int) and depth >= 1):
-        raise ValueError(f"depth must be an integer >= 1; got {depth!r}")
-    if not (isinstance(width, int) and width >= 2):
-        raise ValueError(f"width must be an integer >= 2; got {width!r}")
+    check_int("depth", depth)
+    check_int("width", width, low=2)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}; got {activation!r}")
     if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}; got {init!r}")
+        raise ValueError(f"init must be one of {tuple(INITS)}; got {init!r}")
     if shift_noise is not None and not bn:
         raise ValueError("shift_noise is injected after BN layers, so it needs bn=True")
 
-    draw = glorot_uniform if init == "glorot" else he_uniform
-    rng = np.random.default_rng(seed)
     act = {"relu": nn.ReLU, "tanh": nn.Tanh, "linear": nn.Identity}[activation]
     modules: list[nn.Module] = []
     widths = (input_dim, *([width] * depth))
-    for n_in, n_out in zip(widths[:-1], widths[1:]):
+    for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):
         linear = nn.Linear(n_in, n_out, bias=not bn)
         modules.append(linear)
         if bn:
@@ -221,19 +204,10 @@ def build_mlp(
         modules.append(act())
     modules.append(nn.Linear(width, num_classes))
     model = nn.Sequential(*modules)
-    with torch.no_grad():
-        for linear in linear_layers(model):
-            linear.weight.copy_(torch.from_numpy(draw(linear.in_features, linear.out_features, rng).T.copy()))
-            if linear.bias is not None:
-                linear.bias.zero_()
+    hidden = (width,) * depth
+    weights = initial_weights(seed, input_dim=input_dim, hidden=hidden, num_classes=num_classes, init=init)
+    load_linear_weights(linear_layers(model), weights)
     return model
-
-
-def linear_layers(model: "torch.nn.Module") -> list["torch.nn.Linear"]:
-    """The ``torch.nn.Linear`` layers of a model, input to output."""
-    import torch
-
-    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,16 +215,11 @@ def linear_layers(model: "torch.nn.Module") -> list["torch.nn.Linear"]:
 # --------------------------------------------------------------------------------------------
 
 
-def _tensors(x: np.ndarray, y: np.ndarray) -> tuple["torch.Tensor", "torch.Tensor"]:
-    import torch
-
-    x, y = np.asarray(x), np.asarray(y)
-    if x.ndim != 2 or y.shape != (len(x),):
-        raise ValueError(f"expected features (n, d) and labels (n,); got {x.shape} and {y.shape}")
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(y.astype(np.int64))
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
-def weight_gradient_norms(model: "torch.nn.Module", x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def weight_gradient_norms(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Frobenius norm of ``dL/dW`` for each Linear layer, for one batch, BN in training mode.
 
     ``L`` is the mean cross-entropy of the batch. The model's parameters are not changed (its BN
@@ -270,7 +239,9 @@ def weight_gradient_norms(model: "torch.nn.Module", x: np.ndarray, y: np.ndarray
     """
     import torch
 
-    xb, yb = _tensors(x, y)
+    from bnref.torch_training import as_tensors
+
+    xb, yb = as_tensors(x, y, device=_device_of(model), num_classes=None)
     model.train()
     model.zero_grad(set_to_none=True)
     loss = torch.nn.functional.cross_entropy(model(xb), yb)
@@ -359,22 +330,7 @@ def fitted_growth_factor(norms: np.ndarray, first: int = 1, last: int | None = N
     return float(np.exp(-slope))
 
 
-def classification_metrics(model: "torch.nn.Module", x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``, in inference mode (running statistics)."""
-    import torch
-
-    xb, yb = _tensors(x, y)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        logits = model(xb)
-        loss = float(torch.nn.functional.cross_entropy(logits, yb))
-        acc = int((logits.argmax(dim=1) == yb).sum()) / len(yb)  # exact: a count over n
-    model.train(was_training)
-    return loss, acc
-
-
-def _layer_input_stats(model: "torch.nn.Module", layer: "torch.nn.Module", x: "torch.Tensor") -> np.ndarray:
+def _layer_input_stats(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     """Per-unit mean and standard deviation ``(2, units)`` of the input of ``layer`` over ``x``, training mode.
 
     The forward pass runs in training mode, so BN layers use the batch statistics of ``x`` (as in a
@@ -383,19 +339,17 @@ def _layer_input_stats(model: "torch.nn.Module", layer: "torch.nn.Module", x: "t
     """
     import torch
 
+    from bnref.torch_training import kept_buffers
+
     captured: list[torch.Tensor] = []
     handle = layer.register_forward_pre_hook(lambda mod, args: captured.append(args[0].detach()))
-    saved = [b.detach().clone() for b in model.buffers()]
     try:
-        with torch.no_grad():
+        with kept_buffers(model), torch.no_grad():
             model(x)
     finally:
         handle.remove()
-        with torch.no_grad():
-            for b, s in zip(model.buffers(), saved):
-                b.copy_(s)
     h = captured[0]
-    return np.stack([h.mean(dim=0).numpy(), h.std(dim=0, unbiased=False).numpy()]).astype(np.float64)
+    return np.stack([h.mean(dim=0).cpu().numpy(), h.std(dim=0, unbiased=False).cpu().numpy()]).astype(np.float64)
 
 
 def _gradient_ics(model, params_before, layer_index: int, xb, yb, grad_before, rng_state) -> tuple[float, float]:
@@ -408,28 +362,23 @@ def _gradient_ics(model, params_before, layer_index: int, xb, yb, grad_before, r
     """
     import torch
 
+    from bnref.torch_training import kept_buffers, restore, snapshot
+
     lins = linear_layers(model)
-    after = [p.detach().clone() for p in model.parameters()]
+    params = list(model.parameters())
+    after = snapshot(params)
     # put back the old values of the layer and of everything above it
-    with torch.no_grad():
-        boundary = lins[layer_index].weight
-        names = [id(p) for p in model.parameters()]
-        start = names.index(id(boundary))
-        for p, old in zip(list(model.parameters())[start:], params_before[start:]):
-            p.copy_(old)
-    saved = [b.detach().clone() for b in model.buffers()]
+    start = [id(p) for p in params].index(id(lins[layer_index].weight))
+    restore(params[start:], params_before[start:])
     rng_after = torch.get_rng_state()
     torch.set_rng_state(rng_state)
     model.zero_grad(set_to_none=True)
-    torch.nn.functional.cross_entropy(model(xb), yb).backward()
+    with kept_buffers(model):
+        torch.nn.functional.cross_entropy(model(xb), yb).backward()
     torch.set_rng_state(rng_after)
     g_new = lins[layer_index].weight.grad.detach().clone()
     model.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        for p, new in zip(model.parameters(), after):
-            p.copy_(new)
-        for b, s in zip(model.buffers(), saved):
-            b.copy_(s)
+    restore(params, after)
     g_old = grad_before
     rel = float((g_new - g_old).norm() / g_old.norm().clamp_min(1e-30))
     cos = float(torch.nn.functional.cosine_similarity(g_new.flatten(), g_old.flatten(), dim=0))
@@ -466,7 +415,7 @@ def input_shift(stats: np.ndarray) -> np.ndarray:
 
 
 def train_sgd(
-    model: "torch.nn.Module",
+    model: torch.nn.Module,
     x: np.ndarray,
     y: np.ndarray,
     *,
@@ -502,7 +451,7 @@ def train_sgd(
         Seeds the batch order and ``torch.manual_seed`` (dropout-like layers, shift noise).
     probe : ndarray, shape (p, d), optional
         A fixed batch on which to measure the input statistics of the Linear layer ``probe_layer``
-        (index into :func:`linear_layers`) every ``record_every`` steps.
+        (index into :func:`bnref.models.linear_layers`) every ``record_every`` steps.
     ics_layer : int, optional
         Index of a Linear layer whose gradient-based internal covariate shift (Santurkar et al.) is
         measured every ``record_every`` steps (costs one more forward and backward pass).
@@ -522,23 +471,22 @@ def train_sgd(
     """
     import torch
 
-    xb_all, yb_all = _tensors(x, y)
+    from bnref.torch_training import as_tensors, snapshot
+
+    dev = _device_of(model)
+    xb_all, yb_all = as_tensors(x, y, device=dev, num_classes=None)
     n = len(yb_all)
-    if not (isinstance(steps, int) and steps >= 1):
-        raise ValueError(f"steps must be a positive integer; got {steps!r}")
-    if not (isinstance(batch_size, int) and 2 <= batch_size <= n):
-        raise ValueError(f"batch_size must be an integer in 2..{n} (BN needs two samples); got {batch_size!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive; got {lr!r}")
-    if not (isinstance(record_every, int) and record_every >= 1):
-        raise ValueError(f"record_every must be a positive integer; got {record_every!r}")
+    check_int("steps", steps)
+    check_int("batch_size", batch_size, low=2, high=n)  # BN needs two samples
+    check_positive("lr", lr)
+    check_int("record_every", record_every)
     lins = linear_layers(model)
     for name, idx in (("probe_layer", probe_layer), ("ics_layer", ics_layer)):
         if idx is not None and not (0 <= idx < len(lins)):
             raise ValueError(f"{name} must index one of the {len(lins)} Linear layers; got {idx!r}")
     if (probe is None) != (probe_layer is None):
         raise ValueError("give probe and probe_layer together")
-    probe_t = None if probe is None else _tensors(probe, np.zeros(len(probe), dtype=np.int64))[0]
+    probe_t = None if probe is None else as_tensors(probe, np.zeros(len(probe), dtype=np.int64), device=dev)[0]
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -558,7 +506,7 @@ def train_sgd(
         k = step % per_epoch
         if k == 0 and step > 0:
             order = rng.permutation(n)
-        idx = torch.from_numpy(order[k * batch_size : (k + 1) * batch_size])
+        idx = torch.from_numpy(order[k * batch_size : (k + 1) * batch_size]).to(dev)
         xb, yb = xb_all[idx], yb_all[idx]
         record = step % record_every == 0
         if record and probe_t is not None:
@@ -574,7 +522,7 @@ def train_sgd(
             break
         loss.backward()
         if record and ics_layer is not None:
-            before = [p.detach().clone() for p in model.parameters()]
+            before = snapshot(model.parameters())
             grad_before = lins[ics_layer].weight.grad.detach().clone()
             opt.step()
             rel, cos = _gradient_ics(model, before, ics_layer, xb, yb, grad_before, rng_state)
@@ -600,7 +548,7 @@ def train_sgd(
 
 
 def lr_sweep(
-    make_model: Callable[[], "torch.nn.Module"],
+    make_model: Callable[[], torch.nn.Module],
     lrs: Sequence[float],
     x: np.ndarray,
     y: np.ndarray,
@@ -612,6 +560,7 @@ def lr_sweep(
     seed: int = 0,
     momentum: float = 0.0,
     tail: int = 20,
+    blowup: float = 1e3,
 ) -> dict[str, np.ndarray]:
     """Train a fresh model with SGD at each learning rate; report where each run ended.
 
@@ -623,7 +572,7 @@ def lr_sweep(
         Learning rates, each > 0.
     x, y, x_test, y_test : ndarray
         Training and test features ``(n, d)`` float32 and labels ``(n,)``.
-    steps, batch_size, seed, momentum
+    steps, batch_size, seed, momentum, blowup
         Passed to :func:`train_sgd` (the same batches for every learning rate).
     tail : int
         The final training loss is the mean over the last ``tail`` steps (less noisy than one batch).
@@ -635,22 +584,25 @@ def lr_sweep(
         ``test_acc`` (inference mode after training; ``nan`` if diverged);
         ``diverged`` (bool).
     """
-    lrs = [float(v) for v in lrs]
-    if not lrs or min(lrs) <= 0:
-        raise ValueError(f"lrs must be a non-empty list of positive learning rates; got {lrs!r}")
-    if not (isinstance(tail, int) and 1 <= tail <= steps):
-        raise ValueError(f"tail must be an integer in 1..steps; got {tail!r}")
+    from bnref.torch_training import evaluate
+
+    if not len(lrs):
+        raise ValueError("lrs must be a non-empty list of positive learning rates; got none")
+    lrs = [check_positive("each of lrs", v) for v in lrs]
+    check_int("tail", tail, high=steps)
     final_loss, test_acc, diverged = [], [], []
     for lr in lrs:
         model = make_model()
-        run = train_sgd(model, x, y, steps=steps, lr=lr, batch_size=batch_size, seed=seed, momentum=momentum)
+        run = train_sgd(
+            model, x, y, steps=steps, lr=lr, batch_size=batch_size, seed=seed, momentum=momentum, blowup=blowup
+        )
         diverged.append(run["diverged"])
         if run["diverged"]:
             final_loss.append(np.inf)
             test_acc.append(np.nan)
         else:
             final_loss.append(float(np.mean(run["loss"][-tail:])))
-            test_acc.append(classification_metrics(model, x_test, y_test)[1])
+            test_acc.append(evaluate(model, x_test, y_test)[1])
     return {
         "lr": np.array(lrs),
         "final_loss": np.array(final_loss),
@@ -660,7 +612,7 @@ def lr_sweep(
 
 
 def step_seconds(
-    models: dict[str, "torch.nn.Module"],
+    models: dict[str, torch.nn.Module],
     x: np.ndarray,
     y: np.ndarray,
     *,
@@ -683,16 +635,21 @@ def step_seconds(
     """
     import torch
 
+    from bnref.torch_training import as_tensors, synchronize
+
     if not models:
         raise ValueError("models must name at least one model")
-    if not (isinstance(rounds, int) and rounds >= 1 and isinstance(steps_per_round, int) and steps_per_round >= 1):
-        raise ValueError(f"rounds and steps_per_round must be positive integers; got {rounds!r}, {steps_per_round!r}")
-    xb_all, yb_all = _tensors(x, y)
+    check_int("rounds", rounds)
+    check_int("steps_per_round", steps_per_round)
+    devices = {_device_of(m) for m in models.values()}
+    if len(devices) != 1:
+        raise ValueError(f"the models must be on one device; got {sorted(map(str, devices))}")
+    dev = devices.pop()
+    xb_all, yb_all = as_tensors(x, y, device=dev, num_classes=None)
     n = len(yb_all)
-    if not (isinstance(batch_size, int) and 2 <= batch_size <= n):
-        raise ValueError(f"batch_size must be an integer in 2..{n}; got {batch_size!r}")
+    check_int("batch_size", batch_size, low=2, high=n)
     rng = np.random.default_rng(seed)
-    batches = [torch.from_numpy(rng.choice(n, size=batch_size, replace=False)) for _ in range(steps_per_round)]
+    batches = [torch.from_numpy(rng.choice(n, size=batch_size, replace=False)).to(dev) for _ in range(steps_per_round)]
     batches = [(xb_all[i], yb_all[i]) for i in batches]
     opts = {name: torch.optim.SGD(m.parameters(), lr=lr) for name, m in models.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
@@ -702,6 +659,7 @@ def step_seconds(
             opt.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(model(xb), yb).backward()
             opt.step()
+        synchronize(dev)  # queued device work must finish inside the timed block
 
     for name, model in models.items():  # warm-up: first calls allocate and initialise kernels
         model.train()
@@ -712,3 +670,57 @@ def step_seconds(
             run_block(model, opts[name])
             times[name].append((time.perf_counter() - t0) / steps_per_round)
     return {name: np.array(t) for name, t in times.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# the command: python -m bnref.experiments
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run experiments by name and write their records: ``python -m bnref.experiments run claims --out DIR``.
+
+    ``list`` prints the experiments and groups; ``run NAME`` runs a group (``claims``) or one
+    experiment with ``--seeds N`` (the first N of its seeds; default all), ``--device`` (``cpu``,
+    ``cuda``, ``cuda:N``) and ``--out`` (the folder for the records).
+    """
+    import argparse
+
+    from bnref import claims
+
+    parser = argparse.ArgumentParser(prog="python -m bnref.experiments", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the experiments and groups")
+    run = sub.add_parser("run", help="run a group or an experiment and write its records")
+    run.add_argument("name", help="a group (claims) or one experiment (see list)")
+    run.add_argument("--seeds", type=int, default=None, help="run the first N of each experiment's seeds")
+    run.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    run.add_argument("--out", required=True, help="folder for the records (created if missing)")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for group, names in claims.GROUPS.items():
+            print(f"group {group}: {' '.join(names)}")
+        for name, e in claims.EXPERIMENTS.items():
+            print(f"{name:20s} claims {e.claims:5s} {len(e.seeds)} seeds: {e.summary}")
+        return 0
+    try:
+        names = claims.experiment_names(args.name)
+        if args.seeds is not None and args.seeds < 1:
+            raise ValueError(f"--seeds must be a positive integer; got {args.seeds}")
+    except ValueError as e:
+        parser.error(str(e))
+    for name in names:
+        seeds = claims.get_experiment(name).seeds
+        seeds = seeds if args.seeds is None else seeds[: args.seeds]
+        t0 = time.perf_counter()
+        record = claims.run_experiment(name, seeds=seeds, device=args.device, out=args.out)
+        path = f"{args.out}/{claims.record_filename(name, record.device)}"
+        print(
+            f"{name}: {len(seeds)} seeds on {record.device['name']} in {time.perf_counter() - t0:.0f} s -> {path}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,16 +1,23 @@
-"""bnref.experiments on tiny synthetic data (no MNIST): the helpers behind the claims chapter."""
+"""bnref.experiments and bnref.claims on tiny synthetic data (no MNIST), and the committed claims records."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from bnref import claims
 from bnref import experiments as ex
-from bnref.models import glorot_uniform
+from bnref.models import glorot_uniform, he_uniform, linear_layers
+from bnref.records import load_experiment, load_experiments
+from bnref.torch_training import evaluate
+
+RESULTS = Path(__file__).resolve().parent.parent / "book" / "results"
 
 U32 = 2.0**-24  # unit roundoff of float32
 
@@ -37,8 +44,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_import_does_not_load_torch():
-    code = "import sys, bnref.experiments; print('torch' in sys.modules)"
+@pytest.mark.parametrize("module", ["bnref.experiments", "bnref.claims"])
+def test_import_does_not_load_torch(module):
+    code = f"import sys, {module}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -78,7 +86,7 @@ def test_take_subset_rejects_mismatched_labels():
 
 
 def test_he_uniform_bound_and_spread():
-    w = ex.he_uniform(400, 300, np.random.default_rng(0))
+    w = he_uniform(400, 300, np.random.default_rng(0))
     a = np.sqrt(6 / 400)
     assert w.shape == (400, 300) and w.dtype == np.float32 and np.abs(w).max() <= a
     # U(-a, a) has variance a^2/3 = 2/fan_in; with 120,000 draws the sample variance is within 2%
@@ -89,7 +97,7 @@ def test_build_mlp_with_bn_is_linear_bn_activation():
     model = ex.build_mlp(3, 8, bn=True, activation="tanh", input_dim=5, num_classes=4)
     kinds = [type(m).__name__ for m in model]
     assert kinds == ["Linear", "BatchNorm1d", "Tanh"] * 3 + ["Linear"]
-    lins = ex.linear_layers(model)
+    lins = linear_layers(model)
     assert [lin.bias is None for lin in lins] == [True, True, True, False]
     assert [(lin.in_features, lin.out_features) for lin in lins] == [(5, 8), (8, 8), (8, 8), (8, 4)]
 
@@ -98,7 +106,7 @@ def test_build_mlp_without_bn_and_its_weights():
     model = ex.build_mlp(2, 6, bn=False, init="glorot", seed=7, input_dim=4, num_classes=3)
     assert [type(m).__name__ for m in model] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
     rng = np.random.default_rng(7)  # the same draws, in the same order, as build_mlp makes
-    for lin, (n_in, n_out) in zip(ex.linear_layers(model), [(4, 6), (6, 6), (6, 3)]):
+    for lin, (n_in, n_out) in zip(linear_layers(model), [(4, 6), (6, 6), (6, 3)], strict=True):
         assert np.array_equal(lin.weight.detach().numpy(), glorot_uniform(n_in, n_out, rng).T)
         assert not lin.bias.detach().numpy().any()
     he = ex.build_mlp(2, 6, bn=False, init="he", seed=7, input_dim=4, num_classes=3)
@@ -155,10 +163,10 @@ def test_weight_gradient_norms_match_autograd_and_leave_weights_alone():
     before = [p.detach().clone() for p in model.parameters()]
     norms = ex.weight_gradient_norms(model, x, y)
     assert norms.shape == (4,) and np.all(norms > 0)
-    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
     assert all(p.grad is None for p in model.parameters())
     loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
-    grads = torch.autograd.grad(loss, [lin.weight for lin in ex.linear_layers(model)])
+    grads = torch.autograd.grad(loss, [lin.weight for lin in linear_layers(model)])
     # the same computation twice (the BN running statistics it changed do not enter training mode)
     assert np.array_equal(norms, [float(g.norm()) for g in grads])
 
@@ -222,7 +230,7 @@ def test_fitted_growth_factor_recovers_a_geometric_sequence():
         ex.fitted_growth_factor(np.array([1.0, 2.0]))
 
 
-def test_classification_metrics_of_constant_logits():
+def test_evaluate_of_constant_logits():
     x, y = clusters(100, d=5)
     p = np.linspace(1, 10, 10) / 55.0  # a fixed predictive distribution; class 9 most likely
     model = torch.nn.Linear(5, 10)
@@ -230,7 +238,7 @@ def test_classification_metrics_of_constant_logits():
         model.weight.zero_()
         model.bias.copy_(torch.from_numpy(np.log(p).astype(np.float32)))
     model.train()
-    loss, acc = ex.classification_metrics(model, x, y)
+    loss, acc = evaluate(model, x, y)
     assert acc == np.mean(y == 9)
     # Each example's -log softmax (a log-sum-exp of 10 float32 logits of size <= 4) is off by at most about
     # 10 U32 * 4; the mean of 100 such values (about 2.7 each), summed pairwise, adds about log2(100) U32 * 2.7.
@@ -242,8 +250,10 @@ def test_classification_metrics_of_constant_logits():
 def test_train_sgd_learns_and_is_reproducible():
     x, y = clusters(256)
     for bn in (False, True):
-        runs = [ex.train_sgd(ex.build_mlp(2, 32, bn=bn, input_dim=16), x, y, steps=60, lr=0.1, batch_size=32,
-                             seed=5) for _ in range(2)]
+        runs = [
+            ex.train_sgd(ex.build_mlp(2, 32, bn=bn, input_dim=16), x, y, steps=60, lr=0.1, batch_size=32, seed=5)
+            for _ in range(2)
+        ]
         loss = runs[0]["loss"]
         assert runs[0]["steps_done"] == 60 and not runs[0]["diverged"]
         assert loss[-10:].mean() < 0.5 * loss[:5].mean()
@@ -261,8 +271,17 @@ def test_train_sgd_detects_divergence():
 def test_train_sgd_probe_of_the_first_layer_sees_the_probe_itself():
     x, y = clusters(128)
     probe = x[:40]
-    run = ex.train_sgd(ex.build_mlp(2, 16, bn=True, input_dim=16), x, y, steps=20, lr=0.1, batch_size=32,
-                       probe=probe, probe_layer=0, record_every=5)
+    run = ex.train_sgd(
+        ex.build_mlp(2, 16, bn=True, input_dim=16),
+        x,
+        y,
+        steps=20,
+        lr=0.1,
+        batch_size=32,
+        probe=probe,
+        probe_layer=0,
+        record_every=5,
+    )
     assert run["probe_steps"].tolist() == [0, 5, 10, 15]
     stats = run["probe_stats"]
     assert stats.shape == (4, 2, 16)
@@ -309,7 +328,7 @@ def test_train_sgd_rejects_bad_arguments():
     ]:
         with pytest.raises(ValueError, match=match):
             ex.train_sgd(model, x, y, **kwargs)
-    with pytest.raises(ValueError, match="features"):
+    with pytest.raises(ValueError, match=r"\(n, 28, 28\)"):
         ex.train_sgd(model, x[:, :, None], y, steps=5, lr=0.1, batch_size=8)
 
 
@@ -331,17 +350,24 @@ def test_input_shift_of_known_moves():
 
 def test_lr_sweep_marks_divergence():
     x, y = clusters(128)
-    sweep = ex.lr_sweep(lambda: ex.build_mlp(2, 16, bn=False, input_dim=16), [0.05, 1e4], x, y, x, y,
-                        steps=30, batch_size=32, tail=5)
+    sweep = ex.lr_sweep(
+        lambda: ex.build_mlp(2, 16, bn=False, input_dim=16), [0.05, 1e4], x, y, x, y, steps=30, batch_size=32, tail=5
+    )
     assert sweep["lr"].tolist() == [0.05, 1e4]
     assert sweep["diverged"].tolist() == [False, True]
     assert np.isfinite(sweep["final_loss"][0]) and sweep["final_loss"][1] == np.inf
-    assert 0 <= sweep["test_acc"][0] <= 1 and np.isnan(sweep["test_acc"][1])
+    assert np.isnan(sweep["test_acc"][1])
+    # the accuracy reported is that of the model trained at that rate: train it again, measure it
+    model = ex.build_mlp(2, 16, bn=False, input_dim=16)
+    run = ex.train_sgd(model, x, y, steps=30, lr=0.05, batch_size=32)
+    assert sweep["test_acc"][0] == evaluate(model, x, y)[1]
+    assert sweep["final_loss"][0] == run["loss"][-5:].mean()
     with pytest.raises(ValueError, match="lrs"):
         ex.lr_sweep(lambda: ex.build_mlp(2, 16, bn=False, input_dim=16), [], x, y, x, y, steps=5, batch_size=8)
     with pytest.raises(ValueError, match="tail"):
-        ex.lr_sweep(lambda: ex.build_mlp(2, 16, bn=False, input_dim=16), [0.1], x, y, x, y, steps=5,
-                    batch_size=8, tail=6)
+        ex.lr_sweep(
+            lambda: ex.build_mlp(2, 16, bn=False, input_dim=16), [0.1], x, y, x, y, steps=5, batch_size=8, tail=6
+        )
 
 
 def test_step_seconds_times_every_model():
@@ -352,3 +378,175 @@ def test_step_seconds_times_every_model():
     assert all(t.shape == (3,) and np.all(t > 0) for t in times.values())
     with pytest.raises(ValueError, match="at least one"):
         ex.step_seconds({}, x, y, batch_size=32)
+
+
+# ---------------------------------------------------------------------------------------------
+# bnref.claims: the rule behind the verdicts, the experiment definitions and their records
+# ---------------------------------------------------------------------------------------------
+
+
+def test_compare_paired_rule():
+    base = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    # every difference positive and the mean (0.5) far beyond two standard errors
+    assert claims.compare_paired(base + [0.5, 0.6, 0.4, 0.5, 0.5], base, "more", "less") == "more"
+    assert claims.compare_paired(base, base + [0.5, 0.6, 0.4, 0.5, 0.5], "more", "less") == "less"
+    # identical differences: no spread, any positive mean counts
+    assert claims.compare_paired(base + 0.01, base, "more", "less") == "more"
+    # one seed with the other sign: not measured, however large the mean
+    assert claims.compare_paired(base + [3.0, 3.0, 3.0, 3.0, -0.1], base, "more", "less", "same") == "same"
+    # every sign positive but the mean within two standard errors: d = (0.01, 0.01, 0.01, 2): mean 0.5075,
+    # sd 0.995, se 0.4975, 2 se = 0.995 > mean
+    assert claims.compare_paired(base[:4] + [0.01, 0.01, 0.01, 2.0], base[:4], "more", "less", "same") == "same"
+    for bad in ([1.0, 2.0], [[1.0, 2.0, 3.0]]):
+        with pytest.raises(ValueError, match="3 seeds"):
+            claims.compare_paired(bad, bad, "more", "less")
+    with pytest.raises(ValueError, match="finite"):
+        claims.compare_paired([1.0, np.inf, 2.0], [1.0, 1.0, 1.0], "more", "less")
+
+
+def test_spread_and_within_spread():
+    recorded = [1.0, 2.0, 3.0, 4.0, 5.0]  # mean 3, sample sd sqrt(2.5) = 1.581
+    mean, sd = claims.spread(recorded)
+    assert mean == 3.0 and abs(sd - np.sqrt(2.5)) < 1e-15
+    assert claims.within_spread(3.0 + 3 * sd - 1e-9, recorded)
+    assert not claims.within_spread(3.0 + 3 * sd + 1e-9, recorded)
+    assert not claims.within_spread(np.nan, recorded) and not claims.within_spread(np.inf, recorded)
+    # every recorded seed lies inside the spread: at most (n - 1) / sqrt(n) = 1.79 sd from the mean
+    assert all(claims.within_spread(v, recorded) for v in recorded)
+    with pytest.raises(ValueError, match=">= 2"):
+        claims.spread([1.0])
+
+
+def test_experiment_names_and_definitions():
+    assert claims.experiment_names("claims") == list(claims.EXPERIMENTS)
+    assert claims.experiment_names("claims-cost") == ["claims-cost"]
+    with pytest.raises(ValueError, match="unknown experiment"):
+        claims.experiment_names("claims-nothing")
+    for name, exp in claims.EXPERIMENTS.items():
+        assert exp.name == name and len(exp.seeds) >= 3 and len(set(exp.seeds)) == len(exp.seeds)
+        json.dumps(exp.config)  # JSON-ready as it stands
+    # the learning-rate grid: at least 4 rates per decade over at least 3 decades, evenly spaced in log
+    grid = np.log10(claims.EXPERIMENTS["claims-lr-sweep"].config["lrs"])
+    assert np.allclose(np.diff(grid), 0.25) and grid[-1] - grid[0] >= 3
+    # the fresh seed set of the ICS experiment shares its configuration, not its seeds
+    ics, fresh = claims.EXPERIMENTS["claims-ics"], claims.EXPERIMENTS["claims-ics-fresh"]
+    assert ics.config == fresh.config and not set(ics.seeds) & set(fresh.seeds)
+
+
+def test_record_filename():
+    assert claims.record_filename("claims-cost", {"type": "cpu", "name": "AMD EPYC"}) == "claims-cost.cpu.json"
+    gpu = {"type": "cuda", "name": "NVIDIA H200"}
+    assert claims.record_filename("claims-cost", gpu) == "claims-cost.h200.json"
+
+
+def synthetic_data(n_train: int = 300, n_test: int = 100):
+    """Clusters in the article's input width (784), so that its network and the deep MLPs accept them."""
+    x, y = clusters(n_train + n_test, d=784, seed=3)
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+def test_run_experiment_writes_a_record_that_loads_back(tmp_path):
+    overrides = {"train_size": 64, "rounds": 2, "steps_per_round": 2, "batch_size": 16}
+    record = claims.run_experiment(
+        "claims-cost", seeds=[0, 1], overrides=overrides, out=tmp_path, data=synthetic_data()
+    )
+    path = tmp_path / "claims-cost.cpu.json"
+    loaded = load_experiment(path)
+    assert loaded.to_dict() == record.to_dict()
+    assert loaded.seeds == [0, 1] and loaded.device["type"] == "cpu"
+    assert loaded.config == {**claims.EXPERIMENTS["claims-cost"].config, **overrides}
+    for seed in (0, 1):
+        times = loaded.result(seed)
+        assert set(times) == {"native", "none"} and all(len(t) == 2 and min(t) > 0 for t in times.values())
+    # a reduced record is not the experiment the definition describes
+    with pytest.raises(ValueError, match=r"config differs .*\['batch_size', 'rounds'"):
+        claims.check_record(loaded)
+
+
+def test_run_experiment_is_reproducible_on_the_cpu():
+    # the ICS experiment exercises shift noise, probes and the gradient-based measure; two runs of one
+    # seed on the CPU must give the same numbers bit for bit
+    overrides = {
+        "steps": 6,
+        "record_every": 3,
+        "train_size": 128,
+        "probe_size": 32,
+        "depth": 3,
+        "width": 16,
+        "layer": 1,
+        "batch_size": 32,
+        "lr": 0.01,
+    }
+    runs = [
+        claims.run_experiment("claims-ics", seeds=[0], overrides=overrides, data=synthetic_data()).result(0)
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1]
+    assert set(runs[0]) == set(claims.EXPERIMENTS["claims-ics"].config["nets"])
+    assert all(len(r["drift"]) == 1 and len(r["grad_change"]) == 2 for r in runs[0].values())
+
+
+def test_run_experiment_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="no configuration entry 'nonsense'"):
+        claims.run_experiment("claims-cost", seeds=[0], overrides={"nonsense": 1}, data=synthetic_data())
+    with pytest.raises(ValueError, match="seeds"):
+        claims.run_experiment("claims-cost", seeds=[], data=synthetic_data())
+    with pytest.raises(ValueError, match="unknown experiment"):
+        claims.run_experiment("claims-nothing")
+
+
+def test_command_line(tmp_path):
+    listed = subprocess.run(
+        [sys.executable, "-m", "bnref.experiments", "list"], capture_output=True, text=True, check=True
+    ).stdout
+    assert all(name in listed for name in claims.EXPERIMENTS)
+    bad = subprocess.run(
+        [sys.executable, "-m", "bnref.experiments", "run", "claims-nothing", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "unknown experiment" in bad.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "bnref.experiments", "run", "claims", "--seeds", "0", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "--seeds" in bad.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_committed_records_match_their_definitions():
+    records = [r for r in load_experiments(RESULTS) if r.name in claims.EXPERIMENTS]
+    cpu = {r.name for r in records if r.device["type"] == "cpu"}
+    assert cpu == set(claims.EXPERIMENTS), (
+        f"experiments without a committed CPU record: {set(claims.EXPERIMENTS) - cpu}"
+    )
+    for record in records:
+        claims.check_record(record)
+
+
+def test_check_record_catches_a_changed_definition():
+    record = claims.load_claims_record("claims-lr-sweep", RESULTS)
+    changed = load_experiment(RESULTS / "claims-lr-sweep.cpu.json")
+    changed.config["steps"] = 200
+    with pytest.raises(ValueError, match=r"config differs .*\['steps'\]"):
+        claims.check_record(changed)
+    changed = load_experiment(RESULTS / "claims-lr-sweep.cpu.json")
+    changed.seeds = [1, 2, 3]
+    changed.results = {str(s): record.results["0"] for s in changed.seeds}
+    with pytest.raises(ValueError, match="seeds"):
+        claims.check_record(changed)
+
+
+def test_best_rates_were_chosen_by_the_stated_rule_on_the_committed_sweep():
+    # claims-best-lr-fresh runs each network at the rate with the lowest mean final training loss over the
+    # seeds of claims-lr-sweep; if the sweep is run again and its record changes, the choice must be redone
+    sweep = claims.load_claims_record("claims-lr-sweep", RESULTS)
+    lrs = sweep.config["lrs"]
+    for bn in sweep.config["bn"]:
+        mean_loss = np.mean([r[bn]["final_loss"] for _, r in sweep.per_seed()], axis=0)
+        assert claims.BEST_LR[bn] == lrs[int(np.argmin(mean_loss))]
+    fresh = claims.EXPERIMENTS["claims-best-lr-fresh"]
+    assert fresh.config["lr"] == claims.BEST_LR and not set(fresh.seeds) & set(sweep.seeds)
+    with pytest.raises(ValueError, match="the record is of 'claims-lr-sweep'"):
+        claims.check_definition(sweep, claims.EXPERIMENTS["claims-cost"])
