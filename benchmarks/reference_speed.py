@@ -80,9 +80,7 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, (1 << 31) - 1))
 
 
-def time_alternately(
-    steps: dict[str, Callable[[], object]], repeats: int, warmup: int
-) -> dict[str, list[float]]:
+def time_alternately(steps: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
     """Wall times in seconds of each step, run alternately ``repeats`` times after ``warmup`` runs each."""
     for step in steps.values():
         for _ in range(warmup):
@@ -191,8 +189,7 @@ def run(repeats: int, warmup: int, torch_threads: int | None, freed_memory_kept:
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
             try:
-                alt = time_alternately({"reference": reference_step(case), "torch": torch_step(case)},
-                                       repeats, warmup)
+                alt = time_alternately({"reference": reference_step(case), "torch": torch_step(case)}, repeats, warmup)
             finally:
                 torch.set_num_threads(default_threads)
             alt_ratio = statistics.median(alt["reference"]) / statistics.median(alt["torch"])
@@ -218,8 +215,7 @@ def profile_reference(shape: tuple[int, ...], calls: int = 50, top: int = 12) ->
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
     lines = [line for line in out.getvalue().splitlines() if line.strip()]
     start = next(i for i, line in enumerate(lines) if "ncalls" in line)
-    return "\n".join([f"profile of {calls} reference steps for {shape} (tottime = own time, seconds):"]
-                     + lines[start:])
+    return "\n".join([f"profile of {calls} reference steps for {shape} (tottime = own time, seconds):"] + lines[start:])
 
 
 def report(results: dict[str, object]) -> str:
@@ -228,8 +224,7 @@ def report(results: dict[str, object]) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
     lines = [
-        f"numpy {results['numpy']}, torch {results['torch']}, python {results['python']}, "
-        f"{results['cpu_count']} CPUs",
+        f"numpy {results['numpy']}, torch {results['torch']}, python {results['python']}, {results['cpu_count']} CPUs",
         f"torch.get_num_threads() = {results['torch_threads_default']} (headline ratio uses this); "
         "NumPy runs each pass of the reference single-threaded",
         f"1-minute load average before / after: {load('load_average_before')} / {load('load_average_after')}",
@@ -253,11 +248,17 @@ def report(results: dict[str, object]) -> str:
                 f"{'':<18} {'torch ' + threads + ' thread(s)':<17} {'':>12} "
                 f"{row['torch_ms_at_threads'][threads]:>9.3f} {ratio:>6.2f}  (secondary)"
             )
-        lines.append(f"{'':<18} max relative difference of (dx, dgamma, dbeta) vs torch: "
-                     f"{row['max_rel_diff_vs_torch']:.1e}")
+        lines.append(
+            f"{'':<18} max relative difference of (dx, dgamma, dbeta) vs torch: {row['max_rel_diff_vs_torch']:.1e}"
+        )
     lines.append("")
-    lines.append("overall: " + ("PASS" if results["all_pass"] else "FAIL")
-                 + " (on medians; on minima: " + ("PASS" if results["all_pass_on_minima"] else "FAIL") + ")")
+    lines.append(
+        "overall: "
+        + ("PASS" if results["all_pass"] else "FAIL")
+        + " (on medians; on minima: "
+        + ("PASS" if results["all_pass_on_minima"] else "FAIL")
+        + ")"
+    )
     busy = [v for v in (results["load_average_before"], results["load_average_after"]) if v is not None]
     cpus = results["cpu_count"] or 1
     if busy and max(busy) > 0.5 * cpus:
@@ -273,13 +274,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per implementation and case")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs before timing")
-    parser.add_argument("--torch-threads", type=int, default=None,
-                        help="also time torch at this thread count (reported as secondary)")
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="also time torch at this thread count (reported as secondary)"
+    )
     parser.add_argument("--json", metavar="OUT", default=None, help="write the results as JSON to OUT")
-    parser.add_argument("--profile", action="store_true",
-                        help="also print a cProfile of the reference step for each case")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="ask glibc to keep freed memory in the process (both implementations)")
+    parser.add_argument(
+        "--profile", action="store_true", help="also print a cProfile of the reference step for each case"
+    )
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="ask glibc to keep freed memory in the process (both implementations)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")

@@ -111,7 +111,7 @@ class Convention:
             return 1.0 / step
         return self.momentum if self.momentum_weights == "new" else 1.0 - self.momentum
 
-    def replace(self, **changes: object) -> "Convention":
+    def replace(self, **changes: object) -> Convention:
         """A copy with some fields changed.
 
         Examples
@@ -124,29 +124,21 @@ class Convention:
 
 
 #: ``torch.nn.BatchNorm1d/2d/3d`` defaults: eps 1e-5, r = (1 - 0.1) r + 0.1 b, unbiased running variance, NCHW.
-PYTORCH = Convention(
-    name="pytorch", eps=1e-5, momentum=0.1, momentum_weights="new", running_var="unbiased", axis=1
-)
+PYTORCH = Convention(name="pytorch", eps=1e-5, momentum=0.1, momentum_weights="new", running_var="unbiased", axis=1)
 
 #: PyTorch with ``momentum=None``: the cumulative average of the batch statistics.
 PYTORCH_CUMULATIVE = PYTORCH.replace(name="pytorch-cumulative", momentum=None)
 
 #: ``keras.layers.BatchNormalization`` defaults: eps 1e-3, r = 0.99 r + 0.01 b, biased running variance, NHWC.
-KERAS = Convention(
-    name="keras", eps=1e-3, momentum=0.99, momentum_weights="old", running_var="biased", axis=-1
-)
+KERAS = Convention(name="keras", eps=1e-3, momentum=0.99, momentum_weights="old", running_var="biased", axis=-1)
 
 #: Ioffe & Szegedy (2015), Algorithm 2: the population mean is the average of the batch means and the
 #: population variance is m/(m-1) times the average batch variance. As a running update this is the
 #: cumulative average with the unbiased variance, i.e. the same rule as ``PYTORCH_CUMULATIVE``. The paper
 #: names no value for eps; 1e-5 is used here, as in PyTorch.
-PAPER = Convention(
-    name="paper", eps=1e-5, momentum=None, momentum_weights="new", running_var="unbiased", axis=1
-)
+PAPER = Convention(name="paper", eps=1e-5, momentum=None, momentum_weights="new", running_var="unbiased", axis=1)
 
-CONVENTIONS: dict[str, Convention] = {
-    c.name: c for c in (PYTORCH, PYTORCH_CUMULATIVE, KERAS, PAPER)
-}
+CONVENTIONS: dict[str, Convention] = {c.name: c for c in (PYTORCH, PYTORCH_CUMULATIVE, KERAS, PAPER)}
 
 
 def get_convention(name: str | Convention) -> Convention:
@@ -156,6 +148,4 @@ def get_convention(name: str | Convention) -> Convention:
     try:
         return CONVENTIONS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown convention {name!r}; known: {', '.join(sorted(CONVENTIONS))}"
-        ) from None
+        raise ValueError(f"unknown convention {name!r}; known: {', '.join(sorted(CONVENTIONS))}") from None

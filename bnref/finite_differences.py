@@ -20,7 +20,7 @@ by ``std``), or pass a smaller ``h``; ``tests/test_reference.py`` does the forme
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -143,7 +143,7 @@ def gradcheck(
     if len(inputs) != len(analytic):
         raise ValueError(f"got {len(inputs)} inputs but {len(analytic)} analytic gradients")
     numeric = numerical_gradients(f, inputs, dy, h)
-    for k, (a, n) in enumerate(zip(analytic, numeric)):
+    for k, (a, n) in enumerate(zip(analytic, numeric, strict=True)):
         if np.shape(a) != n.shape:
             raise ValueError(f"analytic gradient {k} has shape {np.shape(a)}, its input has {n.shape}")
-    return max(relative_error(a, n) for a, n in zip(analytic, numeric))
+    return max(relative_error(a, n) for a, n in zip(analytic, numeric, strict=True))

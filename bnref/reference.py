@@ -340,8 +340,15 @@ def batch_norm_forward(
         y = gamma.reshape(b) * x_hat + beta.reshape(b)  # eq-scale-shift
 
     cache = BatchNormCache(
-        x=x_in, x_hat=x_hat, mean=mu.reshape(-1), var=var.reshape(-1), inv_std=inv_std.reshape(-1),
-        gamma=gamma, eps=eps, axis=axis, m=m,
+        x=x_in,
+        x_hat=x_hat,
+        mean=mu.reshape(-1),
+        var=var.reshape(-1),
+        inv_std=inv_std.reshape(-1),
+        gamma=gamma,
+        eps=eps,
+        axis=axis,
+        m=m,
     )
     return y.astype(x.dtype, copy=False), cache
 

@@ -1,5 +1,5 @@
-"""Tests of bnref.finite_differences (bnref.gradcheck): the finite-difference oracle must be exact where theory says so, must reject
-what it cannot check, and must be able to fail."""
+"""Tests of bnref.finite_differences (bnref.gradcheck): the finite-difference oracle must be exact where theory
+says so, must reject what it cannot check, and must be able to fail."""
 
 from __future__ import annotations
 
@@ -172,8 +172,12 @@ def wrong_gradients(kind: str, dy: np.ndarray, cache) -> tuple[np.ndarray, np.nd
 
 @pytest.mark.parametrize(
     "kind",
-    ["dx without the mean term", "dx without the variance term", "dx with the unbiased variance",
-     "dgamma from the centred x"],
+    [
+        "dx without the mean term",
+        "dx without the variance term",
+        "dx with the unbiased variance",
+        "dgamma from the centred x",
+    ],
 )
 def test_gradcheck_detects_wrong_gradients(bn_problem, kind):
     x, gamma, beta, dy, cache, f = bn_problem

@@ -21,8 +21,12 @@ def test_readme_documents_the_public_api() -> None:
     undocumented = [name for name in bnref.__all__ if not re.search(rf"\b{re.escape(name)}\b", text)]
     assert not undocumented, f"README.md does not mention {undocumented}"
     examples = "\n".join(BLOCKS)
-    for call in ("bnref.batch_norm_forward(", "bnref.batch_norm_backward(", "bnref.batch_norm_backward_staged(",
-                 "bnref.gradcheck("):
+    for call in (
+        "bnref.batch_norm_forward(",
+        "bnref.batch_norm_backward(",
+        "bnref.batch_norm_backward_staged(",
+        "bnref.gradcheck(",
+    ):
         assert call in examples, f"no README example calls {call}...)"
 
 

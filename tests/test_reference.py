@@ -129,8 +129,11 @@ def shapes_and_axes(draw, max_size: int, min_m: int = 3, max_channels: int = 3):
     kind = draw(st.sampled_from(["NC", "NCL", "NCHW", "NHWC", "CN", "middle", "middle-neg"]))
     c = draw(st.integers(1, max_channels))
     big = max_size > 100  # larger dims where no finite differences are taken
-    dims = (draw(st.integers(1, 8 if big else 4)), draw(st.integers(1, 8 if big else 4)),
-            draw(st.integers(1, 5 if big else 3)))
+    dims = (
+        draw(st.integers(1, 8 if big else 4)),
+        draw(st.integers(1, 8 if big else 4)),
+        draw(st.integers(1, 5 if big else 3)),
+    )
     shape, axis = layout(kind, c, dims)
     size = math.prod(shape)
     # m >= 3: with m = 2 every dy lies in span{1, x_hat} of its channel, so the exact dx is
@@ -214,9 +217,7 @@ def numpy_forward(case: Case, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray
     return gamma.reshape(b) * (x - mean) / np.sqrt(var + case.eps) + beta.reshape(b)
 
 
-def check_against_central_differences(
-    case: Case, backward, kappa_max: float = KAPPA_MAX
-) -> tuple[float | None, float]:
+def check_against_central_differences(case: Case, backward, kappa_max: float = KAPPA_MAX) -> tuple[float | None, float]:
     """(max relative error of (dx, dgamma, dbeta) against central differences, kappa); the error is None,
     and the backward is not called, when kappa > kappa_max."""
     axes = case.reduce_axes
@@ -243,7 +244,7 @@ def check_against_central_differences(
     _, cache0 = case.forward(x=x0)
     dx, dgamma, dbeta = backward(case.dy, cache0)
     analytic = (dx * s, dgamma, dbeta)  # dx * s: the gradient with respect to u
-    return max(relative_error(a, n) for a, n in zip(analytic, numeric)), kappa
+    return max(relative_error(a, n) for a, n in zip(analytic, numeric, strict=True)), kappa
 
 
 def central_difference_property(case: Case, backward) -> None:
@@ -269,9 +270,13 @@ def test_a_planted_bug_fails_the_central_difference_property():
     """The property above, run on a backward that is wrong whenever m > 6, must fail. With a conditioning
     filter computed from the gradients under test it passed: the tiny dx made every such draw look
     ill-conditioned, and the filter discarded exactly the broken draws."""
-    prop = settings(max_examples=100, deadline=None, database=None, phases=[Phase.generate],
-                    suppress_health_check=[HealthCheck.filter_too_much])(
-        given(case=bn_cases())(lambda case: central_difference_property(case, planted_tiny_dx)))
+    prop = settings(
+        max_examples=100,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=[HealthCheck.filter_too_much],
+    )(given(case=bn_cases())(lambda case: central_difference_property(case, planted_tiny_dx)))
     with pytest.raises(AssertionError):
         prop()
 
@@ -366,7 +371,9 @@ def test_a_planted_bug_fails_the_staged_compact_property():
     """The agreement property must fail for a compact backward that returns dx * 1e-30 whenever m > 6."""
     prop = settings(max_examples=150, deadline=None, database=None, phases=[Phase.generate])(
         given(case=bn_cases(max_size=600, max_loc=100.0, log_scale=(-3.0, 3.0)))(
-            lambda case: staged_compact_property(case, planted_tiny_dx)))
+            lambda case: staged_compact_property(case, planted_tiny_dx)
+        )
+    )
     with pytest.raises(AssertionError):
         prop()
 
@@ -389,7 +396,7 @@ def test_the_cache_does_not_alias_the_callers_arrays(backward, dtype):
     gamma *= 2
     beta -= 1
     after = backward(dy, cache)
-    for a, b in zip(before, after):
+    for a, b in zip(before, after, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -477,8 +484,14 @@ def test_y_is_invariant_to_adding_a_constant_per_channel(case, dtype, log_shift,
     # algorithm can undo ("exact up to rounding of |c|/std relative"); each side also carries (XHAT).
     u = unit_roundoff(dtype)
     s_c = np.sqrt(c1.var.astype(np.float64) + case.eps).reshape(case.bshape)
-    rel = u * (np.max(np.abs(x_shifted), axis=case.reduce_axes, keepdims=True)
-               + np.max(np.abs(x), axis=case.reduce_axes, keepdims=True)) / s_c
+    rel = (
+        u
+        * (
+            np.max(np.abs(x_shifted), axis=case.reduce_axes, keepdims=True)
+            + np.max(np.abs(x), axis=case.reduce_axes, keepdims=True)
+        )
+        / s_c
+    )
     assert np.all(np.abs(y2.astype(np.float64) - y) <= 2 * y_tol(case, c1.x_hat, dtype, rel))
 
 
@@ -503,8 +516,9 @@ def test_y_is_invariant_to_scaling_a_channel_when_eps_scales_too(case, log_c):
     for ch in range(c.size):
         one = np.ones_like(c)
         one[ch] = c[ch]
-        y2, _ = batch_norm_forward(case.x * one.reshape(case.bshape), case.gamma, case.beta,
-                                   eps=case.eps * c[ch] ** 2, axis=case.axis)
+        y2, _ = batch_norm_forward(
+            case.x * one.reshape(case.bshape), case.gamma, case.beta, eps=case.eps * c[ch] ** 2, axis=case.axis
+        )
         sel = [slice(None)] * case.x.ndim
         sel[case.channel_axis] = ch
         s = np.sqrt(cache.var + case.eps).reshape(case.bshape)
@@ -531,8 +545,9 @@ def test_scaling_without_scaling_eps_changes_y_by_the_predicted_amount():
         # 3 times, on |gamma x_hat| and |y|. In EPS64 = 2u, with the x_hat bound counted once per side:
         x_hat_max = np.max(np.abs(cache.x_hat), axis=0)
         x_over_std = np.max(np.abs(x), axis=0) / np.sqrt(var)
-        tol = np.abs(gamma) * x_hat_max * (2 * x_hat_tol(64, np.float64) + EPS64 * (x_over_std + 64 / 4 + 7)) \
-            + EPS64 * np.abs(beta)
+        tol = np.abs(gamma) * x_hat_max * (
+            2 * x_hat_tol(64, np.float64) + EPS64 * (x_over_std + 64 / 4 + 7)
+        ) + EPS64 * np.abs(beta)
         assert np.all(np.abs(y2 - predicted) <= tol)
         bound = np.abs(gamma * cache.x_hat) * abs(1 - c**-2) * eps / (2 * var)
         assert np.all(np.abs(y2 - y) <= bound + tol)
@@ -738,7 +753,7 @@ def test_running_statistics_follow_each_conventions_rule(convention, shape, axis
     stats = RunningStats(shape[axis], convention)
     expected = expected_running(convention.name, batches, axis)
     m = math.prod(shape) // shape[axis]
-    for step, (x, (mean_e, var_e)) in enumerate(zip(batches, expected), start=1):
+    for step, (x, (mean_e, var_e)) in enumerate(zip(batches, expected, strict=True), start=1):
         c = shape[axis]
         _, cache = batch_norm_forward(x, np.ones(c), np.zeros(c), eps=convention.eps, axis=axis)
         stats.update(cache)
@@ -783,12 +798,14 @@ def test_running_update_and_update_running_stats_directly():
     np.testing.assert_allclose(running_update(r, b, 0.25), 0.75 * r + 0.25 * b, rtol=3 * EPS64)
     np.testing.assert_array_equal(running_update(r, b, 1.0), b)
     np.testing.assert_array_equal(running_update(r, b, 0.0), r)
-    mean, var = update_running_stats(np.zeros(2), np.ones(2), b, np.array([2.0, 4.0]), m=5, step=1,
-                                     convention="pytorch")
+    mean, var = update_running_stats(
+        np.zeros(2), np.ones(2), b, np.array([2.0, 4.0]), m=5, step=1, convention="pytorch"
+    )
     np.testing.assert_allclose(mean, 0.1 * b, rtol=3 * EPS64)
     np.testing.assert_allclose(var, 0.9 + 0.1 * np.array([2.0, 4.0]) * 5 / 4, rtol=3 * EPS64)
-    mean, var = update_running_stats(np.zeros(2), np.ones(2), b, np.array([2.0, 4.0]), m=1, step=3,
-                                     convention=KERAS)  # biased: m = 1 is fine
+    mean, var = update_running_stats(
+        np.zeros(2), np.ones(2), b, np.array([2.0, 4.0]), m=1, step=3, convention=KERAS
+    )  # biased: m = 1 is fine
     np.testing.assert_allclose(var, 0.99 + 0.01 * np.array([2.0, 4.0]), rtol=3 * EPS64)
 
 
@@ -863,8 +880,9 @@ def test_constant_channel(dtype):
         m, dy_max = 6, float(np.max(np.abs(dy[:, 1])))
         np.testing.assert_allclose(dx[:, 1], expected, rtol=0, atol=(m + 14) * u * k * dy_max)
         # a sum of m terms: within (m - 1) u sum|dy| of the exact sum
-        np.testing.assert_allclose(dbeta[1], dy[:, 1].sum(dtype=np.float64), rtol=0,
-                                   atol=(m - 1) * u * float(np.sum(np.abs(dy[:, 1]))))
+        np.testing.assert_allclose(
+            dbeta[1], dy[:, 1].sum(dtype=np.float64), rtol=0, atol=(m - 1) * u * float(np.sum(np.abs(dy[:, 1])))
+        )
     dy_const = np.ones_like(dy) * dtype(0.5)
     dx, _, _ = batch_norm_backward(dy_const, cache)
     assert np.all(dx[:, 1] == 0)
@@ -942,8 +960,9 @@ def test_reference_reproduces_torch_running_buffers(torch, module, shape, conven
     # the check has teeth: the biased running variance (Keras' choice) and a misread momentum fail it
     wrong = reference_buffers(batches, 1, convention.replace(running_var="biased"))
     assert np.all(np.abs(bn.running_var.numpy() - wrong.var) > rtol_var * wrong.var)
-    misread = convention.replace(momentum=0.5) if convention.momentum is None else convention.replace(
-        momentum_weights="old")
+    misread = (
+        convention.replace(momentum=0.5) if convention.momentum is None else convention.replace(momentum_weights="old")
+    )
     wrong = reference_buffers(batches, 1, misread)
     assert np.all(np.abs(bn.running_mean.numpy() - wrong.mean) > atol_mean)
 
@@ -1013,7 +1032,8 @@ def test_inference_matches_its_formula_and_its_affine_form():
     s = np.sqrt(cache.var + 1e-3).reshape(b)
     g = np.abs(gamma).reshape(b)
     tol = y_tol(Case(x, gamma, beta, x, 1e-3, 1), cache.x_hat, np.float64) + EPS64 * (
-        g * (np.abs(cache.mean).reshape(b) / s + 3 * np.abs(cache.x_hat)) + np.abs(y_train))
+        g * (np.abs(cache.mean).reshape(b) / s + 3 * np.abs(cache.x_hat)) + np.abs(y_train)
+    )
     assert np.all(np.abs(y_inf - y_train) <= tol)
 
 
@@ -1021,8 +1041,9 @@ def test_inference_dtypes():
     x16 = np.random.default_rng(0).normal(size=(3, 2)).astype(np.float16)
     y = batch_norm_inference(x16, [1.0, 2.0], [0.0, 1.0], [0.1, 0.2], [1.0, 2.0])
     assert y.dtype == np.float16
-    scale, shift = inference_affine(np.ones(2, np.float32), np.zeros(2, np.float32), np.zeros(2, np.float32),
-                                    np.ones(2, np.float32))
+    scale, shift = inference_affine(
+        np.ones(2, np.float32), np.zeros(2, np.float32), np.zeros(2, np.float32), np.ones(2, np.float32)
+    )
     assert scale.dtype == shift.dtype == np.float32
 
 
@@ -1051,6 +1072,7 @@ def test_folding_bn_into_the_preceding_layer(layout):
         def layer(w_, b_, x_=x):
             kernel = w_[0, 0] if layout == "keras-conv" else w_[:, :, 0, 0].T
             return np.einsum("nihw,io->nohw", x_, kernel) + b_.reshape(b)
+
     axis = 1
     z = layer(w, bias)
     y = batch_norm_inference(z, gamma, beta, rm, rv, axis=axis)
