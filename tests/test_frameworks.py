@@ -622,3 +622,23 @@ def test_agreement_device_script_on_cpu(tmp_path, capsys):
     impls = {row["implementation"] for c in record["cases"] for row in c["rows"]}
     assert impls == {"numpy", "torch scratch", "torch native"}  # no Keras rows: TensorFlow not needed
     assert "every cell within its derived bound: True" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Keras' backends: the torch backend's one-pass variance (book, section sec-fw-keras-backends)
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_keras_torch_backend_fails_the_bound_far_from_zero_tensorflow_does_not():
+    ratios, seeds = [0.0, 1e3], [0, 1, 2]
+    runs = {b: ag.keras_output_errors_on(b, ratios, seeds) for b in ("tensorflow", "torch")}
+    assert {b: r["backend"] for b, r in runs.items()} == {"tensorflow": "tensorflow", "torch": "torch"}
+
+    def within(backend, i):
+        return [e <= b for e, b in zip(runs[backend]["errors"][i], runs[backend]["bounds"][i], strict=True)]
+
+    assert all(within("tensorflow", 0)) and all(within("torch", 0))  # near zero both are accurate
+    assert all(within("tensorflow", 1))  # two-pass moments: within eq-bound-y at |mean|/std = 1e3
+    assert not any(within("torch", 1))  # one-pass E[x^2] - E[x]^2: outside it, every seed
+    with pytest.raises(RuntimeError, match="no-such-backend"):
+        ag.keras_output_errors_on("no-such-backend", [0.0], [0])
