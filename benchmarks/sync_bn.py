@@ -13,8 +13,8 @@ channels, 14 x 14, global batch 32: ``nchw``). The variants are interleaved in o
 steps each, the median round kept), so the ratio ``sync / local`` is measured under the same conditions; the
 bytes per step are counted by ``bnref.distributed.count_collectives`` on rank 0.
 
-GPU (``--device cuda``): NCCL, one process per GPU (``--worlds`` defaults to the number of GPUs; a world of
-one is allowed and then both layers are plain BN, as ``nn.SyncBatchNorm`` falls back to BN there), comparing
+GPU (``--device cuda``): NCCL, one process per GPU, world sizes 1 and the number of GPUs (``--worlds`` to
+choose; in a world of one both layers are plain BN, as ``nn.SyncBatchNorm`` falls back to BN there), comparing
 ``torch.nn.SyncBatchNorm`` with ``bnref.distributed.SyncBatchNorm``: time per step, bytes per step and the
 largest output difference from float64 BN over the whole batch. With ``--out`` it writes an experiment
 record (schema ``bnref.experiment/1``, name ``distributed-sync-bn-benchmark``) named after the GPU, e.g.
