@@ -383,7 +383,8 @@ def test_a_planted_bug_fails_the_staged_compact_property():
 def test_the_cache_does_not_alias_the_callers_arrays(backward, dtype):
     """The cache holds the forward pass's own copies: a caller that reuses its buffers after the forward
     pass (as a training loop does) must not change what the backward pass returns. Before the cache
-    copied x, mutating x changed the staged backward's dx (by 1.23 on this example) and not the compact one."""
+    copied x and gamma, mutating them changed what both backward passes return (on this example by 2.5 in
+    the staged dx and 0.71 in the compact dx, the compact one through gamma alone)."""
     rng = np.random.default_rng(81)
     x, dy = rng.normal(1.0, 2.0, size=(8, 3)).astype(dtype), rng.normal(size=(8, 3)).astype(dtype)
     gamma, beta = rng.uniform(0.5, 1.5, 3).astype(dtype), rng.normal(size=3).astype(dtype)
