@@ -82,7 +82,7 @@ def test_initial_weights_are_glorot_uniform_with_zero_bias():
 def test_torch_starts_from_initial_weights(placement):
     model = build_torch_model("native", placement, seed=5)
     linears = [m for m in model if isinstance(m, torch.nn.Linear)]
-    for linear, (w, b) in zip(linears, initial_weights(seed=5)):
+    for linear, (w, b) in zip(linears, initial_weights(seed=5), strict=True):
         assert torch.equal(linear.weight, torch.from_numpy(w.T.copy()))
         if linear.bias is not None:
             assert torch.equal(linear.bias, torch.from_numpy(b))
@@ -136,18 +136,34 @@ def test_torch_forward_without_bn_matches_float64():
 
 def test_keras_structure_and_weights():
     after = build_keras_model("native", "after", seed=5)
-    assert [type(l).__name__ for l in after.layers] == ["Dense", "BatchNormalization", "Dense", "BatchNormalization", "Dense"]
-    assert [l.activation.__name__ for l in after.layers if isinstance(l, keras.layers.Dense)] == ["relu", "relu", "softmax"]
-    before = build_keras_model("native", "before", seed=5)
-    assert [type(l).__name__ for l in before.layers] == [
-        "Dense", "BatchNormalization", "Activation", "Dense", "BatchNormalization", "Activation", "Dense"
+    assert [type(layer).__name__ for layer in after.layers] == [
+        "Dense",
+        "BatchNormalization",
+        "Dense",
+        "BatchNormalization",
+        "Dense",
     ]
-    assert [l.use_bias for l in before.layers if isinstance(l, keras.layers.Dense)] == [False, False, True]
+    assert [layer.activation.__name__ for layer in after.layers if isinstance(layer, keras.layers.Dense)] == [
+        "relu",
+        "relu",
+        "softmax",
+    ]
+    before = build_keras_model("native", "before", seed=5)
+    assert [type(layer).__name__ for layer in before.layers] == [
+        "Dense",
+        "BatchNormalization",
+        "Activation",
+        "Dense",
+        "BatchNormalization",
+        "Activation",
+        "Dense",
+    ]
+    assert [layer.use_bias for layer in before.layers if isinstance(layer, keras.layers.Dense)] == [False, False, True]
     none = build_keras_model("none", "before", seed=5)
-    assert [type(l).__name__ for l in none.layers] == ["Dense", "Dense", "Dense"]
+    assert [type(layer).__name__ for layer in none.layers] == ["Dense", "Dense", "Dense"]
     for model in (after, before, none):
-        dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
-        for layer, (w, b) in zip(dense, initial_weights(seed=5)):
+        dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+        for layer, (w, b) in zip(dense, initial_weights(seed=5), strict=True):
             np.testing.assert_array_equal(np.asarray(layer.kernel), w)  # same numbers as PyTorch's W.T
             if layer.use_bias:
                 np.testing.assert_array_equal(np.asarray(layer.bias), b)
@@ -176,7 +192,9 @@ def test_torch_scratch_bn(placement):
     model = build_torch_model("scratch", placement, seed=0)
     assert len([m for m in model if isinstance(m, torch_bn.BatchNorm)]) == 2
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model)
-    rec = training.train_torch(easy_problem(), bn="scratch", placement=placement, epochs=2, batch_size=32, lr=1e-2, progress=False)
+    rec = training.train_torch(
+        easy_problem(), bn="scratch", placement=placement, epochs=2, batch_size=32, lr=1e-2, progress=False
+    )
     assert rec.final.test_acc > 0.9
 
 
@@ -186,7 +204,7 @@ def test_keras_scratch_bn():
             build_keras_model("scratch")
         return
     model = build_keras_model("scratch", "before", seed=0)
-    assert len([l for l in model.layers if isinstance(l, keras_bn.BatchNormalization)]) == 2
+    assert len([layer for layer in model.layers if isinstance(layer, keras_bn.BatchNormalization)]) == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,8 +242,16 @@ def test_fast_loop_equals_textbook_loop(bn, placement):
     """Flat parameters and index_select batches change how, not what: same numbers as a plain loop."""
     x_train, y_train, x_test, y_test = easy_problem(n_train=300)  # 300 = 4 * 64 + 44: a short last batch
     seed, bs, lr, epochs = 3, 64, 1e-2, 2
-    rec = training.train_torch((x_train, y_train, x_test, y_test), bn=bn, placement=placement, epochs=epochs,
-                               batch_size=bs, lr=lr, seed=seed, progress=False)
+    rec = training.train_torch(
+        (x_train, y_train, x_test, y_test),
+        bn=bn,
+        placement=placement,
+        epochs=epochs,
+        batch_size=bs,
+        lr=lr,
+        seed=seed,
+        progress=False,
+    )
 
     # The fast loop runs on one CPU thread (cpu_threads=1); a matrix product split over more threads
     # sums in another order, so the textbook loop must use one thread too for bitwise equality.
@@ -246,7 +272,7 @@ def textbook_loop(x_train, y_train, bn, placement, seed, bs, lr, epochs) -> list
     gen = torch.Generator().manual_seed(seed)
     X, Y = torch.from_numpy(x_train), torch.from_numpy(y_train.astype(np.int64))
     losses = []
-    for epoch in range(epochs):
+    for _ in range(epochs):
         perm = torch.randperm(len(Y), generator=gen)
         loss_sum = torch.zeros(())
         for start in range(0, len(Y), bs):
@@ -262,8 +288,9 @@ def textbook_loop(x_train, y_train, bn, placement, seed, bs, lr, epochs) -> list
 
 def test_cpu_threads_are_restored():
     before = torch.get_num_threads()
-    rec = training.train_torch(easy_problem(n_train=64), epochs=1, batch_size=32, cpu_threads=1, device="cpu",
-                               progress=False)
+    rec = training.train_torch(
+        easy_problem(n_train=64), epochs=1, batch_size=32, cpu_threads=1, device="cpu", progress=False
+    )
     assert rec.config.details["torch_threads"] == 1 and torch.get_num_threads() == before
     with pytest.raises(ValueError, match="cpu_threads"):
         training.train_torch(easy_problem(), cpu_threads=0, progress=False)
@@ -319,7 +346,7 @@ def test_restore_after_warm_up_steps_equals_a_fresh_start():
         assert torch.equal(warmed.flat, fresh.flat)
         assert warmed.train_epoch() == fresh.train_epoch()
         assert torch.equal(warmed.flat, fresh.flat)
-        assert all(torch.equal(a, b) for a, b in zip(warmed.model.buffers(), fresh.model.buffers()))
+        assert all(torch.equal(a, b) for a, b in zip(warmed.model.buffers(), fresh.model.buffers(), strict=True))
     finally:
         torch.set_num_threads(threads)
 
@@ -405,7 +432,13 @@ def test_cli_help_explains_itself(capsys):
         train.main(["--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    for words in ("results record", "BNREF_MNIST", "examples:", "--framework {torch,keras}", "--bn {native,scratch,none}"):
+    for words in (
+        "results record",
+        "BNREF_MNIST",
+        "examples:",
+        "--framework {torch,keras}",
+        "--bn {native,scratch,none}",
+    ):
         assert words in text
 
 
@@ -416,12 +449,32 @@ def test_cli_trains_and_writes(tmp_path, capsys):
     mnist = tmp_path / "mini.npz"
     np.savez(
         mnist,
-        x_train=rng.integers(0, 256, (96, 28, 28), dtype=np.uint8), y_train=(np.arange(96) % 10).astype(np.uint8),
-        x_test=rng.integers(0, 256, (32, 28, 28), dtype=np.uint8), y_test=(np.arange(32) % 10).astype(np.uint8),
+        x_train=rng.integers(0, 256, (96, 28, 28), dtype=np.uint8),
+        y_train=(np.arange(96) % 10).astype(np.uint8),
+        x_test=rng.integers(0, 256, (32, 28, 28), dtype=np.uint8),
+        y_test=(np.arange(32) % 10).astype(np.uint8),
     )
     out = tmp_path / "r.json"
-    rc = train.main(["--framework", "torch", "--bn", "none", "--epochs", "1", "--batch-size", "32", "--device", "cpu",
-                     "--data", str(mnist), "--no-verify", "--no-progress", "--out", str(out)])
+    rc = train.main(
+        [
+            "--framework",
+            "torch",
+            "--bn",
+            "none",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--device",
+            "cpu",
+            "--data",
+            str(mnist),
+            "--no-verify",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     rec = training.load_record(out)
     assert (rec.config.bn, rec.config.epochs, rec.config.train_size) == ("none", 1, 96)
@@ -462,7 +515,7 @@ def test_load_linear_weights_copies_the_transpose_and_checks_shapes():
     linears = models.linear_layers(model)
     weights = initial_weights(seed=9, input_dim=16)
     models.load_linear_weights(linears, weights)
-    for linear, (w, b) in zip(linears, weights):
+    for linear, (w, b) in zip(linears, weights, strict=True):
         assert np.array_equal(linear.weight.detach().numpy(), w.T) and np.array_equal(linear.bias.detach().numpy(), b)
     with pytest.raises(ValueError, match="2 weight pairs for 3 Linear layers"):
         models.load_linear_weights(linears, weights[:2])
@@ -517,8 +570,8 @@ def test_kept_buffers_and_snapshot_restore_put_state_back():
     with torch_training.kept_buffers(model):
         model.train()
         model(torch.from_numpy(easy_problem()[0]))
-        assert not all(torch.equal(a, b) for a, b in zip(model.buffers(), before))
-    assert all(torch.equal(a, b) for a, b in zip(model.buffers(), before))
+        assert not all(torch.equal(a, b) for a, b in zip(model.buffers(), before, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(model.buffers(), before, strict=True))
     params = list(model.parameters())
     saved = torch_training.snapshot(params)
     with torch.no_grad():
@@ -586,8 +639,16 @@ def test_run_mnist_experiment_records_every_seed_and_run(tmp_path):
         assert f"{run.framework}/{run.config.bn}" == key and run.seed == seed and len(run.epochs) == 2
         assert run.machine == rec.machine and run.final.test_acc > 0.5
     # the same seed gives the same torch run, bit for bit, on one CPU
-    again = training.train_torch(easy_problem(n_train=256, n_test=128), bn="native", epochs=2, batch_size=64, lr=1e-2,
-                                 seed=3, device="cpu", progress=False)
+    again = training.train_torch(
+        easy_problem(n_train=256, n_test=128),
+        bn="native",
+        epochs=2,
+        batch_size=64,
+        lr=1e-2,
+        seed=3,
+        device="cpu",
+        progress=False,
+    )
     assert [e.test_loss for e in again.epochs] == [e.test_loss for e in runs[("torch/native", 3)].epochs]
     with pytest.raises(ValueError, match="distinct"):
         training.run_mnist_experiment(easy_problem(), small, seeds=[1, 1])
@@ -607,8 +668,10 @@ def test_cli_experiment_writes_a_record(tmp_path, capsys):
     mnist = tmp_path / "mini.npz"
     np.savez(
         mnist,
-        x_train=rng.integers(0, 256, (96, 28, 28), dtype=np.uint8), y_train=(np.arange(96) % 10).astype(np.uint8),
-        x_test=rng.integers(0, 256, (32, 28, 28), dtype=np.uint8), y_test=(np.arange(32) % 10).astype(np.uint8),
+        x_train=rng.integers(0, 256, (96, 28, 28), dtype=np.uint8),
+        y_train=(np.arange(96) % 10).astype(np.uint8),
+        x_test=rng.integers(0, 256, (32, 28, 28), dtype=np.uint8),
+        y_test=(np.arange(32) % 10).astype(np.uint8),
     )
     out = tmp_path / "e.json"
     # a file that is not MNIST is refused by the content check, which the experiment does not skip
@@ -659,9 +722,12 @@ def test_gpu_jobs_keep_to_the_budget():
 
     g = gpu_records_module()
     sleep = [sys.executable, "-c", "import time; time.sleep(30)"]
-    todo = [g.Job("ok", [sys.executable, "-c", "pass"], cap_s=30), g.Job("slow", sleep, cap_s=30),
-            g.Job("late", [sys.executable, "-c", "pass"], cap_s=30),
-            g.Job("bad", [sys.executable, "-c", "raise SystemExit(3)"], cap_s=30)]
+    todo = [
+        g.Job("ok", [sys.executable, "-c", "pass"], cap_s=30),
+        g.Job("slow", sleep, cap_s=30),
+        g.Job("late", [sys.executable, "-c", "pass"], cap_s=30),
+        g.Job("bad", [sys.executable, "-c", "raise SystemExit(3)"], cap_s=30),
+    ]
     t0 = __import__("time").perf_counter()
     summary = g.run_jobs(todo, budget_s=12, log=lambda line: None)
     assert __import__("time").perf_counter() - t0 < 25
@@ -679,3 +745,59 @@ def test_gpu_command_dry_run_and_refusal_without_gpu(capsys):
     if not torch.cuda.is_available():
         assert g.main([]) == 2
         assert "no CUDA GPU here" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "diffs, verdict",
+    [
+        ([0.01, 0.02, 0.015], 1),
+        ([-0.01, -0.02, -0.015, -0.01, -0.012], -1),
+        ([0.01, 0.02, -0.001], 0),  # one seed disagrees
+        ([1e-4, 1e-4, 1.0], 0),  # same sign, but the mean rests on one seed: 2 standard errors not cleared
+        ([0.0, 0.01, 0.02], 0),  # a tie is not a difference
+    ],
+)
+def test_paired_verdict_rule(diffs, verdict):
+    assert training.paired_verdict(diffs) == verdict
+
+
+def test_paired_verdict_needs_three_seeds():
+    with pytest.raises(ValueError, match="at least 3 paired differences"):
+        training.paired_verdict([0.1, 0.2])
+    with pytest.raises(ValueError, match="finite"):
+        training.paired_verdict([0.1, 0.2, float("nan")])
+
+
+def committed_mnist_records():
+    from pathlib import Path
+
+    from bnref.records import load_experiments
+
+    return load_experiments(Path(__file__).resolve().parent.parent / "book" / "results", name="mnist")
+
+
+def test_committed_mnist_records_match_the_definition():
+    records = committed_mnist_records()
+    assert any(r.device["type"] == "cpu" for r in records), "the MNIST chapter needs book/results/mnist-cpu.json"
+    for rec in records:
+        training.MNIST.check_record(rec)
+
+
+def test_a_record_of_another_experiment_is_rejected():
+    import copy
+
+    rec = next(r for r in committed_mnist_records() if r.device["type"] == "cpu")
+    changed = copy.deepcopy(rec)
+    changed.config["lr"] = 1e-2
+    with pytest.raises(ValueError, match=r"config differs from the definition in \['lr'\]"):
+        training.MNIST.check_record(changed)
+    with pytest.raises(ValueError, match=r"config differs from the definition in \['epochs'\]"):
+        training.MnistExperiment(epochs=9).check_record(rec)
+    fewer = copy.deepcopy(rec)
+    fewer.seeds, fewer.results = fewer.seeds[:2], {str(s): fewer.results[str(s)] for s in fewer.seeds[:2]}
+    with pytest.raises(ValueError, match="a verdict needs at least 3"):
+        training.MNIST.check_record(fewer)
+    short = copy.deepcopy(rec)
+    short.results[str(rec.seeds[0])]["torch/none"]["epochs"].pop()
+    with pytest.raises(ValueError, match="run 'torch/none' seed"):
+        training.MNIST.check_record(short)
