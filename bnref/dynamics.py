@@ -285,7 +285,7 @@ def nonlinearity_inputs(model: nn.Module, x: np.ndarray) -> list[np.ndarray]:
 
 
 def weight_norm_step(w_norm: float, g_norm: float, lr: float, weight_decay: float = 0.0) -> float:
-    """Squared norm after one SGD step ``w' = (1 - lr * wd) w - lr g`` with ``g`` orthogonal to ``w``, eq. ``eq-dyn-norm``.
+    """Squared norm after one SGD step ``w' = (1 - lr * wd) w - lr g``, ``g`` orthogonal to ``w``, eq. ``eq-dyn-norm``.
 
     ``||w'||^2 = (1 - lr * wd)^2 ||w||^2 + lr^2 ||g||^2``: no cross term, because a scale-invariant
     loss has a gradient orthogonal to the weights.
@@ -369,37 +369,50 @@ def _why_net(net: str, bn: bool, seed: int, cfg: dict[str, Any]) -> nn.Module:
     return ex.build_mlp(depth, width, bn=bn, activation=act, seed=seed)
 
 
+class _ActivationProbe:
+    """``after_backward`` hook of ``why-activations``: every ``probe_every`` steps, the percentiles of each
+    nonlinearity's input on a fixed probe batch (histograms too, at the first and the last probe) and the
+    per-layer weight-gradient norms on that batch."""
+
+    def __init__(self, cfg: dict[str, Any], x: np.ndarray, y: np.ndarray) -> None:
+        self.cfg, self.x, self.y = cfg, x, y
+        self.edges = np.linspace(-cfg["hist_range"], cfg["hist_range"], cfg["hist_bins"] + 1)
+        self.pct: list[list[np.ndarray]] = []
+        self.hists: list[list[np.ndarray]] = []
+        self.grads: list[np.ndarray] = []
+
+    def __call__(self, step: int, model: nn.Module) -> None:
+        every, edges = self.cfg["probe_every"], self.edges
+        if step % every:
+            return
+        z = nonlinearity_inputs(model, self.x)
+        self.pct.append([np.percentile(v, self.cfg["percentiles"]) for v in z])
+        if step in (0, self.cfg["steps"] - every):
+            self.hists.append([np.histogram(np.clip(v, edges[0], edges[-1]), edges)[0] / v.size for v in z])
+        with kept_buffers(model):
+            self.grads.append(ex.weight_gradient_norms(model, self.x, self.y))
+
+
 def _run_why(cfg: dict[str, Any], seed: int, device: torch.device, data: Data) -> dict[str, Any]:
     """Activation distributions per layer over training, the article's network and a deep one, +/- BN."""
     x, y, xt, yt = _subsets(cfg, data, seed)
-    probe = data[2][-cfg["probe_size"] :]  # held-out images, never trained on, the same for every seed
-    probe_y = data[3][-cfg["probe_size"] :]
-    edges = np.linspace(-cfg["hist_range"], cfg["hist_range"], cfg["hist_bins"] + 1)
+    # held-out images, never trained on, the same for every seed
+    probe_x, probe_y = data[2][-cfg["probe_size"] :], data[3][-cfg["probe_size"] :]
     out: dict[str, Any] = {}
     for net in cfg["nets"]:
         for bn in (True, False):
             model = _why_net(net, bn, seed, cfg).to(device)
-            every, pct, hists, grads = cfg["probe_every"], [], [], []
-
-            def probe_now(step: int, m: nn.Module) -> None:
-                if step % every == 0:
-                    z = nonlinearity_inputs(m, probe)
-                    pct.append([np.percentile(v, cfg["percentiles"]) for v in z])
-                    if step in (0, cfg["steps"] - every):
-                        hists.append([np.histogram(np.clip(v, edges[0], edges[-1]), edges)[0] / v.size for v in z])
-                    with kept_buffers(m):
-                        grads.append(ex.weight_gradient_norms(m, probe, probe_y))
-
+            probe = _ActivationProbe(cfg, probe_x, probe_y)
             loss = train_steps(
                 model, x, y, steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed,
-                after_backward=probe_now,
+                after_backward=probe,
             )  # fmt: skip
             test_loss, test_acc = evaluate(model, xt, yt)
             out[f"{net}-{'bn' if bn else 'none'}"] = {
-                "loss": loss.reshape(-1, every).mean(axis=1),
-                "percentiles": np.array(pct),  # (probes, layers, percentiles)
-                "hist_first_last": np.array(hists),  # (2, layers, bins)
-                "grad_norms": np.array(grads),  # (probes, linear layers)
+                "loss": loss.reshape(-1, cfg["probe_every"]).mean(axis=1),
+                "percentiles": np.array(probe.pct),  # (probes, layers, percentiles)
+                "hist_first_last": np.array(probe.hists),  # (2, layers, bins)
+                "grad_norms": np.array(probe.grads),  # (probes, linear layers)
                 "test_loss": test_loss,
                 "test_acc": test_acc,
             }
@@ -432,7 +445,26 @@ def _run_lenet(cfg: dict[str, Any], seed: int, device: torch.device, data: Data)
 def _scale_invariant_layers(model: nn.Module) -> list[nn.Linear]:
     """The Linear layers followed directly by BN (no bias): the loss does not change when they are scaled."""
     mods = list(model)
-    return [m for m, nxt in zip(mods[:-1], mods[1:], strict=True) if isinstance(m, nn.Linear) and isinstance(nxt, nn.BatchNorm1d)]
+    pairs = zip(mods[:-1], mods[1:], strict=True)
+    return [m for m, nxt in pairs if isinstance(m, nn.Linear) and isinstance(nxt, nn.BatchNorm1d)]
+
+
+class _NormProbe:
+    """``after_backward`` hook of ``dynamics-scale``: at every step, for each layer, ``||W||``, ``||g||`` and the
+    cosine between ``W`` and its gradient ``g``, in float64."""
+
+    def __init__(self, layers: list[nn.Linear]) -> None:
+        self.layers = layers
+        self.norms: list[list[float]] = []
+        self.grads: list[list[float]] = []
+        self.cosines: list[list[float]] = []
+
+    def __call__(self, step: int, model: nn.Module) -> None:
+        w = [lin.weight.detach().double() for lin in self.layers]
+        g = [lin.weight.grad.detach().double() for lin in self.layers]
+        self.norms.append([float(a.norm()) for a in w])
+        self.grads.append([float(b.norm()) for b in g])
+        self.cosines.append([float((a * b).sum() / (a.norm() * b.norm())) for a, b in zip(w, g, strict=True)])
 
 
 def _run_scale(cfg: dict[str, Any], seed: int, device: torch.device, data: Data) -> dict[str, Any]:
@@ -442,20 +474,12 @@ def _run_scale(cfg: dict[str, Any], seed: int, device: torch.device, data: Data)
     out: dict[str, Any] = {}
     for wd in cfg["weight_decays"]:
         model = ex.build_mlp(depth, width, bn=True, seed=seed).to(device)
-        layers = _scale_invariant_layers(model)
-        norms, grads, cosines = [], [], []
-
-        def measure(step: int, m: nn.Module) -> None:
-            w = [lin.weight.detach().double() for lin in layers]
-            g = [lin.weight.grad.detach().double() for lin in layers]
-            norms.append([float(a.norm()) for a in w])
-            grads.append([float(b.norm()) for b in g])
-            cosines.append([float((a * b).sum() / (a.norm() * b.norm())) for a, b in zip(w, g, strict=True)])
-
+        probe = _NormProbe(_scale_invariant_layers(model))
         loss = train_steps(
             model, x, y, steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed,
-            weight_decay=wd, after_backward=measure,
+            weight_decay=wd, after_backward=probe,
         )  # fmt: skip
+        norms, grads, cosines = probe.norms, probe.grads, probe.cosines
         test_loss, test_acc = evaluate(model, xt, yt)
         every = cfg["record_every"]
         norms_a, grads_a = np.array(norms), np.array(grads)
