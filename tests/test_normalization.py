@@ -1,0 +1,522 @@
+"""Tests of bnref.normalization: Layer, Group, Instance, Batch Renormalization and Ghost Batch Normalization.
+
+Three kinds of check:
+* every backward pass against float64 central differences (bnref.gradcheck), relative error below 1e-8;
+* agreement with each framework's native layer (torch 2.13, Keras 3.15 on TensorFlow, CPU) in float32 and
+  float64, with bounds from ``bnref.testing.check_close`` (appendix ``ch-bounds``): ``m`` is the length of the
+  longest sum behind a value, ``cond`` the condition factor (sum of the absolute values a result is computed
+  from, over the size of the result), both computed below from the float64 terms;
+* planted faults that must be caught (a backward that differentiates r and d, the wrong group count, whole
+  batch statistics instead of ghost batches).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bnref
+from bnref import normalization as nrm
+from bnref.testing import check_close
+
+torch = pytest.importorskip("torch")
+
+RNG_SEEDS = (0, 1, 2)
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Condition factors (appendix ch-bounds: the condition scale S over the size of the result)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _cond(scale: np.ndarray, expected: np.ndarray) -> float:
+    """``max S / max |expected|``, at least 1: the cond of check_close for a result with condition scale S."""
+    top = float(np.max(np.abs(expected)))
+    return max(1.0, float(np.max(scale)) / top) if top > 0 else 1.0
+
+
+def _standardised_terms(x: np.ndarray, axes: tuple[int, ...], eps: float):
+    """float64 x_hat, inv_std and r = |mean| * inv_std over ``axes`` (keepdims)."""
+    mu = x.mean(axis=axes, keepdims=True)
+    inv_std = 1.0 / np.sqrt(((x - mu) ** 2).mean(axis=axes, keepdims=True) + eps)
+    return (x - mu) * inv_std, inv_std, np.abs(mu) * inv_std
+
+
+def _check_standardisation(actual, expected, x, dy, gamma_b, beta_b, axes, param_axes, eps, dtype, what):
+    """Compare y, dx (and dgamma, dbeta unless ``param_axes`` is None) of a standardise-then-scale layer.
+
+    ``gamma_b``/``beta_b`` broadcast against x; ``axes`` are the statistics' axes, ``param_axes`` those
+    dgamma sums over. The condition scales are those of eq-bound-y, eq-bound-dgamma and eq-bound-dx.
+    """
+    y, dx = (np.asarray(a, np.float64) for a in actual[:2])
+    y_ref, dx_ref = expected[:2]
+    x_hat, inv_std, r = _standardised_terms(x, axes, eps)
+    m = int(np.prod([x.shape[a] for a in axes]))
+    g, b = np.abs(gamma_b), np.abs(beta_b)
+    dx_hat = dy * gamma_b
+    s_y = g * (np.abs(x_hat) + r) + b
+    s_dx = (
+        inv_std
+        / m
+        * (
+            m * np.abs(dx_hat)
+            + np.sum(np.abs(dx_hat), axis=axes, keepdims=True)
+            + (np.abs(x_hat) + r) * np.sum(np.abs(dx_hat) * (np.abs(x_hat) + r), axis=axes, keepdims=True)
+        )
+    )
+    results = [
+        check_close(y, y_ref, dtype=dtype, m=m, cond=_cond(s_y, y_ref), what=f"{what} y", show="none"),
+        check_close(dx, dx_ref, dtype=dtype, m=m, cond=_cond(s_dx, dx_ref), what=f"{what} dx", show="none"),
+    ]
+    if param_axes is not None:
+        dgamma, dbeta = (np.asarray(a, np.float64) for a in actual[2:])
+        dgamma_ref, dbeta_ref = expected[2:]
+        m_param = int(np.prod([x.shape[a] for a in param_axes]))
+        s_dgamma = np.sum(np.abs(dy) * (np.abs(x_hat) + r), axis=param_axes)
+        s_dbeta = np.sum(np.abs(dy), axis=param_axes)
+        results += [
+            check_close(
+                dgamma,
+                dgamma_ref,
+                dtype=dtype,
+                m=m_param,
+                cond=_cond(s_dgamma, dgamma_ref),
+                what=f"{what} dgamma",
+                show="none",
+            ),
+            check_close(
+                dbeta,
+                dbeta_ref,
+                dtype=dtype,
+                m=m_param,
+                cond=_cond(s_dbeta, dbeta_ref),
+                what=f"{what} dbeta",
+                show="none",
+            ),
+        ]
+    for res in results:
+        assert res.passed, str(res)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Gradient checks, float64 central differences, below 1e-8
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+@pytest.mark.parametrize("shape,k", [((4, 5), 1), ((3, 4, 5), 1), ((3, 4, 5), 2), ((2, 3, 2, 2), 3)])
+def test_layer_norm_gradcheck(seed, shape, k):
+    rng = _rng(seed)
+    x, dy = rng.normal(size=shape), rng.normal(size=shape)
+    gamma, beta = rng.normal(size=shape[-k:]), rng.normal(size=shape[-k:])
+    _, cache = nrm.layer_norm_forward(x, gamma, beta, normalized_ndim=k)
+    grads = nrm.layer_norm_backward(dy, cache)
+    f = lambda x, g, b: nrm.layer_norm_forward(x, g, b, normalized_ndim=k)[0]  # noqa: E731
+    assert bnref.gradcheck(f, [x, gamma, beta], grads, dy) < 1e-8
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+@pytest.mark.parametrize(
+    "shape,groups", [((3, 6), 2), ((3, 6, 4), 3), ((2, 4, 3, 2), 2), ((2, 4, 3, 2), 4), ((2, 4, 3), 1)]
+)
+def test_group_norm_gradcheck(seed, shape, groups):
+    rng = _rng(seed)
+    x, dy = rng.normal(size=shape), rng.normal(size=shape)
+    gamma, beta = rng.normal(size=shape[1]), rng.normal(size=shape[1])
+    _, cache = nrm.group_norm_forward(x, gamma, beta, groups)
+    grads = nrm.group_norm_backward(dy, cache)
+    f = lambda x, g, b: nrm.group_norm_forward(x, g, b, groups)[0]  # noqa: E731
+    assert bnref.gradcheck(f, [x, gamma, beta], grads, dy) < 1e-8
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+def test_instance_norm_gradcheck_and_is_group_norm_with_c_groups(seed):
+    rng = _rng(seed)
+    x, dy = rng.normal(size=(2, 3, 4, 2)), rng.normal(size=(2, 3, 4, 2))
+    gamma, beta = rng.normal(size=3), rng.normal(size=3)
+    y, cache = nrm.instance_norm_forward(x, gamma, beta)
+    grads = nrm.instance_norm_backward(dy, cache)
+    f = lambda x, g, b: nrm.instance_norm_forward(x, g, b)[0]  # noqa: E731
+    assert bnref.gradcheck(f, [x, gamma, beta], grads, dy) < 1e-8
+    # each (example, channel) standardised over its own positions
+    x_hat = (x - x.mean(axis=(2, 3), keepdims=True)) / np.sqrt(x.var(axis=(2, 3), keepdims=True) + 1e-5)
+    assert bnref.relative_error(y, gamma[:, None, None] * x_hat + beta[:, None, None]) < 1e-14
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+@pytest.mark.parametrize("shape,axis,gb", [((8, 3), -1, 4), ((4, 3, 2, 2), 1, 2), ((6, 2, 2, 3), -1, 3)])
+def test_ghost_batch_norm_gradcheck(seed, shape, axis, gb):
+    rng = _rng(seed)
+    x, dy = rng.normal(size=shape), rng.normal(size=shape)
+    c = shape[axis]
+    gamma, beta = rng.normal(size=c), rng.normal(size=c)
+    _, cache = nrm.ghost_batch_norm_forward(x, gamma, beta, gb, axis=axis)
+    grads = nrm.ghost_batch_norm_backward(dy, cache)
+    f = lambda x, g, b: nrm.ghost_batch_norm_forward(x, g, b, gb, axis=axis)[0]  # noqa: E731
+    assert bnref.gradcheck(f, [x, gamma, beta], grads, dy) < 1e-8
+
+
+def _renorm_case(seed: int, shape=(6, 3)):
+    """A batch whose statistics sit away from the running ones, so that r and d are not trivially 1 and 0."""
+    rng = _rng(seed)
+    x = rng.normal(loc=0.5, scale=1.5, size=shape)
+    c = shape[-1]
+    return (
+        x,
+        rng.normal(size=c),
+        rng.normal(size=c),
+        rng.normal(scale=0.3, size=c),
+        rng.uniform(0.5, 2.0, size=c),
+        rng.normal(size=shape),
+    )
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+def test_batch_renorm_backward_is_the_gradient_with_r_and_d_frozen(seed):
+    """With r, d frozen at the forward's values, y = BN(x; gamma * r, gamma * d + beta): differentiate that."""
+    x, gamma, beta, rmean, rvar, dy = _renorm_case(seed)
+    r_max, d_max, eps = 1.5, 0.4, 1e-3
+    _, cache = nrm.batch_renorm_forward(x, gamma, beta, rmean, rvar, r_max, d_max, eps=eps)
+    r0, d0 = cache.r.copy(), cache.d.copy()
+    assert np.any((r0 > 1 / r_max) & (r0 < r_max)), "the case must have an unclipped r"
+    grads = nrm.batch_renorm_backward(dy, cache)
+
+    def frozen(x, g, b):
+        return bnref.batch_norm_forward(x, g * r0, g * d0 + b, eps=eps, axis=-1)[0]
+
+    assert bnref.gradcheck(frozen, [x, gamma, beta], grads, dy) < 1e-8
+    # the forward itself equals the frozen form at this point
+    assert (
+        bnref.relative_error(
+            frozen(x, gamma, beta), nrm.batch_renorm_forward(x, gamma, beta, rmean, rvar, r_max, d_max, eps=eps)[0]
+        )
+        < 1e-14
+    )
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+def test_batch_renorm_backward_is_the_true_gradient_where_r_and_d_are_clipped(seed):
+    """Where both clips are active, r and d do not move with x: the backward is then the true derivative."""
+    x, gamma, beta, _, _, dy = _renorm_case(seed)
+    c = gamma.shape[0]
+    rmean, rvar = np.full(c, -5.0), np.full(c, 100.0)  # sigma_B / sigma << 1/r_max, (mu_B - mu)/sigma >> d_max
+    f = lambda x, g, b: nrm.batch_renorm_forward(x, g, b, rmean, rvar, 2.0, 0.1)[0]  # noqa: E731
+    _, cache = nrm.batch_renorm_forward(x, gamma, beta, rmean, rvar, 2.0, 0.1)
+    assert np.all(cache.r == 0.5) and np.all(cache.d == 0.1)
+    assert bnref.gradcheck(f, [x, gamma, beta], nrm.batch_renorm_backward(dy, cache), dy) < 1e-8
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+def test_planted_fault_renorm_gradient_through_r_and_d_differs(seed):
+    """The true derivative of the forward (r and d as variables) is not the paper's gradient: the check sees it."""
+    x, gamma, beta, rmean, rvar, dy = _renorm_case(seed)
+    rmean = rmean * 0.1  # keep d unclipped too
+    f = lambda x: nrm.batch_renorm_forward(x, gamma, beta, rmean, rvar, 10.0, 10.0)[0]  # noqa: E731
+    _, cache = nrm.batch_renorm_forward(x, gamma, beta, rmean, rvar, 10.0, 10.0)
+    assert np.all(np.abs(cache.d) < 10) and np.all((cache.r > 0.1) & (cache.r < 10))
+    dx_variable = bnref.numerical_gradients(f, [x], dy)[0]
+    dx, _, _ = nrm.batch_renorm_backward(dy, cache)
+    assert bnref.relative_error(dx, dx_variable) > 1e-3
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+def test_batch_renorm_with_r_max_1_d_max_0_is_batch_norm(seed):
+    x, gamma, beta, rmean, rvar, dy = _renorm_case(seed)
+    y, cache = nrm.batch_renorm_forward(x, gamma, beta, rmean, rvar, 1.0, 0.0, eps=1e-3)
+    y_bn, bn_cache = bnref.batch_norm_forward(x, gamma, beta, eps=1e-3, axis=-1)
+    assert bnref.relative_error(y, y_bn) < 1e-14
+    for a, b in zip(nrm.batch_renorm_backward(dy, cache), bnref.batch_norm_backward(dy, bn_cache), strict=True):
+        assert bnref.relative_error(a, b) < 1e-13
+
+
+def test_batch_renorm_clipping_schedule():
+    assert nrm.batch_renorm_clipping(0) == (1.0, 0.0)
+    assert nrm.batch_renorm_clipping(5000) == (1.0, 0.0)
+    assert nrm.batch_renorm_clipping(25000) == pytest.approx((1 + 2 * 20000 / 35000, 5.0))
+    assert nrm.batch_renorm_clipping(40000) == (3.0, 5.0)
+    assert nrm.batch_renorm_clipping(10**6) == (3.0, 5.0)
+    r = [nrm.batch_renorm_clipping(s, warmup_steps=2, r_max_steps=8, d_max_steps=6) for s in range(10)]
+    assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(r[:-1], r[1:], strict=True))
+
+
+def test_batch_renorm_running_update_averages_sigma():
+    x, gamma, beta, rmean, rvar, _ = _renorm_case(0)
+    eps = 1e-3
+    _, cache = nrm.batch_renorm_forward(x, gamma, beta, rmean, rvar, 3.0, 5.0, eps=eps)
+    new_mean, new_var = nrm.batch_renorm_running_update(rmean, rvar, cache, momentum=0.9)
+    sigma_new = 0.9 * np.sqrt(rvar + eps) + 0.1 * np.sqrt(x.var(axis=0) + eps)
+    assert bnref.relative_error(new_mean, 0.9 * rmean + 0.1 * x.mean(axis=0)) < 1e-14
+    assert bnref.relative_error(new_var, sigma_new**2 - eps) < 1e-14
+    # not the variance average (the planted alternative)
+    assert bnref.relative_error(new_var, 0.9 * rvar + 0.1 * x.var(axis=0)) > 1e-6
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ghost batch norm: the stated rules
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+def test_ghost_batch_norm_is_batch_norm_per_ghost_batch_and_not_whole_batch(seed):
+    rng = _rng(seed)
+    x = rng.normal(size=(8, 3)) + np.arange(8)[:, None]  # ghost batches with different means
+    gamma, beta = rng.normal(size=3), rng.normal(size=3)
+    y, cache = nrm.ghost_batch_norm_forward(x, gamma, beta, 4, axis=1)
+    assert len(cache.ghosts) == 2 and cache.means.shape == (2, 3)
+    for k in range(2):
+        y_k, _ = bnref.batch_norm_forward(x[4 * k : 4 * k + 4], gamma, beta)
+        assert bnref.relative_error(y[4 * k : 4 * k + 4], y_k) < 1e-15
+    whole, _ = bnref.batch_norm_forward(x, gamma, beta)
+    assert bnref.relative_error(y, whole) > 1e-2  # planted fault: whole-batch statistics are caught
+    full, _ = nrm.ghost_batch_norm_forward(x, gamma, beta, 8)
+    assert bnref.relative_error(full, whole) < 1e-15
+
+
+def test_ghost_batch_norm_running_update_is_one_update_per_ghost_batch():
+    rng = _rng(0)
+    x = rng.normal(size=(6, 2)) * 3 + 1
+    _, cache = nrm.ghost_batch_norm_forward(x, np.ones(2), np.zeros(2), 2)
+    mean, var, step = nrm.ghost_batch_norm_running_update(np.zeros(2), np.ones(2), cache, step=0)
+    assert step == 3
+    # Algorithm 1 of Hoffer et al. as a weighted sum, w = 0.1, unbiased ghost variances (m = 2)
+    w, k = 0.1, 3
+    ghost_means = x.reshape(3, 2, 2).mean(axis=1)
+    ghost_vars = x.reshape(3, 2, 2).var(axis=1, ddof=1)
+    expect_mean = sum(w * (1 - w) ** (k - 1 - j) * ghost_means[j] for j in range(k))
+    expect_var = (1 - w) ** k * 1.0 + sum(w * (1 - w) ** (k - 1 - j) * ghost_vars[j] for j in range(k))
+    assert bnref.relative_error(mean, expect_mean) < 1e-14
+    assert bnref.relative_error(var, expect_var) < 1e-14
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bad input: named ValueErrors
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_bad_input_raises_named_value_errors():
+    x = np.ones((4, 6, 3))
+    g6, b6 = np.ones(6), np.zeros(6)
+    with pytest.raises(ValueError, match="groups=4 does not divide the 6 channels"):
+        nrm.group_norm_forward(x, g6, b6, 4)
+    with pytest.raises(ValueError, match="groups must be an integer >= 1"):
+        nrm.group_norm_forward(x, g6, b6, 0)
+    with pytest.raises(ValueError, match=r"gamma must have shape \(6,\)"):
+        nrm.group_norm_forward(x, np.ones(3), b6, 2)
+    with pytest.raises(ValueError, match=r"gamma must have shape \(6, 3\)"):
+        nrm.layer_norm_forward(x, g6, b6, normalized_ndim=2)
+    with pytest.raises(ValueError, match="normalized_ndim=4 exceeds"):
+        nrm.layer_norm_forward(x, np.ones((4, 6, 3)), np.zeros((4, 6, 3)), normalized_ndim=4)
+    bad = x.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="x has non-finite values"):
+        nrm.layer_norm_forward(bad, np.ones(3), np.zeros(3))
+    with pytest.raises(ValueError, match="x has non-finite values"):
+        nrm.group_norm_forward(bad, g6, b6, 2)
+    with pytest.raises(ValueError, match="must be a floating-point array"):
+        nrm.layer_norm_forward(np.ones((2, 3), dtype=int), np.ones(3), np.zeros(3))
+    with pytest.raises(ValueError, match="instance normalisation needs spatial axes"):
+        nrm.instance_norm_forward(np.ones((2, 3)), np.ones(3), np.zeros(3))
+
+    xb, g3, b3 = np.random.default_rng(0).normal(size=(4, 3)), np.ones(3), np.zeros(3)
+    with pytest.raises(ValueError, match="r_max must be a finite number >= 1"):
+        nrm.batch_renorm_forward(xb, g3, b3, b3, g3, 0.5, 1.0)
+    with pytest.raises(ValueError, match="d_max must be a finite number >= 0"):
+        nrm.batch_renorm_forward(xb, g3, b3, b3, g3, 2.0, -1.0)
+    with pytest.raises(ValueError, match="running_var must be >= 0"):
+        nrm.batch_renorm_forward(xb, g3, b3, b3, -g3, 2.0, 1.0)
+    with pytest.raises(ValueError, match="at least 2 values per channel"):
+        nrm.batch_renorm_forward(xb[:1], g3, b3, b3, g3, 2.0, 1.0)
+    with pytest.raises(ValueError, match="must exceed warmup_steps"):
+        nrm.batch_renorm_clipping(10, warmup_steps=100, r_max_steps=50)
+
+    with pytest.raises(ValueError, match="ghost_batch_size=8 is larger than the batch of 4"):
+        nrm.ghost_batch_norm_forward(xb, g3, b3, 8)
+    with pytest.raises(ValueError, match="ghost_batch_size=3 does not divide the batch of 4"):
+        nrm.ghost_batch_norm_forward(xb, g3, b3, 3)
+    with pytest.raises(ValueError, match="at least 2 values per channel"):
+        nrm.ghost_batch_norm_forward(xb, g3, b3, 1)
+    with pytest.raises(ValueError, match="axis must not be 0"):
+        nrm.ghost_batch_norm_forward(xb, np.ones(4), np.zeros(4), 2, axis=0)
+
+    _, cache = nrm.layer_norm_forward(xb, g3, b3)
+    with pytest.raises(ValueError, match="dy must have the forward input's shape"):
+        nrm.layer_norm_backward(np.ones((4, 2)), cache)
+    with pytest.raises(ValueError, match="cache must be the GroupNormCache"):
+        nrm.group_norm_backward(np.ones((4, 3)), cache)
+
+
+def test_cache_does_not_alias_inputs():
+    rng = _rng(0)
+    x, gamma, beta, dy = rng.normal(size=(4, 3)), rng.normal(size=3), rng.normal(size=3), rng.normal(size=(4, 3))
+    _, cache = nrm.layer_norm_forward(x, gamma, beta)
+    before = nrm.layer_norm_backward(dy, cache)
+    x += 1.0
+    gamma *= 2.0
+    after = nrm.layer_norm_backward(dy, cache)
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Agreement with PyTorch's native layers
+# ----------------------------------------------------------------------------------------------------
+
+
+def _torch_run(module, x: np.ndarray, dy: np.ndarray, dtype):
+    xt = torch.tensor(x, dtype=dtype, requires_grad=True)
+    y = module(xt)
+    y.backward(torch.tensor(dy, dtype=dtype))
+    return y.detach().numpy(), xt.grad.numpy(), module.weight.grad.numpy(), module.bias.grad.numpy()
+
+
+def _case(seed: int, shape, loc=0.0):
+    rng = _rng(seed)
+    return rng.normal(loc=loc, size=shape), rng.normal(size=shape)
+
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape,k,loc", [((16, 32), 1, 0.0), ((4, 8, 16), 2, 3.0), ((8, 5, 7), 1, 0.0)])
+def test_layer_norm_agrees_with_torch(seed, dtype, shape, k, loc):
+    x, dy = _case(seed, shape, loc)
+    rng = _rng(seed + 100)
+    gamma, beta = rng.normal(size=shape[-k:]), rng.normal(size=shape[-k:])
+    layer = torch.nn.LayerNorm(shape[-k:], eps=1e-5, dtype=getattr(torch, dtype))
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(gamma))
+        layer.bias.copy_(torch.tensor(beta))
+    actual = _torch_run(layer, x.astype(dtype), dy.astype(dtype), getattr(torch, dtype))
+    y, cache = nrm.layer_norm_forward(x, gamma, beta, normalized_ndim=k)
+    expected = (y, *nrm.layer_norm_backward(dy, cache))
+    axes = tuple(range(len(shape) - k, len(shape)))
+    _check_standardisation(
+        actual, expected, x, dy, gamma, beta, axes, tuple(range(len(shape) - k)), 1e-5, dtype, "LayerNorm"
+    )
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "shape,groups", [((8, 6), 3), ((4, 8, 10), 4), ((2, 6, 5, 5), 2), ((2, 6, 5, 5), 6), ((2, 4, 3, 3), 1)]
+)
+def test_group_norm_agrees_with_torch(seed, dtype, shape, groups):
+    x, dy = _case(seed, shape, 1.0)
+    rng = _rng(seed + 100)
+    c = shape[1]
+    gamma, beta = rng.normal(size=c), rng.normal(size=c)
+    layer = torch.nn.GroupNorm(groups, c, eps=1e-5, dtype=getattr(torch, dtype))
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(gamma))
+        layer.bias.copy_(torch.tensor(beta))
+    actual = _torch_run(layer, x.astype(dtype), dy.astype(dtype), getattr(torch, dtype))
+    y, cache = nrm.group_norm_forward(x, gamma, beta, groups)
+    expected = (y, *nrm.group_norm_backward(dy, cache))
+    grouped = (shape[0], groups, c // groups, *shape[2:])
+    axes = tuple(range(2, len(grouped)))
+    pshape = (1, groups, c // groups) + (1,) * (len(shape) - 2)
+    xg, dyg = x.reshape(grouped), dy.reshape(grouped)
+    actual = (actual[0].reshape(grouped), actual[1].reshape(grouped), actual[2], actual[3])
+    expected = (expected[0].reshape(grouped), expected[1].reshape(grouped), expected[2], expected[3])
+    param_axes = (0, *range(3, len(grouped)))
+    _check_standardisation(
+        actual,
+        expected,
+        xg,
+        dyg,
+        gamma.reshape(pshape),
+        beta.reshape(pshape),
+        axes,
+        param_axes,
+        1e-5,
+        dtype,
+        "GroupNorm",
+    )
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_instance_norm_agrees_with_torch_instance_norm2d(seed, dtype):
+    shape = (3, 4, 6, 5)
+    x, dy = _case(seed, shape, 2.0)
+    rng = _rng(seed + 100)
+    gamma, beta = rng.normal(size=4), rng.normal(size=4)
+    layer = torch.nn.InstanceNorm2d(4, eps=1e-5, affine=True, dtype=getattr(torch, dtype))
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(gamma))
+        layer.bias.copy_(torch.tensor(beta))
+    actual = _torch_run(layer, x.astype(dtype), dy.astype(dtype), getattr(torch, dtype))
+    y, cache = nrm.instance_norm_forward(x, gamma, beta)
+    expected = (y, *nrm.instance_norm_backward(dy, cache))
+    b = (1, 4, 1, 1)
+    _check_standardisation(
+        actual, expected, x, dy, gamma.reshape(b), beta.reshape(b), (2, 3), (0, 2, 3), 1e-5, dtype, "InstanceNorm2d"
+    )
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape,gb", [((12, 3), 4), ((8, 3, 4, 4), 2)])
+def test_ghost_batch_norm_agrees_with_torch_batch_norm_run_on_each_sub_batch(seed, dtype, shape, gb):
+    """One nn.BatchNorm layer called on each ghost batch in turn: outputs, gradients and running statistics."""
+    x, dy = _case(seed, shape, 1.0)
+    rng = _rng(seed + 100)
+    c = shape[1]
+    gamma, beta = rng.normal(size=c), rng.normal(size=c)
+    tdtype = getattr(torch, dtype)
+    layer = (torch.nn.BatchNorm1d if len(shape) == 2 else torch.nn.BatchNorm2d)(c, dtype=tdtype)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(gamma))
+        layer.bias.copy_(torch.tensor(beta))
+    layer.train()
+    xt = torch.tensor(x.astype(dtype), requires_grad=True)
+    yt = torch.cat([layer(chunk) for chunk in torch.split(xt, gb, dim=0)], dim=0)
+    yt.backward(torch.tensor(dy.astype(dtype)))
+    actual = (yt.detach().numpy(), xt.grad.numpy(), layer.weight.grad.numpy(), layer.bias.grad.numpy())
+
+    y, cache = nrm.ghost_batch_norm_forward(x, gamma, beta, gb)
+    expected = (y, *nrm.ghost_batch_norm_backward(dy, cache))
+    mean, var, step = nrm.ghost_batch_norm_running_update(np.zeros(c), np.ones(c), cache, step=0)
+    assert step == int(layer.num_batches_tracked) == shape[0] // gb
+
+    # compare ghost batch by ghost batch (the statistics' sets), channels last, as (m, C)
+    n_ghost = shape[0] // gb
+    for k in range(n_ghost):
+        sl = slice(k * gb, (k + 1) * gb)
+        xk = np.moveaxis(x[sl], 1, -1).reshape(-1, c)
+        dyk = np.moveaxis(dy[sl], 1, -1).reshape(-1, c)
+        act = tuple(np.moveaxis(a[sl], 1, -1).reshape(-1, c) for a in actual[:2])
+        exp = tuple(np.moveaxis(a[sl], 1, -1).reshape(-1, c) for a in expected[:2])
+        # dgamma/dbeta are sums over the whole batch: compared on all examples below
+        _check_standardisation(act, exp, xk, dyk, gamma, beta, (0,), None, 1e-5, dtype, f"ghost {k}")
+    x_all = np.moveaxis(x, 1, -1).reshape(-1, c)
+    dy_all = np.moveaxis(dy, 1, -1).reshape(-1, c)
+    m_all, m_ghost = x_all.shape[0], x_all.shape[0] // n_ghost
+    # x_hat and r = |mean| / sigma of each row's own ghost batch, in the (m, C) layout (ghost-major rows)
+    x_hat = np.moveaxis(np.concatenate([g.x_hat for g in cache.ghosts]), 1, -1).reshape(-1, c)
+    sigma = np.sqrt(cache.variances + 1e-5)
+    r = np.repeat(np.abs(cache.means) / sigma, m_ghost, axis=0)
+    s_dgamma = np.sum(np.abs(dy_all) * (np.abs(x_hat) + r), axis=0)
+    s_dbeta = np.sum(np.abs(dy_all), axis=0)
+    assert check_close(actual[2], expected[2], dtype=dtype, m=m_all, cond=_cond(s_dgamma, expected[2]), show="none")
+    assert check_close(actual[3], expected[3], dtype=dtype, m=m_all, cond=_cond(s_dbeta, expected[3]), show="none")
+    # running statistics (eq-bound-running): each ghost mean sums |x| <= |mean| + sigma X over one ghost batch;
+    # each update mixes the old value and the new one, so the scale is the larger of them
+    s_mean = np.maximum(np.abs(cache.means) + sigma * np.max(np.abs(x_hat)), 0.0).max(axis=0)
+    assert check_close(
+        layer.running_mean.numpy(),
+        mean,
+        dtype=dtype,
+        m=m_ghost,
+        cond=_cond(s_mean, mean),
+        what="running_mean",
+        show="none",
+    )
+    s_var = np.maximum(cache.variances.max(axis=0) * m_ghost / (m_ghost - 1), 1.0)
+    assert check_close(
+        layer.running_var.numpy(), var, dtype=dtype, m=m_ghost, cond=_cond(s_var, var), what="running_var", show="none"
+    )
