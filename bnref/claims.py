@@ -476,17 +476,10 @@ def record_filename(name: str, device: dict[str, str]) -> str:
     return f"{name}.{device_slug(device)}.json"
 
 
-def run_experiment(
-    name: str,
-    *,
-    seeds: Sequence[int] | None = None,
-    device: str = "cpu",
-    overrides: dict[str, Any] | None = None,
-    out: str | Path | None = None,
-    data: Data | None = None,
-) -> ExperimentRecord:
-    """Run one experiment of :data:`EXPERIMENTS` by name: :func:`run_definition` of :func:`get_experiment`."""
-    return run_definition(get_experiment(name), seeds=seeds, device=device, overrides=overrides, out=out, data=data)
+def run_experiment(name: str, **options: Any) -> ExperimentRecord:
+    """Run one experiment of :data:`EXPERIMENTS` by name: :func:`run_definition` of :func:`get_experiment`, with
+    the same keyword options (``seeds``, ``device``, ``overrides``, ``out``, ``data``)."""
+    return run_definition(get_experiment(name), **options)
 
 
 def run_definition(
