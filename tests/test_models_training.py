@@ -611,6 +611,23 @@ def test_import_keras_quietly_returns_keras():
     assert training.import_keras_quietly() is keras
 
 
+def test_import_keras_quietly_silences_the_import_only():
+    """In a fresh process: nothing reaches stderr while Keras and TensorFlow load, and stderr works again after."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, bnref.training as t\n"
+        "k = t.import_keras_quietly()\n"
+        "os.write(2, b'after\\n')\n"
+        "print(k.__name__, 'tensorflow' in __import__('sys').modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stderr == "after\n"
+    assert out.stdout.split() == ["keras", "True"]
+
+
 # ---------------------------------------------------------------------------------------------
 # the MNIST experiment
 # ---------------------------------------------------------------------------------------------
