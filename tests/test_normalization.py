@@ -378,7 +378,6 @@ def _case(seed: int, shape, loc=0.0):
     return rng.normal(loc=loc, size=shape), rng.normal(size=shape)
 
 
-
 @pytest.mark.parametrize("seed", RNG_SEEDS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape,k,loc", [((16, 32), 1, 0.0), ((4, 8, 16), 2, 3.0), ((8, 5, 7), 1, 0.0)])
@@ -520,3 +519,233 @@ def test_ghost_batch_norm_agrees_with_torch_batch_norm_run_on_each_sub_batch(see
     assert check_close(
         layer.running_var.numpy(), var, dtype=dtype, m=m_ghost, cond=_cond(s_var, var), what="running_var", show="none"
     )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Agreement with Keras 3.15 (TensorFlow backend): LayerNormalization, GroupNormalization, renorm
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tf_keras():
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    tf = pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the Keras checks use the TensorFlow backend (GradientTape)")
+    return tf, keras
+
+
+def _keras_run(tf, layer, x: np.ndarray, dy: np.ndarray, dtype: str, **call):
+    xt = tf.constant(x.astype(dtype))
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = layer(xt, **call)
+        loss = tf.reduce_sum(y * tf.constant(dy.astype(dtype)))
+    dx, dgamma, dbeta = tape.gradient(loss, [xt, layer.gamma, layer.beta])
+    return y.numpy(), dx.numpy(), dgamma.numpy(), dbeta.numpy()
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape,k", [((16, 32), 1), ((4, 8, 16), 2)])
+def test_layer_norm_agrees_with_keras(tf_keras, seed, dtype, shape, k):
+    tf, keras = tf_keras
+    x, dy = _case(seed, shape, 2.0)
+    rng = _rng(seed + 100)
+    gamma, beta = rng.normal(size=shape[-k:]), rng.normal(size=shape[-k:])
+    axes = tuple(range(len(shape) - k, len(shape)))
+    layer = keras.layers.LayerNormalization(axis=list(axes), epsilon=1e-3, dtype=dtype)
+    layer.build(shape)
+    layer.set_weights([gamma, beta])
+    actual = _keras_run(tf, layer, x, dy, dtype)
+    y, cache = nrm.layer_norm_forward(x, gamma, beta, eps=1e-3, normalized_ndim=k)
+    expected = (y, *nrm.layer_norm_backward(dy, cache))
+    _check_standardisation(
+        actual,
+        expected,
+        x,
+        dy,
+        gamma,
+        beta,
+        axes,
+        tuple(range(len(shape) - k)),
+        1e-3,
+        dtype,
+        "keras LayerNormalization",
+    )
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape,groups", [((8, 6), 3), ((2, 5, 5, 6), 2), ((2, 4, 4, 4), 4)])
+def test_group_norm_agrees_with_keras_channels_last(tf_keras, seed, dtype, shape, groups):
+    tf, keras = tf_keras
+    x, dy = _case(seed, shape, 1.0)  # channels last
+    rng = _rng(seed + 100)
+    c = shape[-1]
+    gamma, beta = rng.normal(size=c), rng.normal(size=c)
+    layer = keras.layers.GroupNormalization(groups=groups, axis=-1, epsilon=1e-3, dtype=dtype)
+    layer.build(shape)
+    layer.set_weights([gamma, beta])
+    actual = _keras_run(tf, layer, x, dy, dtype)
+    to_first = lambda a: np.moveaxis(a, -1, 1)  # noqa: E731
+    y, cache = nrm.group_norm_forward(to_first(x), gamma, beta, groups, eps=1e-3)
+    dx, dgamma, dbeta = nrm.group_norm_backward(to_first(dy), cache)
+    grouped = (shape[0], groups, c // groups, *shape[1:-1])
+    pshape = (1, groups, c // groups) + (1,) * (len(shape) - 2)
+    as_grouped = lambda a: to_first(a).reshape(grouped)  # noqa: E731
+    actual = (as_grouped(actual[0]), as_grouped(actual[1]), actual[2], actual[3])
+    expected = (y.reshape(grouped), dx.reshape(grouped), dgamma, dbeta)
+    _check_standardisation(
+        actual,
+        expected,
+        as_grouped(x),
+        as_grouped(dy),
+        gamma.reshape(pshape),
+        beta.reshape(pshape),
+        tuple(range(2, len(grouped))),
+        (0, *range(3, len(grouped))),
+        1e-3,
+        dtype,
+        "keras GroupNormalization",
+    )
+
+
+def _renorm_layer(keras, kind: str, dtype: str, c: int):
+    kwargs = dict(
+        axis=-1,
+        epsilon=1e-3,
+        momentum=0.9,
+        renorm=True,
+        renorm_momentum=0.7,
+        renorm_clipping={"rmin": 1 / 3, "rmax": 3.0, "dmax": 5.0},
+        dtype=dtype,
+    )
+    if kind == "keras":
+        return keras.layers.BatchNormalization(**kwargs)
+    from bnref import keras_bn
+
+    return keras_bn.BatchNormalization(**kwargs)
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", ["keras", "bnref.keras_bn"])
+def test_batch_renorm_agrees_with_keras_over_training_steps_with_the_schedule(tf_keras, request, seed, dtype, kind):
+    """Eight training steps of Keras' BatchNormalization(renorm=True) with r_max, d_max set by the paper's schedule
+    (scaled: plain BN for 2 steps, r_max = 3 at step 7, d_max = 5 at step 5), batches whose mean and spread drift
+    so that r and d are clipped at some steps and not at others. Each step compares y, dx, dgamma, dbeta and the
+    four updated statistics with the reference run from the layer's state before the step."""
+    tf, keras = tf_keras
+    if kind == "bnref.keras_bn" and dtype == "float64":
+        # measured: bnref.keras_bn casts the clipping bounds with tf.cast(python float, float64), which passes
+        # through float32 (r_max = 4/3 is off by 4e-8), so a clipped r is float32-accurate only; strict, so that
+        # the fix (tf.constant(value, dtype)) turns this into a failure that asks for the mark to go
+        request.applymarker(pytest.mark.xfail(strict=True, reason="bnref.keras_bn: clip bounds pass through float32"))
+    rng = _rng(seed)
+    shape, eps, c = (6, 2, 2, 3), 1e-3, 3
+    layer = _renorm_layer(keras, kind, dtype, c)
+    layer.build(shape)
+    gamma, beta = rng.normal(size=c), rng.normal(size=c)
+    layer.gamma.assign(gamma.astype(dtype))
+    layer.beta.assign(beta.astype(dtype))
+    clipped_r = unclipped_r = 0
+    for step in range(8):
+        x = rng.normal(loc=0.5 * step, scale=1.0 + 0.4 * step, size=shape)
+        dy = rng.normal(size=shape)
+        r_max, d_max = nrm.batch_renorm_clipping(step, warmup_steps=2, r_max_steps=7, d_max_steps=5)
+        layer.renorm_clipping = {"rmin": 1.0 / r_max, "rmax": r_max, "dmax": d_max}
+        state = {
+            w: np.asarray(getattr(layer, w).numpy(), np.float64)
+            for w in ("renorm_mean", "renorm_stddev", "moving_mean", "moving_stddev")
+        }
+        running_var = np.maximum(state["renorm_stddev"] ** 2 - eps, 0.0)
+        actual = _keras_run(tf, layer, x, dy, dtype, training=True)
+
+        y, cache = nrm.batch_renorm_forward(x, gamma, beta, state["renorm_mean"], running_var, r_max, d_max, eps=eps)
+        dx, dgamma, dbeta = nrm.batch_renorm_backward(dy, cache)
+        at_clip = (cache.r == r_max) | (cache.r == 1 / r_max)
+        clipped_r += int(np.sum(at_clip))
+        unclipped_r += int(np.sum(~at_clip))
+
+        # condition scales (appendix ch-bounds): y = gamma (x_hat r + d) + beta with x_hat, r, d computed in dtype
+        bn = cache.bn
+        m = bn.m
+        dy2, xh2 = dy.reshape(-1, c), bn.x_hat.reshape(-1, c)
+        sigma_b, sigma = 1 / bn.inv_std, np.sqrt(running_var + eps)
+        rr = np.abs(bn.mean) / sigma_b
+        big_x = np.abs(xh2).max(axis=0)
+        s_d = (np.abs(bn.mean) + np.abs(state["renorm_mean"]) + sigma_b * big_x) / sigma  # error scale of d
+        g, r, d = np.abs(gamma), cache.r, np.abs(cache.d)
+        s_y = g * (r * (2 * np.abs(xh2) + rr) + d + s_d) + np.abs(beta)
+        s_dgamma = np.sum(np.abs(dy2) * (r * (2 * np.abs(xh2) + rr) + d + s_d), axis=0)
+        dxh = np.abs(dy2) * g * r
+        s_dx = bn.inv_std / m * (m * dxh + dxh.sum(0) + (np.abs(xh2) + rr) * (dxh * (np.abs(xh2) + rr)).sum(0))
+        checks = [
+            check_close(
+                actual[0].reshape(-1, c), y.reshape(-1, c), dtype=dtype, m=m, cond=_cond(s_y, y), what="y", show="none"
+            ),
+            check_close(
+                actual[1].reshape(-1, c),
+                dx.reshape(-1, c),
+                dtype=dtype,
+                m=m,
+                cond=_cond(s_dx, dx),
+                what="dx",
+                show="none",
+            ),
+            check_close(actual[2], dgamma, dtype=dtype, m=m, cond=_cond(s_dgamma, dgamma), what="dgamma", show="none"),
+            check_close(
+                actual[3], dbeta, dtype=dtype, m=m, cond=_cond(np.abs(dy2).sum(0), dbeta), what="dbeta", show="none"
+            ),
+        ]
+        # the running statistics: means sum |x| <= |mu_B| + sigma_B X; std from the variance (relative e / 2)
+        for prefix, momentum in (("renorm", 0.7), ("moving", 0.9)):
+            old_mean, old_std = state[f"{prefix}_mean"], state[f"{prefix}_stddev"]
+            new_mean, new_var = nrm.batch_renorm_running_update(
+                old_mean, np.maximum(old_std**2 - eps, 0.0), cache, momentum=momentum
+            )
+            new_std = np.sqrt(new_var + eps)
+            s_mean = momentum * np.abs(old_mean) + (1 - momentum) * (np.abs(bn.mean) + sigma_b * big_x)
+            s_std = momentum * old_std + (1 - momentum) * sigma_b * (1 + rr)
+            std_name = "renorm_stddev" if prefix == "renorm" else "moving_stddev"
+            checks += [
+                check_close(
+                    getattr(layer, f"{prefix}_mean").numpy(),
+                    new_mean,
+                    dtype=dtype,
+                    m=m,
+                    cond=_cond(s_mean, new_mean),
+                    what=f"{prefix}_mean",
+                    show="none",
+                ),
+                check_close(
+                    getattr(layer, std_name).numpy(),
+                    new_std,
+                    dtype=dtype,
+                    m=m,
+                    cond=_cond(s_std, new_std),
+                    what=std_name,
+                    show="none",
+                ),
+            ]
+        for res in checks:
+            assert res.passed, f"step {step}: {res}"
+    assert clipped_r > 0 and unclipped_r > 0, "the run must exercise both clipped and unclipped r"
+
+
+def test_planted_fault_renorm_with_variance_average_disagrees_with_keras(tf_keras):
+    """A running update that averages the variance (not sigma) drifts from Keras' renorm_stddev: caught."""
+    tf, keras = tf_keras
+    rng = _rng(0)
+    layer = _renorm_layer(keras, "keras", "float64", 3)
+    layer.build((8, 3))
+    x = rng.normal(scale=3.0, size=(8, 3))
+    _, cache = nrm.batch_renorm_forward(x, np.ones(3), np.zeros(3), np.zeros(3), np.ones(3) - 1e-3, 3.0, 5.0)
+    layer(tf.constant(x), training=True)
+    wrong_var = 0.7 * (1.0 - 1e-3) + 0.3 * cache.bn.var
+    result = check_close(layer.renorm_stddev.numpy(), np.sqrt(wrong_var + 1e-3), dtype="float64", m=8, show="none")
+    assert not result.passed
