@@ -8,6 +8,8 @@ nothing but NumPy. The framework modules are imported explicitly when needed::
     from bnref import torch_bn    # PyTorch from scratch + adapters to torch.nn.BatchNorm*
     from bnref import keras_bn    # TensorFlow / Keras 3 from scratch + adapters
     from bnref import agreement   # every implementation on one case, as a table
+    from bnref import transfer    # weights between torch.nn.BatchNorm* and Keras BatchNormalization
+    from bnref import testing     # check_close and the error model behind every tolerance (NumPy only)
 """
 
 from .conventions import (
