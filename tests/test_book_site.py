@@ -65,7 +65,7 @@ SCREENSHOT_DIR = HTML_DIR.parent / "screenshots"
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 VIEWPORT = {"width": 1280, "height": 900}
 
-# The flags GUIDE section 6 names for headless Chromium here (Playwright adds --headless and a fresh temporary
+# The flags headless Chromium needs on this project's machines (Playwright adds --headless and a fresh temporary
 # --user-data-dir itself), and a few more that keep the browser quiet and offline.
 CHROMIUM_FLAGS = [
     "--no-sandbox",
