@@ -749,3 +749,20 @@ def test_planted_fault_renorm_with_variance_average_disagrees_with_keras(tf_kera
     wrong_var = 0.7 * (1.0 - 1e-3) + 0.3 * cache.bn.var
     result = check_close(layer.renorm_stddev.numpy(), np.sqrt(wrong_var + 1e-3), dtype="float64", m=8, show="none")
     assert not result.passed
+
+
+def test_planted_fault_wrong_groups_or_eps_fail_the_torch_bound():
+    """The float32 bounds are tight enough to see a wrong group count and a wrong eps."""
+    x, _ = _case(0, (4, 8, 6), 1.0)
+    gamma, beta = np.ones(8), np.zeros(8)
+    layer = torch.nn.GroupNorm(4, 8, eps=1e-5)
+    y_torch = layer(torch.tensor(x.astype("float32"))).detach().numpy()
+    y_wrong_groups, _ = nrm.group_norm_forward(x, gamma, beta, 2)
+    y_wrong_eps, _ = nrm.group_norm_forward(x * 1e-2, gamma, beta, 4, eps=1e-3)
+    y_eps_torch = layer(torch.tensor((x * 1e-2).astype("float32"))).detach().numpy()
+    y_right, _ = nrm.group_norm_forward(x, gamma, beta, 4)
+    x_hat, _, r = _standardised_terms(x.reshape(4, 4, 12), (2,), 1e-5)  # eq-bound-y: cond = max(|x_hat| + r)
+    kw = dict(dtype="float32", m=12, cond=_cond(np.abs(x_hat) + r, y_right), show="none")
+    assert check_close(y_torch, y_right, **kw).passed
+    assert not check_close(y_torch, y_wrong_groups, **kw).passed
+    assert not check_close(y_eps_torch, y_wrong_eps, **kw).passed
