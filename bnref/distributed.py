@@ -80,6 +80,8 @@ __all__ = [
     "DEMO_CASES",
     "demo_batch",
     "chapter_demo",
+    "FLAX_SCRIPT",
+    "flax_sync_bn_measurements",
 ]
 
 
@@ -864,6 +866,104 @@ def chapter_demo(rank: int, world_size: int, max_steps: int) -> dict[str, Any]:
     out["buffers"] = {b: _buffer_demo(rank, world_size, b) for b in (True, False)}
     out["ddp"] = _ddp_worker(rank, world_size, [0], DDP_EXPERIMENT, max_steps)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# A second engine: Flax's BatchNorm with axis_name, measured in a subprocess
+# ----------------------------------------------------------------------------------------------------
+
+#: The script run by :func:`flax_sync_bn_measurements` (in a new interpreter, so that XLA_FLAGS is set before
+#: JAX is imported and ``import bnref`` never imports JAX). It prints one JSON object.
+FLAX_SCRIPT = r"""
+import json
+import numpy as np
+import jax, jax.numpy as jnp, flax
+import flax.linen as nn
+
+n_dev = jax.local_device_count()
+C = 3
+
+
+def bn64(x, eps=1e-5):
+    x = np.asarray(x, np.float64)
+    return (x - x.mean(0)) / np.sqrt(x.var(0) + eps)
+
+
+def run(shards, masks, fast):
+    model = nn.BatchNorm(use_running_average=False, axis_name="batch", use_fast_variance=fast, momentum=0.9)
+    variables = model.init(jax.random.PRNGKey(0), shards[0])
+
+    def step(x, m):
+        y, _ = model.apply(variables, x, mask=m, mutable=["batch_stats"])
+        return y
+
+    return np.asarray(jax.pmap(step, axis_name="batch")(shards, masks))
+
+
+out = {"jax": jax.__version__, "flax": flax.__version__, "devices": n_dev}
+rng = np.random.default_rng(0)
+# 1. equal shards: 8 rows per device
+x = (5.0 + 2.0 * rng.standard_normal((n_dev * 8, C))).astype(np.float32)
+shards = x.reshape(n_dev, 8, C)
+mask_all = np.ones_like(shards, dtype=bool)
+ref = bn64(x)
+out["equal_cond"] = {"r": float((np.abs(x.astype(np.float64).mean(0)) / x.astype(np.float64).std(0)).max()),
+                     "X": float(np.abs(ref).max()), "m": int(x.shape[0])}
+out["equal"] = {f: float(np.abs(run(shards, mask_all, f).reshape(-1, C) - ref).max() / np.abs(ref).max())
+                for f in (True, False)}
+# 2. unequal shards: valid rows per device, padded to 8 and masked
+counts = [2, 8, 5, 1][:n_dev]
+masks = np.zeros_like(shards, dtype=bool)
+for d, k in enumerate(counts):
+    masks[d, :k] = True
+valid = shards[masks[:, :, 0]]
+ref_u = bn64(valid)
+y = run(shards, masks, False)
+y_valid = y[masks[:, :, 0]]
+out["unequal"] = {"counts": counts,
+                  "rel_err": float(np.abs(y_valid - ref_u).max() / np.abs(ref_u).max())}
+# 3. fast variance at large |mean|/std, equal shards, float32
+out["offset"] = {}
+for r in (1.0, 1e2, 1e3, 1e4):
+    errs = {}
+    for f in (True, False):
+        worst = 0.0
+        for seed in range(3):
+            g = np.random.default_rng(seed)
+            xo = (r + g.standard_normal((n_dev * 8, C))).astype(np.float32)
+            refo = bn64(xo)
+            yo = run(xo.reshape(n_dev, 8, C), mask_all, f).reshape(-1, C)
+            worst = max(worst, float(np.abs(yo - refo).max() / np.abs(refo).max()))
+        errs["fast" if f else "two-pass"] = worst
+    out["offset"][str(r)] = errs
+out["offset_m"] = n_dev * 8
+print(json.dumps(out))
+"""
+
+
+def flax_sync_bn_measurements(devices: int = 4, timeout: float = 600) -> dict[str, Any]:
+    """Run ``flax.linen.BatchNorm(axis_name="batch")`` under ``jax.pmap`` on ``devices`` host CPU devices.
+
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=<devices>`` is set for a new Python process, which runs
+    :data:`FLAX_SCRIPT` and returns its measurements: the largest relative error of the output against BN over
+    the whole batch in float64 for equal shards (``equal``, both ``use_fast_variance`` settings), for unequal
+    shards expressed with ``mask`` (``unequal``), and at growing ``|mean|/std`` (``offset``: Flax's default
+    ``use_fast_variance=True``, i.e. ``E[x^2] - E[x]^2``, against ``False``, two passes), with the JAX and
+    Flax versions. Raises ValueError if JAX or Flax is missing or the script fails.
+    """
+    import json
+    import subprocess
+    import sys
+
+    if isinstance(devices, bool) or not isinstance(devices, int) or not 1 <= devices <= 4:
+        raise ValueError(f"devices must be an int from 1 to 4 (the script's shards), got {devices!r}")
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    done = subprocess.run(
+        [sys.executable, "-c", FLAX_SCRIPT], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise ValueError(f"the Flax measurement failed (is jax[cpu] and flax installed?):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
