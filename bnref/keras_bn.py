@@ -366,13 +366,23 @@ class BatchNormalization(keras.layers.Layer):
         # Same order and names as Keras: gamma, beta, moving_mean, moving_variance (+ the renorm weights).
         if self.scale:
             self.gamma = self.add_weight(
-                shape=shape, name="gamma", initializer=self.gamma_initializer, regularizer=self.gamma_regularizer,
-                constraint=self.gamma_constraint, trainable=True, autocast=False,
+                shape=shape,
+                name="gamma",
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint,
+                trainable=True,
+                autocast=False,
             )
         if self.center:
             self.beta = self.add_weight(
-                shape=shape, name="beta", initializer=self.beta_initializer, regularizer=self.beta_regularizer,
-                constraint=self.beta_constraint, trainable=True, autocast=False,
+                shape=shape,
+                name="beta",
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint,
+                trainable=True,
+                autocast=False,
             )
         self.moving_mean = state("moving_mean", self.moving_mean_initializer)
         self.moving_variance = state("moving_variance", self.moving_variance_initializer)

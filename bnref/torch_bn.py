@@ -31,7 +31,6 @@ catches it. eps follows PyTorch: > 0 in training, >= 0 in inference, checked at 
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .conventions import PYTORCH, Convention
@@ -305,7 +304,6 @@ def _batch_norm_inference(x, running_mean, running_var, weight, bias, eps, axis)
     if bias is not None:
         y = y + bias.to(cdtype).view(b)
     return y.to(x.dtype)
-
 
 
 # ----------------------------------------------------------------------------------------------------

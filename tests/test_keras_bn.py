@@ -25,13 +25,13 @@ keras = pytest.importorskip("keras")
 
 import bnref  # noqa: E402
 from bnref import KERAS  # noqa: E402
-from bnref.testing import BOUND_C  # noqa: E402
 from bnref.keras_bn import (  # noqa: E402
     BatchNormalization,
     batch_norm_inference,
     batch_norm_train,
     batch_norm_train_with_stats,
 )
+from bnref.testing import BOUND_C  # noqa: E402
 
 EPS64 = float(np.finfo(np.float64).eps)
 LAYERS = [keras.layers.BatchNormalization, BatchNormalization]
@@ -56,7 +56,7 @@ def test_tf_gradient_checker_float64(shape, axis):
     theoretical, numerical = tf.test.compute_gradient(
         lambda x, g, b: batch_norm_train(x, g, b, axis, KERAS.eps), [x, g, b], delta=1e-5
     )
-    for t, n in zip(theoretical, numerical):
+    for t, n in zip(theoretical, numerical, strict=True):
         assert bnref.relative_error(t, n) < 1e-8
 
 
@@ -72,7 +72,14 @@ def test_custom_gradient_equals_the_numpy_compact_formula():
     y_ref, cache = bnref.batch_norm_forward(x, g, b, KERAS.eps, axis=-1)
     dx_ref, dg_ref, db_ref = bnref.batch_norm_backward(dy, cache)
     m = 24
-    for a, ref, scale in ((y, y_ref, 4), (dx, dx_ref, 4), (dg, dg_ref, 4 * m), (db, db_ref, 4 * m), (mean, cache.mean, 4), (var, cache.var, 4)):
+    for a, ref, scale in (
+        (y, y_ref, 4),
+        (dx, dx_ref, 4),
+        (dg, dg_ref, 4 * m),
+        (db, db_ref, 4 * m),
+        (mean, cache.mean, 4),
+        (var, cache.var, 4),
+    ):
         assert np.max(np.abs(np.asarray(a) - ref)) <= _f64_tol(m, scale)
 
 
@@ -103,7 +110,8 @@ def test_inference_function_is_the_affine_map():
     g, b, rm, rv = rng.uniform(0.5, 1.5, 3), rng.normal(size=3), rng.normal(size=3), rng.uniform(0.5, 2, 3)
     y = batch_norm_inference(tf.constant(x), *(tf.constant(a) for a in (g, b, rm, rv)), axis=-1, epsilon=KERAS.eps)
     ref = bnref.batch_norm_inference(x, g, b, rm, rv, KERAS.eps, axis=-1)
-    # a few float64 roundings on terms of size |gamma| (|x| + |mean|) / sqrt(var + eps) + |beta| <= 1.5 * 5 * 1.5 + 3 < 15
+    # a few float64 roundings on terms of size |gamma| (|x| + |mean|) / sqrt(var + eps) + |beta|
+    # <= 1.5 * 5 * 1.5 + 3 < 15
     assert np.max(np.abs(np.asarray(y) - ref)) <= BOUND_C * EPS64 * 15
 
 
@@ -118,9 +126,12 @@ def test_defaults_come_from_the_keras_convention_and_equal_native():
         assert getattr(ours, attr) == getattr(native, attr) == value, attr
     assert ours.center and ours.scale
     ours.build((2, 3)), native.build((2, 3))
-    for a, b in zip(ours.get_weights(), native.get_weights()):
+    for a, b in zip(ours.get_weights(), native.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert ours.get_weights()[2].tolist() == [KERAS.init_mean] * 3 and ours.get_weights()[3].tolist() == [KERAS.init_var] * 3
+    assert (
+        ours.get_weights()[2].tolist() == [KERAS.init_mean] * 3
+        and ours.get_weights()[3].tolist() == [KERAS.init_var] * 3
+    )
 
 
 @pytest.mark.parametrize("axis,shape", [(-1, (4, 3)), (-1, (2, 2, 2, 3)), (1, (2, 3, 2, 2))])
@@ -147,11 +158,15 @@ def test_same_weights_same_order_and_transfer_both_ways(axis, shape, center, sca
     bshape = [1] * len(shape)
     bshape[axis] = -1
     r = lambda v: np.reshape(v, bshape)  # noqa: E731
-    tol = BOUND_C * 1.2e-7 * np.max(np.abs(r(g)) * (np.abs(x) + np.abs(r(mean))) / np.sqrt(r(var) + KERAS.eps) + np.abs(r(b)))
+    tol = (
+        BOUND_C
+        * 1.2e-7
+        * np.max(np.abs(r(g)) * (np.abs(x) + np.abs(r(mean))) / np.sqrt(r(var) + KERAS.eps) + np.abs(r(b)))
+    )
     assert np.max(np.abs(np.asarray(ours(x)) - np.asarray(native(x)))) <= tol
     ours.set_weights([v * 2 for v in values])
     native.set_weights(ours.get_weights())
-    for a, b in zip(native.get_weights(), ours.get_weights()):
+    for a, b in zip(native.get_weights(), ours.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -311,10 +326,11 @@ def test_masked_values_do_not_change_the_statistics_and_gradient_is_derived():
         assert np.max(np.abs(np.asarray(a2) - ref)) <= _f64_tol(n, 16)
     # the masked backward dx = gamma inv_std (dy - w/n (dbeta + x_hat dgamma)) against central differences
     theoretical, numerical = tf.test.compute_gradient(
-        lambda x, g, b: batch_norm_train(x, g, b, mask=mask), [tf.constant(x), tf.constant(g), tf.constant(b)],
+        lambda x, g, b: batch_norm_train(x, g, b, mask=mask),
+        [tf.constant(x), tf.constant(g), tf.constant(b)],
         delta=1e-5,
     )
-    for t, num in zip(theoretical, numerical):
+    for t, num in zip(theoretical, numerical, strict=True):
         assert bnref.relative_error(t, num) < 1e-8  # module docstring: h = 1e-5 in float64
 
 
@@ -348,17 +364,20 @@ def test_renorm_matches_native_over_three_steps(clipping):
                 tape.watch(x)
                 y = layer(x, training=True)
             grads.append([y, *tape.gradient(y, [x, layer.gamma, layer.beta], output_gradients=dy)])
-        for a, b in zip(*grads):
+        for a, b in zip(*grads, strict=True):
             # float64, m = 6, values O(|mean|/std + X) * r <= 10: C eps64 (1 + sqrt(m)) * 10 * m
             assert np.max(np.abs(np.asarray(a) - np.asarray(b))) <= _f64_tol(6, 60)
-    for a, b in zip(ours.get_weights(), native.get_weights()):
+    for a, b in zip(ours.get_weights(), native.get_weights(), strict=True):
         assert np.max(np.abs(a - b)) <= _f64_tol(6, 60)
     assert not np.allclose(ours.renorm_mean.numpy(), start[5])  # the renorm statistics did move
 
 
 def test_renorm_clipping_is_validated_like_native():
-    for bad, message in (({"random_key": 1.0}, "invalid keys"), ({"rmax": 0.0, "rmin": 1.0}, "rmax should be"),
-                         ({"dmax": -1.0}, "dmax should be non-negative")):
+    for bad, message in (
+        ({"random_key": 1.0}, "invalid keys"),
+        ({"rmax": 0.0, "rmin": 1.0}, "rmax should be"),
+        ({"dmax": -1.0}, "dmax should be non-negative"),
+    ):
         for cls in LAYERS:
             with pytest.raises(ValueError, match=message):
                 cls(renorm=True, renorm_clipping=bad)
@@ -366,11 +385,24 @@ def test_renorm_clipping_is_validated_like_native():
 
 def _all_arguments() -> dict:
     return dict(
-        axis=1, momentum=0.9, epsilon=1e-4, center=True, scale=True, beta_initializer="random_normal",
-        gamma_initializer=keras.initializers.Constant(2.0), moving_mean_initializer="ones",
-        moving_variance_initializer="zeros", beta_regularizer="l2", gamma_regularizer=keras.regularizers.L1(0.1),
-        beta_constraint="non_neg", gamma_constraint=keras.constraints.MaxNorm(2.0), renorm=True,
-        renorm_clipping={"rmax": 3.0}, renorm_momentum=0.95, synchronized=False, name="bn",
+        axis=1,
+        momentum=0.9,
+        epsilon=1e-4,
+        center=True,
+        scale=True,
+        beta_initializer="random_normal",
+        gamma_initializer=keras.initializers.Constant(2.0),
+        moving_mean_initializer="ones",
+        moving_variance_initializer="zeros",
+        beta_regularizer="l2",
+        gamma_regularizer=keras.regularizers.L1(0.1),
+        beta_constraint="non_neg",
+        gamma_constraint=keras.constraints.MaxNorm(2.0),
+        renorm=True,
+        renorm_clipping={"rmax": 3.0},
+        renorm_momentum=0.95,
+        synchronized=False,
+        name="bn",
     )
 
 
@@ -393,8 +425,14 @@ def test_regularizers_and_constraints_act_like_native():
         layer(x, training=True)
     losses = [[float(v) for v in layer.losses] for layer in layers]
     assert len(losses[0]) == 2 and losses[0] == losses[1]
-    assert [type(w.constraint) for w in layers[1].trainable_weights] == [keras.constraints.MaxNorm, keras.constraints.NonNeg]
-    assert [type(w.constraint) for w in layers[0].trainable_weights] == [keras.constraints.MaxNorm, keras.constraints.NonNeg]
+    assert [type(w.constraint) for w in layers[1].trainable_weights] == [
+        keras.constraints.MaxNorm,
+        keras.constraints.NonNeg,
+    ]
+    assert [type(w.constraint) for w in layers[0].trainable_weights] == [
+        keras.constraints.MaxNorm,
+        keras.constraints.NonNeg,
+    ]
 
 
 def test_synchronized_is_whole_batch_with_one_replica_and_refused_with_several(monkeypatch):

@@ -22,7 +22,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import bnref  # noqa: E402
-from bnref import KERAS, PYTORCH  # noqa: E402
+from bnref import PYTORCH  # noqa: E402
 from bnref.testing import BOUND_C  # noqa: E402
 from bnref.torch_bn import BatchNorm, BatchNormFunction, batch_norm, compute_dtype  # noqa: E402
 
@@ -241,7 +241,7 @@ def test_module_tracks_native_in_float64(device, momentum, shape):
             mod.weight.grad = mod.bias.grad = None
         # condition scales of bnref.agreement (gamma 1, beta 0): y ~ r + X, dbeta ~ sum|dy|,
         # dgamma ~ sum|dy| (|x_hat| + r), dx ~ (max|dy| + (sum|dy| + (r + X)|dgamma| + X sum|dy|(|x_hat| + r))/m)/sigma
-        for a, b, scale in zip(outs[0], outs[1], _scales(x, dy, m)):
+        for a, b, scale in zip(outs[0], outs[1], _scales(x, dy, m), strict=True):
             assert torch.max(torch.abs(a - b)) <= _f64_tol(m, scale)
     assert int(ours.num_batches_tracked) == int(native.num_batches_tracked) == 3
     # running values: convex combinations of batch statistics of size <= |mean| + std X and (std X)^2 <= 4 m
@@ -358,3 +358,77 @@ def test_two_pass_variance_survives_mean_over_std_1e3_in_float32(device):
     assert np.max(np.abs(var.double().cpu().numpy() - true_var)) <= tol
     one_pass = (x * x).mean(0) - x.mean(0) ** 2
     assert np.max(np.abs(one_pass.double().cpu().numpy() - true_var)) > 10 * tol
+
+
+# ----------------------------------------------------------------------------------------------------
+# Drop-in details (issue 14); the frameworks' own checks are in tests/test_native_suites.py
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_update_rule_is_built_once_and_follows_a_momentum_change():
+    bn = BatchNorm(3, momentum=0.2)
+    rule = bn._running_update_rule()
+    x = torch.randn(8, 3)
+    bn(x), bn(x)
+    assert bn._running_update_rule() is rule and rule.momentum == 0.2
+    bn.momentum = None  # users change momentum after construction; the rule follows
+    before = bn.running_mean.clone()
+    bn(x)
+    k = int(bn.num_batches_tracked)  # 3: the cumulative weight 1/3
+    expected = (1 - 1 / k) * before + x.mean(0) / k
+    # float32: a few roundings on values of size max|x|
+    assert torch.max(torch.abs(bn.running_mean - expected)) <= BOUND_C * EPS32 * (1 + math.sqrt(8)) * float(
+        x.abs().max()
+    )
+    with pytest.raises(ValueError, match="momentum"):
+        bn.momentum = 1.5
+        bn(x)
+
+
+def test_classes_are_native_batchnorm_subclasses_with_their_rank_checks():
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from bnref.torch_bn import BatchNorm1d, BatchNorm2d, BatchNorm3d
+
+    for cls, ranks in ((BatchNorm, {2, 3, 4, 5}), (BatchNorm1d, {2, 3}), (BatchNorm2d, {4}), (BatchNorm3d, {5})):
+        assert issubclass(cls, _BatchNorm)
+        for rank in range(1, 7):
+            x = torch.randn((4, 3, 2, 2, 2, 2)[:rank])
+            if rank in ranks:
+                assert cls(3)(x).shape == x.shape
+            else:
+                with pytest.raises(ValueError, match=f"{rank}D input"):
+                    cls(3)(x)
+
+
+def test_shape_mismatch_is_both_value_error_and_runtime_error():
+    from bnref.torch_bn import ShapeMismatchError
+
+    bn = BatchNorm(3)
+    bn.running_var = torch.ones(4)
+    for exc in (ValueError, RuntimeError, ShapeMismatchError):
+        with pytest.raises(exc, match="running_var must have shape \\(3,\\)"):
+            bn(torch.randn(4, 3))
+
+
+def test_double_backward_rebuilds_the_statistics_inside_the_graph():
+    """Second derivatives through the derived backward equal those of autograd through the plain forward."""
+    gen = torch.Generator().manual_seed(11)
+    x0 = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    w0 = torch.rand(3, generator=gen, dtype=torch.float64) + 0.5
+    dy = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    v = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+
+    def plain(x, w):  # autograd through the forward: an independent route to the same derivatives
+        mean = x.mean(0)
+        var = ((x - mean) ** 2).mean(0)
+        return (x - mean) / torch.sqrt(var + PYTORCH.eps) * w
+
+    out = []
+    for f in (lambda x, w: BatchNormFunction.apply(x, w, None, PYTORCH.eps, 1)[0], plain):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        (dx,) = torch.autograd.grad(f(x, w), x, dy, create_graph=True)
+        out.append(torch.autograd.grad(dx, (x, w), v))
+    for a, b in zip(*out, strict=True):
+        # second derivatives: products of O(1) terms over m = 6 values, each O(|dy| |v| / sigma^2) <= O(30)
+        assert torch.max(torch.abs(a - b)) <= _f64_tol(6, 30 * 6)
