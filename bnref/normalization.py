@@ -204,6 +204,14 @@ def layer_norm_forward(
     -------
     y : ndarray, same shape and dtype as x
     cache : LayerNormCache
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnref.normalization import layer_norm_forward
+    >>> y, cache = layer_norm_forward(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 6.0]]), np.ones(3), np.zeros(3), eps=1e-12)
+    >>> y.round(4).tolist()  # each row standardised on its own
+    [[-1.2247, 0.0, 1.2247], [-0.7071, -0.7071, 1.4142]]
     """
     x = _as_float_array(x, "x")
     normalized_ndim = _check_count(normalized_ndim, "normalized_ndim")
@@ -711,6 +719,15 @@ def ghost_batch_norm_forward(
     -------
     y : ndarray, same shape and dtype as x
     cache : GhostBatchNormCache
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnref.normalization import ghost_batch_norm_forward
+    >>> x = np.array([[0.0], [2.0], [10.0], [14.0]])  # two ghost batches of two examples, one channel
+    >>> y, cache = ghost_batch_norm_forward(x, np.ones(1), np.zeros(1), ghost_batch_size=2, eps=1e-12)
+    >>> y.ravel().round(6).tolist(), cache.means.ravel().tolist()
+    ([-1.0, 1.0, -1.0, 1.0], [1.0, 12.0])
     """
     x = _as_float_array(x, "x")
     axis = _channel_axis(x.shape, axis)

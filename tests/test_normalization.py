@@ -766,3 +766,12 @@ def test_planted_fault_wrong_groups_or_eps_fail_the_torch_bound():
     assert check_close(y_torch, y_right, **kw).passed
     assert not check_close(y_torch, y_wrong_groups, **kw).passed
     assert not check_close(y_eps_torch, y_wrong_eps, **kw).passed
+
+
+def test_docstring_examples_run():
+    import doctest
+    import importlib
+
+    module = importlib.import_module("bnref.normalization")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted > 0
