@@ -10,7 +10,8 @@ full configuration, seeds, runner), and run in full by one command that writes o
 The chapters draw their figures and verdicts from the committed records and run a reduced
 configuration live (:func:`run_experiment` with ``overrides``), checked against the records' spread
 with :func:`bnref.claims.within_spread`. :func:`check_record` fails when a record's configuration no
-longer matches its definition here.
+longer matches its definition here. Running, loading and checking are :mod:`bnref.claims`'
+(:func:`~bnref.claims.run_definition`, :func:`~bnref.claims.check_definition`), shared by both chapters.
 
 What is here
 ------------
@@ -34,7 +35,6 @@ PyTorch is imported at the top of this module; ``import bnref`` does not import 
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from bnref import experiments as ex
-from bnref.claims import Experiment, load_claims_record, record_filename
+from bnref.claims import Data, Experiment, check_definition, load_claims_record, run_definition
 from bnref.models import (
     build_torch_model,
     check_int,
@@ -54,8 +54,8 @@ from bnref.models import (
     linear_layers,
     load_linear_weights,
 )
-from bnref.records import ExperimentRecord, json_ready
-from bnref.torch_training import as_tensors, device_name, evaluate, kept_buffers, select_device
+from bnref.records import ExperimentRecord
+from bnref.torch_training import as_tensors, evaluate, kept_buffers
 
 __all__ = [
     "EXPERIMENTS",
@@ -66,6 +66,7 @@ __all__ = [
     "nonlinearity_inputs",
     "weight_norm_step",
     "stopgrad_bias_demo",
+    "get_experiment",
     "run_experiment",
     "load_record",
     "check_record",
@@ -339,16 +340,6 @@ def stopgrad_bias_demo(
 # --------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------
-
-Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
-
-@functools.lru_cache(maxsize=1)
-def _mnist() -> Data:
-    from bnref.data import load_mnist, to_features
-
-    x_train, y_train, x_test, y_test = load_mnist()
-    return to_features(x_train), y_train.astype(np.int64), to_features(x_test), y_test.astype(np.int64)
 
 
 def _subsets(cfg: dict[str, Any], data: Data, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -637,54 +628,24 @@ EXPERIMENTS: dict[str, Experiment] = _experiments()
 # --------------------------------------------------------------------------------------------
 
 
-def run_experiment(
-    name: str,
-    *,
-    seeds: Sequence[int] | None = None,
-    device: str = "cpu",
-    overrides: dict[str, Any] | None = None,
-    out: str | Path | None = None,
-    data: Data | None = None,
-) -> ExperimentRecord:
-    """Run one experiment of :data:`EXPERIMENTS` over ``seeds`` and return (and with ``out``, write) its record.
-
-    Parameters
-    ----------
-    name : str
-    seeds : sequence of int, optional
-        Default: the definition's seeds.
-    device : str
-        ``"cpu"``, ``"cuda"``, ``"cuda:N"``. On the CPU PyTorch uses one thread during the run
-        (restored afterwards), so the numbers do not depend on the core count.
-    overrides : dict, optional
-        Configuration entries replaced for a reduced run; the record carries the changed configuration.
-    out : path, optional
-        Folder; the file is ``bnref.claims.record_filename(name, device)``, e.g. ``dynamics-lenet.cpu.json``.
-    data : (x_train, y_train, x_test, y_test), optional
-        Float32 features ``(n, 784)`` in [0, 1] and int64 labels; default MNIST. Tests pass synthetic data.
-    """
+def get_experiment(name: str) -> Experiment:
+    """The definition of one experiment of :data:`EXPERIMENTS` (ValueError naming the known ones if there is none)."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; known: {sorted(EXPERIMENTS)}")
-    exp = EXPERIMENTS[name]
-    unknown = sorted(set(overrides or {}) - set(exp.config))
-    if unknown:
-        raise ValueError(f"{name} has no configuration entries {unknown} to override; it has {sorted(exp.config)}")
-    config = {**exp.config, **(overrides or {})}
-    seeds = [int(s) for s in (exp.seeds if seeds is None else seeds)]
-    if not seeds or min(seeds) < 0:
-        raise ValueError(f"seeds must be a non-empty list of non-negative integers; got {seeds!r}")
-    dev = select_device(device)
-    threads = torch.get_num_threads()
-    if dev.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        results = {s: exp.runner(config, s, dev, _mnist() if data is None else data) for s in seeds}
-    finally:
-        torch.set_num_threads(threads)
-    record = ExperimentRecord.create(name, config, seeds, results, device={"type": dev.type, "name": device_name(dev)})
-    if out is not None:
-        record.save(Path(out) / record_filename(name, record.device))
-    return record
+    return EXPERIMENTS[name]
+
+
+def run_experiment(name: str, **options: Any) -> ExperimentRecord:
+    """Run one experiment of :data:`EXPERIMENTS` over its seeds and return (with ``out``, write) its record.
+
+    :func:`bnref.claims.run_definition` does the running, with the same keyword options: ``seeds``
+    (default: the definition's), ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``; one PyTorch thread on
+    the CPU, so the numbers do not depend on the core count), ``overrides`` (configuration entries
+    replaced for a reduced run; the record carries the changed configuration), ``out`` (a folder; the
+    file is ``dynamics-lenet.cpu.json`` and the like) and ``data`` (float32 features ``(n, 784)`` in
+    [0, 1] and int64 labels; default MNIST; tests pass synthetic data).
+    """
+    return run_definition(get_experiment(name), **options)
 
 
 def load_record(name: str, folder: str | Path, device_type: str = "cpu") -> ExperimentRecord:
@@ -693,43 +654,35 @@ def load_record(name: str, folder: str | Path, device_type: str = "cpu") -> Expe
 
 
 def check_record(record: ExperimentRecord) -> None:
-    """Raise ValueError unless ``record`` has its definition's configuration and the first ``k >= 3`` of its seeds."""
-    if record.name not in EXPERIMENTS:
-        raise ValueError(f"{record.name!r} is not an experiment of bnref.dynamics")
-    exp = EXPERIMENTS[record.name]
-    wanted = json_ready(exp.config)
-    differ = sorted(k for k in wanted.keys() | record.config.keys() if wanted.get(k) != record.config.get(k))
-    if differ:
-        raise ValueError(f"{record.name}: configuration differs from bnref.dynamics at {differ}; run it again")
-    k = len(record.seeds)
-    if k < 3 or list(record.seeds) != list(exp.seeds[:k]):
-        raise ValueError(f"{record.name}: seeds {record.seeds} are not the first k >= 3 of {list(exp.seeds)}")
+    """Raise ValueError unless ``record`` has its definition's configuration and the first ``k >= 3`` of its seeds
+    (:func:`bnref.claims.check_definition`)."""
+    check_definition(record, get_experiment(record.name))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bnref.dynamics run NAME|all [--seeds N] [--device cpu|cuda] --out DIR`` (or ``list``)."""
+    """``python -m bnref.dynamics run NAME|all [--seeds N] [--device cpu|cuda] --out DIR``, or ``list``."""
     parser = argparse.ArgumentParser(prog="python -m bnref.dynamics", description=main.__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="the experiments")
-    run = sub.add_parser("run", help="run experiments and write their records")
-    run.add_argument("name", help="an experiment name or 'all'")
-    run.add_argument("--seeds", type=int, default=None, help="the first N of each experiment's seeds")
-    run.add_argument("--device", default="cpu")
-    run.add_argument("--out", required=True)
+    parser.add_argument("command", choices=("list", "run"))
+    parser.add_argument("name", nargs="?", default="all", help="an experiment (see list) or all (default)")
+    parser.add_argument("--seeds", type=int, default=None, help="the first N of each experiment's seeds")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--out", default=None, help="folder for the records (needed by run)")
     args = parser.parse_args(argv)
     if args.command == "list":
         for e in EXPERIMENTS.values():
             print(f"{e.name:22s} {e.claims:13s} {len(e.seeds)} seeds: {e.summary}")
         return 0
     names = list(EXPERIMENTS) if args.name == "all" else [args.name]
-    if any(n not in EXPERIMENTS for n in names):
-        parser.error(f"unknown experiment {args.name!r}; known: all, {', '.join(EXPERIMENTS)}")
+    problems = [f"unknown experiment {n!r}" for n in names if n not in EXPERIMENTS]
+    if args.out is None:
+        problems.append("run needs --out")
     if args.seeds is not None and args.seeds < 1:
-        parser.error(f"--seeds must be a positive integer; got {args.seeds}")
+        problems.append(f"--seeds must be a positive integer; got {args.seeds}")
+    if problems:
+        parser.error("; ".join(problems))
     for name in names:
-        seeds = EXPERIMENTS[name].seeds[: args.seeds]
         t0 = time.perf_counter()
-        rec = run_experiment(name, seeds=seeds, device=args.device, out=args.out)
+        rec = run_experiment(name, seeds=EXPERIMENTS[name].seeds[: args.seeds], device=args.device, out=args.out)
         print(f"{name}: seeds {rec.seeds} on {rec.device['name']} in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 

@@ -207,7 +207,7 @@ def test_run_experiment_on_synthetic_data(name, overrides, tmp_path):
     record = dyn.run_experiment(name, seeds=[0, 1], overrides=overrides, out=tmp_path, data=synthetic())
     assert record.seeds == [0, 1] and record.config == {**dyn.EXPERIMENTS[name].config, **overrides}
     assert (tmp_path / f"{name}.cpu.json").is_file()
-    with pytest.raises(ValueError, match="configuration"):
+    with pytest.raises(ValueError, match="differs"):
         dyn.check_record(record)
 
 
@@ -223,3 +223,5 @@ def test_command_lists_and_rejects(capsys):
     assert "dynamics-lenet" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         dyn.main(["run", "nothing", "--out", "/tmp/x"])
+    with pytest.raises(SystemExit):
+        dyn.main(["run", "dynamics-resnet"])  # no --out
