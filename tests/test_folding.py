@@ -227,3 +227,108 @@ def test_docstring_examples_run():
     module = importlib.import_module("bnref.folding")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# ONNX export from PyTorch and ONNX Runtime (onnx 1.23.2, onnxruntime 1.32.0, CPU execution provider)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _small_nets():
+    conv = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 3, 3, bias=False),
+        torch.nn.BatchNorm2d(3),
+    )
+    # the article's layout: flatten 28 x 28, dense, BN, ReLU, dense
+    mlp = torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(784, 32),
+        torch.nn.BatchNorm1d(32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 10),
+    )
+    return {"conv": (conv, (3, 1, 10, 10)), "mlp": (mlp, (3, 1, 28, 28))}
+
+
+def _folded_reference(net, x64: np.ndarray, absolute: bool = False) -> np.ndarray:
+    """The net in float64 with every BN folded by ``fold_batch_norm`` into the layer before it.
+
+    With ``absolute``, every weight, bias and input is replaced by its absolute value and ReLU by the identity:
+    the condition scale ``|W| |x| + |b|`` of the whole net (appendix ch-bounds)."""
+    mods = list(net)
+    h = torch.tensor(np.abs(x64) if absolute else x64)
+    i = 0
+    while i < len(mods):
+        mod = mods[i]
+        if isinstance(mod, torch.nn.Flatten):
+            h = torch.flatten(h, 1)
+        elif isinstance(mod, torch.nn.ReLU):
+            h = h if absolute else torch.relu(h)
+        else:
+            w = _np(mod.weight)
+            b = np.zeros(w.shape[0]) if mod.bias is None else _np(mod.bias)
+            if i + 1 < len(mods) and isinstance(mods[i + 1], torch.nn.modules.batchnorm._BatchNorm):
+                layout = "torch.Linear" if isinstance(mod, torch.nn.Linear) else "torch.Conv"
+                w, b = fold_batch_norm(w, b, *_bn_args(mods[i + 1]), layer=layout)
+                i += 1
+            if absolute:
+                w, b = np.abs(w), np.abs(b)
+            wt, bt = torch.tensor(w), torch.tensor(b)
+            h = F.linear(h, wt, bt) if isinstance(mod, torch.nn.Linear) else F.conv2d(h, wt, bt)
+        i += 1
+    return h.numpy()
+
+
+# the legacy TorchScript exporter (dynamo=False) is deprecated in torch 2.13; the default torch.export-based one
+# needs onnxscript, which the pinned stack does not carry
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", ["conv", "mlp"])
+def test_onnx_runtime_folds_conv_bn_and_agrees_with_the_folded_reference(tmp_path, seed, name):
+    """Exported with BN kept as a node; ONNX Runtime's basic graph optimisations remove it after a Conv (measured
+    with onnxruntime 1.32.0: Gemm + BatchNormalization is left unfused). With optimisations off and on, the
+    outputs agree with the folded float64 reference within the float32 bound of the two layers."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net, shape = _small_nets()[name]
+    for mod in net:
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            _random_bn(mod, rng)
+    net.eval()
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(
+        net,
+        (torch.zeros(shape),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        output_names=["y"],
+        do_constant_folding=False,
+        training=torch.onnx.TrainingMode.EVAL,
+    )
+    assert "BatchNormalization" in [n.op_type for n in onnx.load(str(path)).graph.node]
+
+    x64 = rng.normal(size=shape).astype(np.float32).astype(np.float64)
+    expected = _folded_reference(net, x64)
+    scale = _folded_reference(net, x64, absolute=True)
+    fan_ins = [int(np.prod(m.weight.shape[1:])) for m in net if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    # two layers in a row: each adds at most its own bound on the same absolute scale, so cond = 2 S / |y|
+    m = max(fan_ins) + 1
+    levels = {"off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}
+    for label, level in levels.items():
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level
+        opts.optimized_model_filepath = str(tmp_path / f"{name}-{label}.onnx")
+        opts.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        y = session.run(None, {"x": x64.astype(np.float32)})[0]
+        ops = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+        folded_away = "BatchNormalization" not in ops
+        assert folded_away == (label == "basic" and name == "conv"), (label, ops)
+        result = check_close(y, expected, dtype="float32", m=m, cond=2 * _cond(scale, expected), what=f"ort {label}")
+        assert result.passed, str(result)
