@@ -629,7 +629,7 @@ def batch_renorm_clipping(
     r_max_steps: int = 40000,
     d_max_steps: int = 25000,
 ) -> tuple[float, float]:
-    """The paper's schedule of ``(r_max, d_max)`` at a 0-based training ``step`` (Ioffe 2017, section 4.1).
+    """The paper's schedule of ``(r_max, d_max)`` at a 0-based training ``step`` (Ioffe 2017, its experiments).
 
     ``r_max = 1, d_max = 0`` (plain Batch Normalization) for the first ``warmup_steps`` steps; then both are
     relaxed, reaching ``r_max_final`` at step ``r_max_steps`` and ``d_max_final`` at step ``d_max_steps``
@@ -796,8 +796,11 @@ def ghost_batch_norm_running_update(
 
     For ghost batches ``k = 1 .. K``, ``update_running_stats`` (eq. ``eq-running-update``, the convention's
     momentum and variance bias, ``m`` the values per channel of one ghost batch) is applied in turn, as
-    running a ``torch.nn.BatchNorm`` layer on each sub-batch does. With a constant weight ``w`` this is
-    the weighted sum of Hoffer et al.'s Algorithm 1, ``(1 - w)^K r + sum_k w (1 - w)^(K - k) b_k``.
+    calling one ``torch.nn.BatchNorm`` layer on each sub-batch does (the usual implementation of Ghost BN,
+    e.g. ``gbn.py`` of the GitHub repository Nivgil/Asynchronous-SGD). With a constant weight ``w`` this is
+    the weighted sum ``(1 - w)^K r + sum_k w (1 - w)^(K - k) b_k``: later ghost batches weigh more, and one
+    training step moves the estimates as far as ``K`` plain BN steps would. (Averaging the ghost batches'
+    statistics and updating once is the other possible rule; it is not the one followed here.)
 
     Parameters
     ----------

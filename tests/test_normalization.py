@@ -282,7 +282,7 @@ def test_ghost_batch_norm_running_update_is_one_update_per_ghost_batch():
     _, cache = nrm.ghost_batch_norm_forward(x, np.ones(2), np.zeros(2), 2)
     mean, var, step = nrm.ghost_batch_norm_running_update(np.zeros(2), np.ones(2), cache, step=0)
     assert step == 3
-    # Algorithm 1 of Hoffer et al. as a weighted sum, w = 0.1, unbiased ghost variances (m = 2)
+    # the weighted sum of K sequential updates, w = 0.1, unbiased ghost variances (m = 2)
     w, k = 0.1, 3
     ghost_means = x.reshape(3, 2, 2).mean(axis=1)
     ghost_vars = x.reshape(3, 2, 2).var(axis=1, ddof=1)
