@@ -166,6 +166,7 @@ def _channel_last(a: np.ndarray) -> np.ndarray:
     return np.moveaxis(np.asarray(a, np.float64), 1, -1).reshape(-1, a.shape[1])
 
 
+@functools.cache
 def _reference(shape, sizes, momentum, offset):
     """Per step the float64 full-batch results and bounds; final running buffers and their bounds."""
     c = shape[0]
