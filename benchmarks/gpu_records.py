@@ -13,7 +13,9 @@ The jobs, in this order (each a separate process, so that one failing does not s
    fast loop (``benchmarks/train_throughput.py --device cuda``) -> ``benchmark-<gpu>.json``;
 3. ``mnist``: the MNIST chapter's experiment, both frameworks with and without BN, every seed
    (``python -m bnref.train experiment mnist --device cuda``) -> ``mnist-<gpu>.json``;
-4. ``claims``: the claims chapter's experiments (``python -m bnref.experiments run claims --device cuda``)
+4. ``sync_bn``: ``nn.SyncBatchNorm`` (NCCL) against ``bnref.distributed.SyncBatchNorm``
+   (``benchmarks/sync_bn.py --device cuda``) -> ``distributed-sync-bn-<gpu>.json``;
+5. ``claims``: the claims chapter's experiments (``python -m bnref.experiments run claims --device cuda``), 3 seeds
    -> one record per experiment, named by that command.
 
 ``<gpu>`` is :func:`bnref.records.device_slug` of ``torch.cuda.get_device_name(0)``, e.g. ``h200``.
@@ -103,6 +105,12 @@ def jobs(slug: str, out: Path, *, mnist_seeds: int = 5, claims_seeds: int | None
             cap_s=240,
             env=keras_torch,
             writes=f"mnist-{slug}.json",
+        ),
+        Job(
+            "sync_bn",
+            [py, "benchmarks/sync_bn.py", "--device", "cuda", "--out", str(out)],
+            cap_s=45,
+            writes=f"distributed-sync-bn-{slug}.json",
         ),
         Job("claims", claims, cap_s=180, env=keras_torch, writes="claims-*.json (names chosen by bnref.experiments)"),
     ]

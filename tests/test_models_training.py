@@ -723,11 +723,12 @@ def gpu_records_module():
 def test_gpu_jobs_are_named_after_the_gpu(tmp_path):
     g = gpu_records_module()
     todo = g.jobs("h200", tmp_path, mnist_seeds=5)
-    assert [j.name for j in todo] == ["agreement", "throughput", "mnist", "claims"]
+    assert [j.name for j in todo] == ["agreement", "throughput", "mnist", "sync_bn", "claims"]
     by_name = {j.name: j for j in todo}
     assert str(tmp_path / "mnist-h200.json") in by_name["mnist"].argv and "--seeds" in by_name["mnist"].argv
     assert str(tmp_path / "benchmark-h200.json") in by_name["throughput"].argv
     assert str(tmp_path / "agreement-h200.json") in by_name["agreement"].argv
+    assert str(tmp_path) in by_name["sync_bn"].argv and by_name["sync_bn"].writes == "distributed-sync-bn-h200.json"
     assert all("cuda" in j.argv for j in todo)
     assert all(j.env.get("KERAS_BACKEND") == "torch" for j in todo if j.name in ("throughput", "mnist", "claims"))
     with pytest.raises(ValueError, match="at least 3"):
