@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine with Python 3.11:
 #   make book   -- create .venv, install requirements, build the static site into _build/html
-#   make test   -- the same install and build, then unit tests, nbval over every notebook in book/,
-#                  and the headless-browser check of the built site
+#   make test   -- lint (ruff), the same install and build, then unit tests, nbval over every notebook in
+#                  book/, and the headless-browser check of the built site
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -35,7 +35,7 @@ unit: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/python -m pytest --nbval --nbval-current-env book
 
-test: book
+test: lint book
 	$(BIN)/python -m pytest tests book --nbval --nbval-current-env
 
 # nbval again under CPU kernels other than this machine's defaults: the committed outputs must not depend on
@@ -56,7 +56,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Every GPU job of the book (agreement on cuDNN, throughput, MNIST, claims) within 8 minutes, writing records
+# Every GPU job of the book (agreement on cuDNN, throughput, MNIST, synchronised BN, claims) within 8 minutes, writing records
 # named after the GPU into book/results/ (see book/results/README.md). Needs a CUDA GPU and BNREF_MNIST.
 .PHONY: gpu-records
 gpu-records:
