@@ -461,12 +461,15 @@ class BatchNormalization(keras.layers.Layer):
         sigma_r = tf.maximum(tf.cast(self.renorm_stddev, dtype), tf.sqrt(tf.constant(self.epsilon, dtype)))
         r, d = sigma_b / sigma_r, (mean - mu_r) / sigma_r
         clip = self.renorm_clipping
+        # tf.constant, not tf.cast: tf.cast(python float, float64) passes through float32 (r_max = 4/3 would be
+        # off by 4e-8), while Keras converts the Python float straight to the layer's dtype.
         if clip.get("rmin") is not None:
-            r = tf.maximum(r, tf.cast(clip["rmin"], dtype))
+            r = tf.maximum(r, tf.constant(clip["rmin"], dtype))
         if clip.get("rmax") is not None:
-            r = tf.minimum(r, tf.cast(clip["rmax"], dtype))
+            r = tf.minimum(r, tf.constant(clip["rmax"], dtype))
         if clip.get("dmax") is not None:
-            d = tf.clip_by_value(d, -tf.cast(clip["dmax"], dtype), tf.cast(clip["dmax"], dtype))
+            dmax = tf.constant(clip["dmax"], dtype)
+            d = tf.clip_by_value(d, -dmax, dmax)
         return tf.stop_gradient(r), tf.stop_gradient(d), sigma_b
 
     def compute_output_shape(self, input_shape):

@@ -634,17 +634,12 @@ def _renorm_layer(keras, kind: str, dtype: str, c: int):
 @pytest.mark.parametrize("seed", RNG_SEEDS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kind", ["keras", "bnref.keras_bn"])
-def test_batch_renorm_agrees_with_keras_over_training_steps_with_the_schedule(tf_keras, request, seed, dtype, kind):
+def test_batch_renorm_agrees_with_keras_over_training_steps_with_the_schedule(tf_keras, seed, dtype, kind):
     """Eight training steps of Keras' BatchNormalization(renorm=True) with r_max, d_max set by the paper's schedule
     (scaled: plain BN for 2 steps, r_max = 3 at step 7, d_max = 5 at step 5), batches whose mean and spread drift
     so that r and d are clipped at some steps and not at others. Each step compares y, dx, dgamma, dbeta and the
     four updated statistics with the reference run from the layer's state before the step."""
     tf, keras = tf_keras
-    if kind == "bnref.keras_bn" and dtype == "float64":
-        # measured: bnref.keras_bn casts the clipping bounds with tf.cast(python float, float64), which passes
-        # through float32 (r_max = 4/3 is off by 4e-8), so a clipped r is float32-accurate only; strict, so that
-        # the fix (tf.constant(value, dtype)) turns this into a failure that asks for the mark to go
-        request.applymarker(pytest.mark.xfail(strict=True, reason="bnref.keras_bn: clip bounds pass through float32"))
     rng = _rng(seed)
     shape, eps, c = (6, 2, 2, 3), 1e-3, 3
     layer = _renorm_layer(keras, kind, dtype, c)
