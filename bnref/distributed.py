@@ -58,7 +58,7 @@ import torch.distributed as dist
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .conventions import PYTORCH
-from .torch_bn import ShapeMismatchError, batch_norm, compute_dtype
+from .torch_bn import ShapeMismatchError, batch_norm, compute_dtype, input_gradient, scale_and_shift
 
 __all__ = [
     "SyncBatchNorm",
@@ -240,11 +240,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         var = (m2_64 / m).to(cdtype)
         inv_std = torch.rsqrt(var + eps)
         x_hat = (xc - mean.view(b)) * inv_std.view(b)
-        y = x_hat
-        if weight is not None:
-            y = y * weight.to(cdtype).view(b)
-        if bias is not None:
-            y = y + bias.to(cdtype).view(b)
+        y = scale_and_shift(x_hat, weight, bias, b)
 
         ctx.save_for_backward(x, weight, mean, inv_std)
         ctx.m, ctx.process_group = m, process_group
@@ -270,10 +266,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
             packed = torch.cat([sum_dy, sum_dy_xhat])
             dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=ctx.process_group)
             total_dy, total_dy_xhat = packed.chunk(2)
-            m = ctx.m
-            scale = inv_std if weight is None else weight.to(g.dtype) * inv_std
-            dx = (scale / m).view(b) * (m * g - total_dy.view(b) - x_hat * total_dy_xhat.view(b))
-            dx = dx.to(x.dtype)
+            dx = input_gradient(g, x_hat, inv_std, weight, total_dy, total_dy_xhat, ctx.m, b).to(x.dtype)
         if ctx.needs_input_grad[1]:
             dweight = sum_dy_xhat.to(weight.dtype)
         if ctx.needs_input_grad[2]:

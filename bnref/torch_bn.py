@@ -44,6 +44,8 @@ __all__ = [
     "BatchNorm3d",
     "ShapeMismatchError",
     "compute_dtype",
+    "input_gradient",
+    "scale_and_shift",
 ]
 
 
@@ -99,6 +101,39 @@ def _mean_var(xc: torch.Tensor, dims: tuple[int, ...], b: tuple[int, ...]) -> tu
     return mean, (centred * centred).mean(dim=dims)
 
 
+def scale_and_shift(x_hat: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, b) -> torch.Tensor:
+    """``y = gamma * x_hat + beta`` (eq. ``eq-scale-shift``), with ``gamma = 1`` / ``beta = 0`` when absent.
+
+    ``b`` is the shape that broadcasts a per-channel vector against ``x_hat`` (``(1, C, 1, 1)`` for NCHW).
+    """
+    y = x_hat
+    if weight is not None:
+        y = y * weight.to(x_hat.dtype).view(b)
+    if bias is not None:
+        y = y + bias.to(x_hat.dtype).view(b)
+    return y
+
+
+def input_gradient(
+    dy: torch.Tensor,
+    x_hat: torch.Tensor,
+    inv_std: torch.Tensor,
+    weight: torch.Tensor | None,
+    dbeta: torch.Tensor,
+    dgamma: torch.Tensor,
+    m: int,
+    b,
+) -> torch.Tensor:
+    """``dx = gamma * inv_std / m * (m * dy - dbeta - x_hat * dgamma)`` (eq. ``eq-dx-compact``).
+
+    ``dbeta = sum(dy)`` and ``dgamma = sum(dy * x_hat)`` are per-channel sums over all ``m`` values of the
+    channel: over the batch here, over every rank's shard in ``bnref.distributed``. ``m = 0`` (an empty
+    batch) gives an empty ``dx``.
+    """
+    scale = inv_std if weight is None else weight.to(dy.dtype) * inv_std
+    return (scale / max(m, 1)).view(b) * (m * dy - dbeta.view(b) - x_hat * dgamma.view(b))
+
+
 class BatchNormFunction(torch.autograd.Function):
     """Training-mode Batch Normalization with the derived (compact) backward pass.
 
@@ -147,12 +182,7 @@ class BatchNormFunction(torch.autograd.Function):
         mean, var = _mean_var(xc, dims, b)
         inv_std = torch.rsqrt(var + eps)
         x_hat = (xc - mean.view(b)) * inv_std.view(b)
-
-        y = x_hat
-        if weight is not None:
-            y = y * weight.to(cdtype).view(b)
-        if bias is not None:
-            y = y + bias.to(cdtype).view(b)
+        y = scale_and_shift(x_hat, weight, bias, b)
 
         ctx.save_for_backward(x, weight, mean, inv_std)
         ctx.axis, ctx.eps, ctx.m = axis, eps, _values_per_channel(x.shape, axis)
@@ -176,9 +206,7 @@ class BatchNormFunction(torch.autograd.Function):
         dgamma = (g * x_hat).sum(dim=dims)
         dx = dweight = dbias = None
         if ctx.needs_input_grad[0]:
-            scale = inv_std if weight is None else weight.to(xc.dtype) * inv_std
-            dx = (scale / max(m, 1)).view(b) * (m * g - dbeta.view(b) - x_hat * dgamma.view(b))
-            dx = dx.to(x.dtype)
+            dx = input_gradient(g, x_hat, inv_std, weight, dbeta, dgamma, m, b).to(x.dtype)
         if ctx.needs_input_grad[1]:
             dweight = dgamma.to(weight.dtype)
         if ctx.needs_input_grad[2]:
