@@ -35,8 +35,12 @@ unit: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/python -m pytest --nbval --nbval-current-env book
 
+# pytest-xdist runs the tests on every core (at most 4); --dist loadscope keeps each test module and each notebook
+# in one worker, so a notebook's cells run in order in one kernel and module fixtures are built once.
+XDIST := -n auto --maxprocesses 4 --dist loadscope
+
 test: lint book
-	$(BIN)/python -m pytest tests book --nbval --nbval-current-env
+	$(BIN)/python -m pytest $(XDIST) tests book --nbval --nbval-current-env
 
 # nbval again under CPU kernels other than this machine's defaults: the committed outputs must not depend on
 # them. Pass 1: torch's generic kernels, NumPy's baseline SIMD, OpenBLAS's SSE4.2 kernels, one thread.
