@@ -1,7 +1,7 @@
 """Each framework's Batch Normalization convention, written once as data.
 
-Every implementation, test and chapter reads eps, momentum, the running-variance bias and the
-default channel axis from here, so a convention is stated in exactly one place.
+Every implementation, test and chapter reads eps, momentum, the running-variance bias, the default
+channel axis and the batch-variance formula from here, so a convention is stated in exactly one place.
 
 The running estimates of all three conventions are one update rule (book, eq. ``eq-running-update``)::
 
@@ -15,6 +15,7 @@ convention          w_k
 =================  =================================================================
 PyTorch             ``momentum`` (default 0.1)
 Keras               ``1 - momentum`` (default momentum 0.99, so w = 0.01)
+Flax (linen)        ``1 - momentum`` (default momentum 0.99, so w = 0.01)
 cumulative / paper  ``1 / k`` (PyTorch ``momentum=None``; Ioffe & Szegedy, Algorithm 2)
 =================  =================================================================
 
@@ -36,6 +37,8 @@ __all__ = [
     "PYTORCH_CUMULATIVE",
     "KERAS",
     "PAPER",
+    "FLAX",
+    "FLAX_TWO_PASS",
     "CONVENTIONS",
     "get_convention",
 ]
@@ -64,7 +67,14 @@ class Convention:
     axis : int
         The default channel axis: 1 for NCHW / (N, C) layouts, -1 for channels-last.
     init_mean, init_var : float
-        Initial running mean and variance (0 and 1 in both frameworks).
+        Initial running mean and variance (0 and 1 in every convention here).
+    var_method : {"two-pass", "one-pass"}
+        How the batch variance (used to normalise, and fed to the running estimate) is computed.
+        ``"two-pass"``: the mean first, then ``mean((x - mean)^2)`` (eq. ``eq-batch-var``; Welford-type
+        and corrected two-pass algorithms count here too), accurate whatever ``|mean| / std``.
+        ``"one-pass"``: ``mean(x^2) - mean(x)^2`` (eq. ``eq-fwd-one-pass``), which loses about
+        ``2 log10(|mean| / std)`` digits (``flax.linen.BatchNorm``'s default, ``use_fast_variance=True``).
+        Default ``"two-pass"``.
     """
 
     name: str
@@ -75,6 +85,7 @@ class Convention:
     axis: int
     init_mean: float = 0.0
     init_var: float = 1.0
+    var_method: Literal["two-pass", "one-pass"] = "two-pass"
 
     def __post_init__(self) -> None:
         if not (self.eps > 0 and math.isfinite(self.eps)):
@@ -85,6 +96,8 @@ class Convention:
             raise ValueError(f"momentum_weights must be 'new' or 'old', got {self.momentum_weights!r}")
         if self.running_var not in ("unbiased", "biased"):
             raise ValueError(f"running_var must be 'unbiased' or 'biased', got {self.running_var!r}")
+        if self.var_method not in ("two-pass", "one-pass"):
+            raise ValueError(f"var_method must be 'two-pass' or 'one-pass', got {self.var_method!r}")
 
     def new_value_weight(self, step: int) -> float:
         """Weight ``w_k`` of the new batch statistic in the running update at 1-based step ``k``.
@@ -138,11 +151,24 @@ KERAS = Convention(name="keras", eps=1e-3, momentum=0.99, momentum_weights="old"
 #: names no value for eps; 1e-5 is used here, as in PyTorch.
 PAPER = Convention(name="paper", eps=1e-5, momentum=None, momentum_weights="new", running_var="unbiased", axis=1)
 
-CONVENTIONS: dict[str, Convention] = {c.name: c for c in (PYTORCH, PYTORCH_CUMULATIVE, KERAS, PAPER)}
+#: ``flax.linen.BatchNorm`` defaults (flax 0.12.8, measured in tests/test_jax_bn.py): eps 1e-5 inside the sqrt,
+#: r = 0.99 r + 0.01 b (momentum on the old value), biased running variance, channels last (every axis but the
+#: last reduced), and the one-pass variance E[x^2] - E[x]^2 (``use_fast_variance=True``).
+FLAX = Convention(
+    name="flax", eps=1e-5, momentum=0.99, momentum_weights="old", running_var="biased", axis=-1, var_method="one-pass"
+)
+
+#: ``flax.linen.BatchNorm(use_fast_variance=False)``: Flax with the two-pass variance ``mean(|x - mean|^2)``.
+FLAX_TWO_PASS = FLAX.replace(name="flax-two-pass", var_method="two-pass")
+
+CONVENTIONS: dict[str, Convention] = {
+    c.name: c for c in (PYTORCH, PYTORCH_CUMULATIVE, KERAS, PAPER, FLAX, FLAX_TWO_PASS)
+}
 
 
 def get_convention(name: str | Convention) -> Convention:
-    """Look a convention up by name (``"pytorch"``, ``"pytorch-cumulative"``, ``"keras"``, ``"paper"``)."""
+    """Look a convention up by name (``"pytorch"``, ``"pytorch-cumulative"``, ``"keras"``, ``"paper"``,
+    ``"flax"``, ``"flax-two-pass"``)."""
     if isinstance(name, Convention):
         return name
     try:
