@@ -1,0 +1,489 @@
+"""Beyond Batch Normalization: torch layers for Ghost BN and Batch Renorm, and the small-batch experiment.
+
+The chapter ``beyond`` compares five normalisations in a LeNet-style network trained on MNIST with
+batches of 2 to 128 examples. The experiment is defined once here and run in full by::
+
+    python -m bnref.beyond run beyond-small-batch --out book/results/
+    python -m bnref.beyond run beyond-small-batch --seeds 3 --device cuda --out /tmp/records
+
+which writes one :class:`bnref.records.ExperimentRecord` (``beyond-small-batch.cpu.json``). The chapter
+shows the committed record and runs a reduced configuration live (:func:`run_experiment` with
+``overrides``), checked against the record's spread with :func:`bnref.claims.within_spread`;
+:func:`check_record` fails when the record's configuration no longer matches the definition here.
+
+What is here
+------------
+* :class:`GhostBatchNorm`: BN whose training-mode statistics are computed per consecutive sub-batch of
+  ``ghost_batch_size`` examples (Hoffer et al. 2017), the torch twin of
+  :func:`bnref.normalization.ghost_batch_norm_forward` and its running update.
+* :class:`BatchRenorm`: Batch Renormalization (Ioffe 2017) with ``r`` and ``d`` held constant in the
+  gradient, the torch twin of :func:`bnref.normalization.batch_renorm_forward` and
+  :func:`~bnref.normalization.batch_renorm_running_update`.
+* :func:`norm_layer` and :func:`build_norm_lenet`: the LeNet of :func:`bnref.dynamics.build_lenet` with
+  a pluggable normalisation after each convolution and hidden linear layer.
+* :func:`renorm_schedule`: the ``(r_max, d_max)`` schedule of a run, by
+  :func:`bnref.normalization.batch_renorm_clipping` with its step counts scaled to the run's length.
+* :func:`verdicts` and :func:`winners`: the rule that turns the record's seeds into the chapter's verdicts
+  (:func:`bnref.claims.compare_paired`: the same sign for every seed and a mean difference beyond two
+  standard errors).
+
+PyTorch is imported at the top of this module; ``import bnref`` does not import it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bnref import experiments as ex
+from bnref.claims import Data, Experiment, check_definition, compare_paired, load_claims_record, run_definition
+from bnref.dynamics import train_steps
+from bnref.normalization import batch_renorm_clipping
+from bnref.precise_bn import precise_bn
+from bnref.records import ExperimentRecord
+from bnref.torch_training import evaluate
+
+__all__ = [
+    "METHODS",
+    "EXPERIMENTS",
+    "GhostBatchNorm",
+    "BatchRenorm",
+    "norm_layer",
+    "build_norm_lenet",
+    "renorm_schedule",
+    "learning_rate",
+    "get_experiment",
+    "run_experiment",
+    "load_record",
+    "check_record",
+    "accuracies",
+    "verdicts",
+    "winners",
+    "main",
+]
+
+#: The normalisations compared, in the chapter's order, with what each one is in torch.
+METHODS: dict[str, str] = {
+    "bn": "Batch Normalization: nn.BatchNorm2d / nn.BatchNorm1d",
+    "ghost": "Ghost Batch Normalization: bnref.beyond.GhostBatchNorm",
+    "renorm": "Batch Renormalization: bnref.beyond.BatchRenorm",
+    "gn": "Group Normalization: nn.GroupNorm(G, C)",
+    "ln": "Layer Normalization over (C, H, W): nn.GroupNorm(1, C)",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# layers
+# --------------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+    return int(value)
+
+
+class GhostBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Ghost Batch Normalization (Hoffer et al. 2017): BN over consecutive sub-batches ("ghost batches").
+
+    In training, a batch of ``N`` examples is split into ``N / ghost_batch_size`` consecutive ghost
+    batches; each is normalised with its own mean and biased variance over every axis but the channel
+    axis 1 (PyTorch's BN on that slice, eq. ``eq-ghost-bn``); ``gamma`` (``weight``) and ``beta`` (``bias``)
+    are shared. The running statistics get one PyTorch update per ghost batch, in order
+    (``r <- (1 - momentum) r + momentum b``, the unbiased ghost-batch variance for ``running_var``), as
+    :func:`bnref.normalization.ghost_batch_norm_running_update` with the PyTorch convention. In
+    inference it is plain BN with the running statistics. ``ghost_batch_size == N`` is
+    ``nn.BatchNorm*``, value for value.
+
+    A batch that ``ghost_batch_size`` does not divide, or one smaller than it, raises ValueError (the rule
+    of :func:`bnref.normalization.ghost_batch_norm_forward`). Input ``(N, C)``, ``(N, C, L)`` or
+    ``(N, C, H, W)``; a subclass of PyTorch's ``_BatchNorm``, so :func:`bnref.precise_bn.precise_bn`
+    treats it as a BN layer.
+    """
+
+    def __init__(
+        self, num_features: int, ghost_batch_size: int, eps: float = 1e-5, momentum: float = 0.1, **kwargs: Any
+    ) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum, **kwargs)
+        self.ghost_batch_size = _check_int("ghost_batch_size", ghost_batch_size, 1)
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() not in (2, 3, 4):
+            raise ValueError(f"GhostBatchNorm expects (N, C), (N, C, L) or (N, C, H, W) input; got {tuple(x.shape)}")
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, ghost_batch_size={self.ghost_batch_size}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        n, g = x.shape[0], self.ghost_batch_size
+        if g > n:
+            raise ValueError(f"ghost_batch_size={g} is larger than the batch of {n} examples")
+        if n % g:
+            raise ValueError(f"ghost_batch_size={g} does not divide the batch of {n} examples")
+        ghosts = []
+        for chunk in x.split(g, dim=0):
+            if self.num_batches_tracked is not None:
+                self.num_batches_tracked.add_(1)
+            ghosts.append(
+                F.batch_norm(
+                    chunk, self.running_mean, self.running_var, self.weight, self.bias, True, self.momentum, self.eps
+                )
+            )
+        return torch.cat(ghosts, dim=0) if len(ghosts) > 1 else ghosts[0]
+
+
+class BatchRenorm(nn.Module):
+    """Batch Renormalization (Ioffe 2017, Algorithm 1), channels on axis 1, eq. ``eq-batch-renorm``.
+
+    Training mode, per channel, with the batch mean ``mu_B`` and biased variance ``var_B``::
+
+        sigma_B = sqrt(var_B + eps),  sigma = sqrt(running_var + eps)
+        r = clip(sigma_B / sigma, 1 / r_max, r_max)        (no gradient)
+        d = clip((mu_B - running_mean) / sigma, -d_max, d_max)   (no gradient)
+        y = gamma * ((x - mu_B) / sigma_B * r + d) + beta
+
+    then the running statistics move with ``w = 1 - momentum`` (Keras' rule, ``momentum`` the weight of
+    the old value; the paper averages the standard deviation)::
+
+        running_mean <- momentum * running_mean + w * mu_B
+        sigma'       <- momentum * sigma + w * sigma_B,   running_var <- max(sigma'^2 - eps, 0)
+
+    as :func:`bnref.normalization.batch_renorm_running_update`. Inference:
+    ``y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta``. ``r_max`` and ``d_max`` are plain
+    attributes the training loop sets at every step (:func:`renorm_schedule`); ``r_max = 1, d_max = 0`` is
+    BN. The gradient is :func:`bnref.normalization.batch_renorm_backward`'s: autograd through
+    ``x_hat`` with ``r`` and ``d`` detached.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.9) -> None:
+        super().__init__()
+        self.num_features = _check_int("num_features", num_features, 1)
+        if not (isinstance(eps, float) and eps > 0):
+            raise ValueError(f"eps must be a positive float; got {eps!r}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must lie in [0, 1]; got {momentum!r}")
+        self.eps, self.momentum = eps, momentum
+        self.r_max, self.d_max = 1.0, 0.0
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, r_max={self.r_max}, d_max={self.d_max}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[1] != self.num_features:
+            c = self.num_features
+            raise ValueError(f"BatchRenorm({c}) expects input (N, {c}, ...); got {tuple(x.shape)}")
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        gamma, beta = self.weight.view(shape), self.bias.view(shape)
+        if not self.training:
+            inv_std = torch.rsqrt(self.running_var + self.eps)
+            return gamma * (x - self.running_mean.view(shape)) * inv_std.view(shape) + beta
+        if self.r_max < 1.0 or self.d_max < 0.0:
+            raise ValueError(f"need r_max >= 1 and d_max >= 0; got {self.r_max}, {self.d_max}")
+        dims = [0, *range(2, x.dim())]
+        if x.numel() // self.num_features < 2:
+            raise ValueError("BatchRenorm needs at least 2 values per channel in training")
+        mu_b = x.mean(dim=dims)
+        sigma_b = torch.sqrt(x.var(dim=dims, unbiased=False) + self.eps)
+        with torch.no_grad():
+            sigma = torch.sqrt(self.running_var + self.eps)
+            r = torch.clamp(sigma_b / sigma, 1.0 / self.r_max, self.r_max)
+            d = torch.clamp((mu_b - self.running_mean) / sigma, -self.d_max, self.d_max)
+            w = 1.0 - self.momentum
+            self.running_mean.mul_(self.momentum).add_(w * mu_b)
+            new_sigma = self.momentum * sigma + w * sigma_b
+            self.running_var.copy_(torch.clamp(new_sigma**2 - self.eps, min=0.0))
+        x_hat = (x - mu_b.view(shape)) / sigma_b.view(shape)
+        return gamma * (x_hat * r.view(shape) + d.view(shape)) + beta
+
+
+def norm_layer(method: str, channels: int, *, groups: int = 1, ghost_batch_size: int = 1) -> nn.Module:
+    """One normalisation layer over ``channels`` (input ``(N, C)`` or ``(N, C, H, W)``).
+
+    ``"bn"``: ``nn.BatchNorm2d`` (``nn.BatchNorm1d`` works on both shapes, and gives the same numbers;
+    the 2-D version is used for images by :func:`build_norm_lenet`). ``"ghost"``: :class:`GhostBatchNorm`.
+    ``"renorm"``: :class:`BatchRenorm`. ``"gn"``: ``nn.GroupNorm(groups, C)``. ``"ln"``: ``nn.GroupNorm(1, C)``,
+    Layer Normalization over all of an example's ``(C, H, W)`` values with one ``gamma`` and ``beta`` per
+    channel (``nn.LayerNorm([C, H, W])`` normalises the same values but has one ``gamma`` per value).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {tuple(METHODS)}; got {method!r}")
+    channels = _check_int("channels", channels, 1)
+    if method == "bn":
+        return nn.BatchNorm1d(channels)
+    if method == "ghost":
+        return GhostBatchNorm(channels, ghost_batch_size)
+    if method == "renorm":
+        return BatchRenorm(channels)
+    groups = 1 if method == "ln" else _check_int("groups", groups, 1)
+    if channels % groups:
+        raise ValueError(f"groups={groups} does not divide the {channels} channels")
+    return nn.GroupNorm(groups, channels)
+
+
+def build_norm_lenet(
+    method: str, *, seed: int = 0, gn_groups: Sequence[int] = (3, 4, 4, 4), ghost_batch_size: int = 16
+) -> nn.Sequential:
+    """:func:`bnref.dynamics.build_lenet` with the normalisation ``method`` where that network has BN.
+
+    ``conv 5x5, 6 -> norm -> ReLU -> max-pool -> conv 5x5, 16 -> norm -> ReLU -> max-pool -> Linear 400->120
+    -> norm -> ReLU -> Linear 120->84 -> norm -> ReLU -> Linear 84->10``; the layers before a normalisation
+    have no bias (every method here subtracts a mean, then adds its own ``beta``). The four norms see
+    6, 16, 120 and 84 channels; ``gn_groups`` gives GroupNorm's groups for each. Every layer with weights
+    is created in the same order whatever ``method``, and no normalisation layer draws random numbers,
+    so one seed gives every method the same initial weights (for ``"bn"`` those of
+    ``build_lenet(bn=True, seed=seed)``).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {tuple(METHODS)}; got {method!r}")
+    if len(gn_groups) != 4:
+        raise ValueError(f"gn_groups needs one group count per normalisation layer (4); got {list(gn_groups)}")
+    widths = (6, 16, 120, 84)
+    image = method == "bn"
+    norms = []
+    for k, (c, g) in enumerate(zip(widths, gn_groups, strict=True)):
+        layer = norm_layer(method, c, groups=g, ghost_batch_size=ghost_batch_size)
+        if image and k < 2:
+            layer = nn.BatchNorm2d(c)
+        norms.append(layer)
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 28, 28)),
+        nn.Conv2d(1, 6, 5, padding=2, bias=False), norms[0], nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5, bias=False), norms[1], nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(400, 120, bias=False), norms[2], nn.ReLU(),
+        nn.Linear(120, 84, bias=False), norms[3], nn.ReLU(),
+        nn.Linear(84, 10),
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# training rules
+# --------------------------------------------------------------------------------------------
+
+
+def learning_rate(cfg: dict[str, Any], batch_size: int) -> float:
+    """The linear scaling rule (Goyal et al. 2017): ``lr = base_lr * batch_size / base_batch``."""
+    return cfg["base_lr"] * batch_size / cfg["base_batch"]
+
+
+def renorm_schedule(step: int, steps: int, cfg: dict[str, Any]) -> tuple[float, float]:
+    """``(r_max, d_max)`` at ``step`` of a run of ``steps`` steps.
+
+    :func:`bnref.normalization.batch_renorm_clipping` (BN for a warm-up, then a linear relaxation) with
+    the paper's step counts replaced by fractions of the run: warm-up ``renorm_warmup`` of the steps,
+    ``r_max`` reaching ``renorm_r_max`` and ``d_max`` reaching ``renorm_d_max`` at ``renorm_ramp_end``
+    of the steps. Every batch size thus gets the same schedule in examples seen.
+    """
+    warmup = int(round(cfg["renorm_warmup"] * steps))
+    end = max(int(round(cfg["renorm_ramp_end"] * steps)), warmup + 1)
+    return batch_renorm_clipping(step, cfg["renorm_r_max"], cfg["renorm_d_max"], warmup, end, end)
+
+
+class _RenormClock:
+    """``after_backward`` hook: sets every :class:`BatchRenorm`'s ``(r_max, d_max)`` for the next step."""
+
+    def __init__(self, model: nn.Module, steps: int, cfg: dict[str, Any]) -> None:
+        self.layers = [m for m in model.modules() if isinstance(m, BatchRenorm)]
+        self.steps, self.cfg = steps, cfg
+        self.set(0)
+
+    def set(self, step: int) -> None:
+        r_max, d_max = renorm_schedule(step, self.steps, self.cfg)
+        for m in self.layers:
+            m.r_max, m.d_max = r_max, d_max
+
+    def __call__(self, step: int, _model: nn.Module) -> None:
+        self.set(step + 1)
+
+
+# --------------------------------------------------------------------------------------------
+# the runner: one seed
+# --------------------------------------------------------------------------------------------
+
+
+def _run_small_batch(cfg: dict[str, Any], seed: int, device: torch.device, data: Data) -> dict[str, Any]:
+    """Every method at every batch size from the same initial weights and examples; test accuracy after a
+    fixed number of examples seen; for BN also after precise BN."""
+    x, y = ex.take_subset(data[0], data[1], cfg["train_size"], seed=seed)
+    xt, yt = data[2][: cfg["test_size"]], data[3][: cfg["test_size"]]
+    out: dict[str, dict[str, dict[str, float]]] = {m: {} for m in [*cfg["methods"], "bn-precise"]}
+    for bs in cfg["batch_sizes"]:
+        steps = cfg["epochs"] * (len(y) // bs)
+        for method in cfg["methods"]:
+            model = build_norm_lenet(
+                method, seed=seed, gn_groups=cfg["gn_groups"], ghost_batch_size=min(cfg["ghost_batch_size"], bs)
+            ).to(device)
+            clock = _RenormClock(model, steps, cfg) if method == "renorm" else None
+            t0 = time.perf_counter()
+            loss = train_steps(
+                model, x, y, steps=steps, batch_size=bs, lr=learning_rate(cfg, bs), momentum=cfg["momentum"],
+                seed=seed, after_backward=clock,
+            )  # fmt: skip
+            seconds = time.perf_counter() - t0
+            test_loss, test_acc = evaluate(model, xt, yt)
+            tail = max(1, steps // 10)
+            out[method][str(bs)] = {
+                "test_acc": test_acc,
+                "test_loss": test_loss,
+                "train_loss_end": float(np.mean(loss[-tail:])),
+                "steps": steps,
+                "seconds": seconds,
+            }
+            if method == "bn":
+                # precise BN over the first precise_examples training images, in batches of the training size
+                n_precise = cfg["precise_examples"] // bs * bs
+                precise_bn(model, x[:n_precise], batch_size=bs)
+                p_loss, p_acc = evaluate(model, xt, yt)
+                out["bn-precise"][str(bs)] = {"test_acc": p_acc, "test_loss": p_loss}
+    return out
+
+
+def _experiments() -> dict[str, Experiment]:
+    defs = [
+        Experiment(
+            "beyond-small-batch",
+            "beyond",
+            "LeNet with BN, Ghost BN, Batch Renorm, GroupNorm or LayerNorm, SGD with momentum on 6,144 MNIST images "
+            "for 1 epoch at batch sizes 2 to 128 (learning rate scaled linearly with the batch size), test "
+            "accuracy on 2,000 test images; BN also after precise BN",
+            {
+                "methods": list(METHODS),
+                "batch_sizes": [2, 4, 8, 16, 32, 128],
+                "train_size": 6144,
+                "test_size": 2000,
+                "epochs": 1,
+                "base_lr": 0.1,
+                "base_batch": 128,
+                "momentum": 0.9,
+                "gn_groups": [3, 4, 4, 4],
+                "ghost_batch_size": 16,
+                "renorm_r_max": 3.0,
+                "renorm_d_max": 5.0,
+                "renorm_warmup": 0.1,
+                "renorm_ramp_end": 0.5,
+                "precise_examples": 2048,
+            },
+            (0, 1, 2),
+            _run_small_batch,
+        ),
+    ]
+    return {e.name: e for e in defs}
+
+
+EXPERIMENTS: dict[str, Experiment] = _experiments()
+
+
+# --------------------------------------------------------------------------------------------
+# records and verdicts
+# --------------------------------------------------------------------------------------------
+
+
+def get_experiment(name: str) -> Experiment:
+    """The definition of one experiment of :data:`EXPERIMENTS` (ValueError naming the known ones if there is none)."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; known: {sorted(EXPERIMENTS)}")
+    return EXPERIMENTS[name]
+
+
+def run_experiment(name: str, **options: Any) -> ExperimentRecord:
+    """Run one experiment over its seeds (:func:`bnref.claims.run_definition`: ``seeds``, ``device``,
+    ``overrides``, ``out``, ``data``) and return its record."""
+    return run_definition(get_experiment(name), **options)
+
+
+def load_record(name: str, folder: str | Path, device_type: str = "cpu") -> ExperimentRecord:
+    """The one committed record of ``name`` made on a device of ``device_type`` in ``folder``."""
+    return load_claims_record(name, folder, device_type)
+
+
+def check_record(record: ExperimentRecord) -> None:
+    """Raise ValueError unless ``record`` has its definition's configuration and the first ``k >= 3`` seeds."""
+    check_definition(record, get_experiment(record.name))
+
+
+def accuracies(record: ExperimentRecord, key: str = "test_acc") -> dict[str, dict[int, np.ndarray]]:
+    """``method -> batch size -> per-seed values`` (in the order of ``record.seeds``) of one result field."""
+    out: dict[str, dict[int, np.ndarray]] = {}
+    for _, res in record.per_seed():
+        for method, by_bs in res.items():
+            for bs, values in by_bs.items():
+                out.setdefault(method, {}).setdefault(int(bs), []).append(values[key])
+    return {m: {bs: np.asarray(v, dtype=np.float64) for bs, v in d.items()} for m, d in out.items()}
+
+
+def verdicts(acc: dict[str, dict[int, np.ndarray]], baseline: str = "bn") -> dict[int, dict[str, str]]:
+    """Each method against ``baseline`` at each batch size: ``"higher"``, ``"lower"`` or ``"no measurable
+    difference"`` by :func:`bnref.claims.compare_paired` (per-seed paired differences: the same sign for
+    every seed and a mean beyond two standard errors)."""
+    if baseline not in acc:
+        raise ValueError(f"no method {baseline!r} in the accuracies; have {sorted(acc)}")
+    out: dict[int, dict[str, str]] = {}
+    for bs, base in sorted(acc[baseline].items()):
+        out[bs] = {m: compare_paired(v[bs], base, "higher", "lower") for m, v in acc.items() if m != baseline}
+    return out
+
+
+def winners(acc: dict[str, dict[int, np.ndarray]], batch_size: int, methods: Sequence[str] | None = None) -> list[str]:
+    """The methods that no other method beats at ``batch_size`` by the paired rule, best mean first.
+
+    One name: that method is higher than every other (by :func:`bnref.claims.compare_paired`), or at
+    least not beaten by any while all the others are. Several names: no measurable difference among them.
+    """
+    methods = list(acc if methods is None else methods)
+    missing = [m for m in methods if m not in acc or batch_size not in acc[m]]
+    if missing:
+        raise ValueError(f"no values at batch size {batch_size} for {missing}")
+
+    def beats(o: str, m: str) -> bool:
+        return compare_paired(acc[o][batch_size], acc[m][batch_size], "higher", "lower") == "higher"
+
+    unbeaten = [m for m in methods if not any(beats(o, m) for o in methods if o != m)]
+    return sorted(unbeaten, key=lambda m: -float(acc[m][batch_size].mean()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bnref.beyond run NAME [--seeds N] [--device cpu|cuda] --out DIR``, or ``list``."""
+    parser = argparse.ArgumentParser(prog="python -m bnref.beyond", description=main.__doc__)
+    parser.add_argument("command", choices=("list", "run"))
+    parser.add_argument("name", nargs="?", default="all", help="an experiment (see list) or all (default)")
+    parser.add_argument("--seeds", type=int, default=None, help="the first N of the experiment's seeds")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--out", default=None, help="folder for the records (needed by run)")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for e in EXPERIMENTS.values():
+            print(f"{e.name:20s} {len(e.seeds)} seeds: {e.summary}")
+        return 0
+    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
+    problems = [f"unknown experiment {n!r}" for n in names if n not in EXPERIMENTS]
+    if args.out is None:
+        problems.append("run needs --out")
+    if args.seeds is not None and args.seeds < 1:
+        problems.append(f"--seeds must be a positive integer; got {args.seeds}")
+    if problems:
+        parser.error("; ".join(problems))
+    for name in names:
+        t0 = time.perf_counter()
+        rec = run_experiment(name, seeds=EXPERIMENTS[name].seeds[: args.seeds], device=args.device, out=args.out)
+        print(f"{name}: seeds {rec.seeds} on {rec.device['name']} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
