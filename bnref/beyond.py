@@ -33,6 +33,7 @@ PyTorch is imported at the top of this module; ``import bnref`` does not import 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,6 +68,7 @@ __all__ = [
     "accuracies",
     "verdicts",
     "winners",
+    "folded_copy",
     "main",
 ]
 
@@ -455,6 +457,63 @@ def winners(acc: dict[str, dict[int, np.ndarray]], batch_size: int, methods: Seq
 
     unbeaten = [m for m in methods if not any(beats(o, m) for o in methods if o != m)]
     return sorted(unbeaten, key=lambda m: -float(acc[m][batch_size].mean()))
+
+
+# --------------------------------------------------------------------------------------------
+# deployment: BN folded away
+# --------------------------------------------------------------------------------------------
+
+
+def folded_copy(model: nn.Sequential) -> nn.Sequential:
+    """A copy of ``model`` in which every BN layer that directly follows a ``Conv2d`` or ``Linear`` is folded into
+    it by :func:`bnref.folding.fold_batch_norm` (eqs. ``eq-inference-affine`` and ``eq-fold``) and removed.
+
+    The result computes the inference-mode function of ``model`` (BN with its running statistics) with one
+    layer fewer per BN; the folded weights and biases are computed in float64 and stored in the layer's
+    dtype. A BN layer after anything else is kept. ``model`` itself is not changed.
+    """
+    from bnref.folding import fold_batch_norm
+
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(f"folded_copy needs an nn.Sequential; got {type(model).__name__}")
+    mods = list(model)
+    out: list[nn.Module] = []
+    i = 0
+    while i < len(mods):
+        layer = mods[i]
+        nxt = mods[i + 1] if i + 1 < len(mods) else None
+        bn = isinstance(nxt, (nn.BatchNorm1d, nn.BatchNorm2d)) and not isinstance(nxt, GhostBatchNorm)
+        if isinstance(layer, (nn.Conv2d, nn.Linear)) and bn:
+            if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+                raise ValueError("folded_copy folds only convolutions with groups == 1")
+
+            def arr(t: torch.Tensor | None) -> np.ndarray | None:
+                return None if t is None else t.detach().double().cpu().numpy()
+
+            layout = "torch.Linear" if isinstance(layer, nn.Linear) else "torch.Conv"
+            w, b = fold_batch_norm(
+                arr(layer.weight), arr(layer.bias), arr(nxt.weight), arr(nxt.bias), arr(nxt.running_mean),
+                arr(nxt.running_var), eps=nxt.eps, layer=layout,
+            )  # fmt: skip
+            # skip_init: no random initialisation (the global RNG is left alone); the values are copied in
+            where = {"dtype": layer.weight.dtype, "device": layer.weight.device}
+            if isinstance(layer, nn.Linear):
+                new = torch.nn.utils.skip_init(nn.Linear, layer.in_features, layer.out_features, bias=True, **where)
+            else:
+                new = torch.nn.utils.skip_init(
+                    nn.Conv2d, layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                    padding=layer.padding, dilation=layer.dilation, bias=True, padding_mode=layer.padding_mode,
+                    **where,
+                )  # fmt: skip
+            with torch.no_grad():
+                new.weight.copy_(torch.as_tensor(w))
+                new.bias.copy_(torch.as_tensor(b))
+            out.append(new.eval())
+            i += 2
+        else:
+            out.append(copy.deepcopy(layer).eval())
+            i += 1
+    return nn.Sequential(*out).eval()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -318,3 +318,50 @@ def test_check_record_rejects_a_changed_config_and_too_few_seeds():
     fewer.seeds = fewer.seeds[:2]
     with pytest.raises(ValueError, match="seeds"):
         by.check_record(fewer)
+
+
+# ---------------------------------------------------------------- BN folded away
+
+
+def _lenet_with_statistics(seed: int) -> nn.Sequential:
+    net = dyn.build_lenet(bn=True, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in net:
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                c = mod.num_features
+                mod.weight.copy_(1 + 0.3 * torch.randn(c, generator=gen))
+                mod.bias.copy_(0.3 * torch.randn(c, generator=gen))
+                mod.running_mean.copy_(torch.randn(c, generator=gen))
+                mod.running_var.copy_(0.3 + torch.rand(c, generator=gen))
+    return net.eval()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_folded_copy_matches_torch_fusion_and_computes_the_same_function(seed):
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    net = _lenet_with_statistics(seed)
+    folded = by.folded_copy(net)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded)
+    assert len(folded) == len(net) - 4 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net)
+    # layer by layer against torch's own fusion (float32 products and one sum: m = 1 per value, cond from terms)
+    layers = [m for m in net if isinstance(m, (nn.Conv2d, nn.Linear))][:4]
+    bns = [m for m in net if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    ours = [m for m in folded if isinstance(m, (nn.Conv2d, nn.Linear))][:4]
+    for layer, bn, mine in zip(layers, bns, ours, strict=True):
+        fuse = fuse_conv_bn_eval if isinstance(layer, nn.Conv2d) else fuse_linear_bn_eval
+        theirs = fuse(copy.deepcopy(layer), bn)
+        w, b = theirs.weight.detach().double().numpy(), theirs.bias.detach().double().numpy()
+        assert check_close(mine.weight.detach().numpy(), w, dtype="float32", m=1, cond=2.0, show="none")
+        s_b = np.abs(bn.bias.detach().double().numpy()) + np.abs(
+            (bn.weight / torch.sqrt(bn.running_var + bn.eps) * bn.running_mean).detach().double().numpy()
+        )
+        assert check_close(mine.bias.detach().numpy(), b, dtype="float32", m=2, cond=_cond(s_b, b), show="none")
+    # the whole network in float64: only float64 rounding separates the two
+    x = torch.rand(8, 784, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        y, y_folded = net.double()(x).numpy(), by.folded_copy(net).double()(x).numpy()
+    assert check_close(y_folded, y, dtype="float64", m=401, cond=100.0, show="none")
+    with pytest.raises(ValueError, match="nn.Sequential"):
+        by.folded_copy(nn.Linear(3, 3))
