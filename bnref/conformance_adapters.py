@@ -1,0 +1,326 @@
+"""The adapters ``bnref.conformance`` ships: PyTorch, Keras on any backend, Flax, and bnref's from-scratch layers.
+
+Each adapter imports its framework when it is created or described, so importing this module needs NumPy only.
+``make(name)`` builds the adapter for a name of ``bnref.conformance.NAMES``:
+
+=================  ==============================================================================
+name               implementation
+=================  ==============================================================================
+torch              ``torch.nn.BatchNorm2d`` (NCHW; ``TorchAdapter(layout="NC")`` gives BatchNorm1d)
+keras-tensorflow   ``keras.layers.BatchNormalization`` with ``KERAS_BACKEND=tensorflow`` (NHWC)
+keras-jax          the same layer on the JAX backend
+keras-torch        the same layer on the torch backend
+flax               ``flax.linen.BatchNorm`` with its default ``use_fast_variance=True`` (NHWC)
+flax-exact         ``flax.linen.BatchNorm(use_fast_variance=False)``
+bnref-torch        ``bnref.torch_bn.BatchNorm2d`` (from scratch, derived backward)
+bnref-keras        ``bnref.keras_bn.BatchNormalization`` (from scratch, TensorFlow backend)
+bnref-jax          ``bnref.jax_bn`` (from scratch in JAX), once it is installed
+=================  ==============================================================================
+
+A Keras adapter runs under whichever backend Keras was imported with; ``bnref.conformance.run`` starts a
+subprocess with ``KERAS_BACKEND`` set when this process has another one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .conformance import Adapter
+from .conventions import FLAX, FLAX_TWO_PASS, KERAS, PYTORCH
+
+__all__ = ["TorchAdapter", "KerasAdapter", "FlaxAdapter", "JaxBnAdapter", "make"]
+
+
+
+
+class TorchAdapter(Adapter):
+    """``torch.nn.BatchNorm1d/2d/3d`` (``implementation="native"``) or ``bnref.torch_bn``'s (``"bnref"``)."""
+
+    def __init__(self, implementation: str = "native", layout: str = "NCHW", **layer_kwargs: Any) -> None:
+        if implementation not in ("native", "bnref"):
+            raise ValueError(f"implementation must be 'native' or 'bnref', got {implementation!r}")
+        if layout not in ("NC", "NCL", "NCHW", "NCDHW"):
+            raise ValueError(f"PyTorch's BN takes channels on dim 1: NC, NCL, NCHW or NCDHW; got {layout!r}")
+        self.implementation, self.layout, self.layer_kwargs = implementation, layout, layer_kwargs
+        self.name = "torch" if implementation == "native" else "bnref-torch"
+        self.convention = PYTORCH.replace(**{k: v for k, v in layer_kwargs.items() if k in ("eps", "momentum")})
+
+    def _class(self) -> Any:
+        import torch
+
+        from . import torch_bn
+
+        suffix = {2: "1d", 3: "1d", 4: "2d", 5: "3d"}[len(self.layout)]
+        module = torch.nn if self.implementation == "native" else torch_bn
+        return getattr(module, f"BatchNorm{suffix}")
+
+    def describe(self) -> str:
+        import torch
+
+        cls = self._class()
+        where = "native" if self.implementation == "native" else "from scratch"
+        return f"torch {torch.__version__}: {cls.__module__}.{cls.__name__} ({where}), layout {self.layout}, CPU"
+
+    def create(self, num_features: int, dtype: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.dtype = getattr(torch, dtype)
+        pdtype = torch.float64 if dtype == "float64" else torch.float32  # parameters float32 for half inputs
+        self.bn = self._class()(num_features, dtype=pdtype, **self.layer_kwargs)
+
+    def _t(self, a: np.ndarray) -> Any:
+        return self.torch.as_tensor(a).to(self.dtype)
+
+    def set_params(self, gamma: np.ndarray, beta: np.ndarray) -> None:
+        with self.torch.no_grad():
+            self.bn.weight.copy_(self.torch.as_tensor(gamma))
+            self.bn.bias.copy_(self.torch.as_tensor(beta))
+
+    def train_forward(self, x: np.ndarray) -> Any:
+        with self.torch.no_grad():
+            return self.bn.train()(self._t(x))
+
+    def infer_forward(self, x: np.ndarray) -> Any:
+        with self.torch.no_grad():
+            return self.bn.eval()(self._t(x))
+
+    def running_stats(self) -> tuple[Any, Any]:
+        return self.bn.running_mean, self.bn.running_var
+
+    def backward(self, x: np.ndarray, dy: np.ndarray) -> tuple[Any, Any, Any]:
+        xt = self._t(x).requires_grad_(True)
+        self.bn.weight.grad = self.bn.bias.grad = None
+        y = self.bn.train()(xt)
+        y.backward(self._t(dy).to(y.dtype))
+        return xt.grad, self.bn.weight.grad, self.bn.bias.grad
+
+
+class KerasAdapter(Adapter):
+    """``keras.layers.BatchNormalization`` (``"native"``) or ``bnref.keras_bn.BatchNormalization`` (``"bnref"``).
+
+    Runs under the backend Keras was imported with. Parameters and moving statistics are float32 (float64 for
+    float64 inputs, through the layer's dtype policy); half-precision inputs go in as they are.
+    """
+
+    convention = KERAS
+
+    def __init__(self, implementation: str = "native", layout: str = "NHWC", **layer_kwargs: Any) -> None:
+        if implementation not in ("native", "bnref"):
+            raise ValueError(f"implementation must be 'native' or 'bnref', got {implementation!r}")
+        self.implementation, self.layout, self.layer_kwargs = implementation, layout, layer_kwargs
+        self.convention = KERAS.replace(
+            **{{"epsilon": "eps"}.get(k, k): v for k, v in layer_kwargs.items() if k in ("epsilon", "momentum")}
+        )
+        self.name = "keras" if implementation == "native" else "bnref-keras"
+
+    def _class(self) -> Any:
+        import keras
+
+        if self.implementation == "native":
+            return keras.layers.BatchNormalization
+        from . import keras_bn
+
+        return keras_bn.BatchNormalization
+
+    def describe(self) -> str:
+        import keras
+
+        backend = keras.backend.backend()
+        lib = __import__(backend)
+        cls = self._class()
+        where = "native" if self.implementation == "native" else "from scratch"
+        return (
+            f"keras {keras.__version__} on the {backend} backend ({backend} {lib.__version__}): "
+            f"{cls.__module__}.{cls.__name__} ({where}), layout {self.layout}, CPU"
+        )
+
+    def create(self, num_features: int, dtype: str) -> None:
+        import keras
+
+        self.keras = keras
+        self.backend = keras.backend.backend()
+        self.dtype = dtype
+        policy = "float64" if dtype == "float64" else "float32"
+        self.layer = self._class()(axis=self.layout.index("C"), dtype=policy, **self.layer_kwargs)
+        shape = [None] * len(self.layout)
+        shape[self.layout.index("C")] = num_features
+        self.layer.build(tuple(shape))
+
+    def _t(self, a: np.ndarray) -> Any:
+        return self.keras.ops.convert_to_tensor(
+            np.asarray(a, np.float32 if self.dtype != "float64" else np.float64), self.dtype
+        )
+
+    def set_params(self, gamma: np.ndarray, beta: np.ndarray) -> None:
+        pdtype = np.float64 if self.dtype == "float64" else np.float32
+        self.layer.gamma.assign(gamma.astype(pdtype))
+        self.layer.beta.assign(beta.astype(pdtype))
+
+    def train_forward(self, x: np.ndarray) -> Any:
+        return self.layer(self._t(x), training=True)
+
+    def infer_forward(self, x: np.ndarray) -> Any:
+        return self.layer(self._t(x), training=False)
+
+    def running_stats(self) -> tuple[Any, Any]:
+        convert = self.keras.ops.convert_to_numpy
+        return convert(self.layer.moving_mean.value), convert(self.layer.moving_variance.value)
+
+    def backward(self, x: np.ndarray, dy: np.ndarray) -> tuple[Any, Any, Any]:
+        xt = self._t(x)
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            with tf.GradientTape() as tape:
+                tape.watch(xt)
+                y = self.layer(xt, training=True)
+            return tape.gradient(
+                y, [xt, self.layer.gamma, self.layer.beta], output_gradients=tf.cast(self._t(dy), y.dtype)
+            )
+        if self.backend == "torch":
+            xt.requires_grad_(True)
+            gamma, beta = self.layer.gamma.value, self.layer.beta.value
+            gamma.grad = beta.grad = None
+            y = self.layer(xt, training=True)
+            y.backward(self._t(dy).to(y.dtype))
+            return xt.grad, gamma.grad, beta.grad
+        if self.backend == "jax":
+            import jax
+
+            trainable = [v.value for v in self.layer.trainable_variables]
+            non_trainable = [v.value for v in self.layer.non_trainable_variables]
+
+            def forward(tv: list, x_in: Any) -> Any:
+                return self.layer.stateless_call(tv, non_trainable, x_in, training=True)[0]
+
+            y, vjp = jax.vjp(forward, trainable, xt)
+            g_tv, dx = vjp(self._t(dy).astype(y.dtype))
+            grads = {v.name: g for v, g in zip(self.layer.trainable_variables, g_tv, strict=True)}
+            return dx, grads["gamma"], grads["beta"]
+        raise NotImplementedError(f"no backward for the Keras {self.backend} backend")
+
+
+class FlaxAdapter(Adapter):
+    """``flax.linen.BatchNorm`` with the given ``use_fast_variance`` (Flax's default is True), channels last.
+
+    The convention held to is ``bnref.conventions.FLAX`` (``FLAX_TWO_PASS`` with ``use_fast_variance=False``):
+    eps 1e-5, ``r = momentum r + (1 - momentum) b`` with momentum 0.99, the biased variance, channels last.
+    """
+
+    def __init__(self, use_fast_variance: bool = True, layout: str = "NHWC", module: Any = None, **kwargs: Any) -> None:
+        self.use_fast_variance, self.layout, self.kwargs = use_fast_variance, layout, kwargs
+        self.module = module  # a drop-in for flax.linen.BatchNorm (bnref.jax_bn's), or None for Flax's own
+        self.name = "flax" if use_fast_variance else "flax-exact"
+        self.convention = FLAX if use_fast_variance else FLAX_TWO_PASS
+
+    def _class(self) -> Any:
+        import flax.linen as nn
+
+        return self.module if self.module is not None else nn.BatchNorm
+
+    def describe(self) -> str:
+        import flax
+        import jax
+
+        cls = self._class()
+        return (
+            f"flax {flax.__version__}, jax {jax.__version__}: {cls.__module__}.{cls.__name__}"
+            f"(use_fast_variance={self.use_fast_variance}), layout {self.layout}, CPU"
+        )
+
+    def create(self, num_features: int, dtype: str) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        if dtype == "float64" and not jax.config.jax_enable_x64:
+            raise ValueError("float64 needs jax_enable_x64")
+        self.jax, self.jnp, self.dtype = jax, jnp, jnp.dtype(dtype)
+        axis = self.layout.index("C") - len(self.layout)
+        if not hasattr(self, "_train"):  # one module and one compiled function per mode, whatever the channels
+            self.model = model = self._class()(axis=axis, use_fast_variance=self.use_fast_variance, **self.kwargs)
+
+            def train(variables: Any, x: Any) -> Any:
+                return model.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+
+            def infer(variables: Any, x: Any) -> Any:
+                return model.apply(variables, x, use_running_average=True)
+
+            def grads(variables: Any, x: Any, dy: Any) -> Any:
+                def forward(params: Any, x_in: Any) -> Any:
+                    return train({**variables, "params": params}, x_in)[0]
+
+                y, vjp = jax.vjp(forward, variables["params"], x)
+                return vjp(dy.astype(y.dtype))
+
+            def init(x: Any) -> Any:
+                return model.init(jax.random.key(0), x, use_running_average=False)
+
+            self._init, self._train, self._infer, self._grads = (jax.jit(f) for f in (init, train, infer, grads))
+        shape = [2] * len(self.layout)
+        shape[axis] = num_features
+        self.variables = self._init(jnp.zeros(shape, self.dtype))
+
+    def _t(self, a: np.ndarray) -> Any:
+        return self.jnp.asarray(np.asarray(a, np.float32 if self.dtype != np.float64 else np.float64), self.dtype)
+
+    def set_params(self, gamma: np.ndarray, beta: np.ndarray) -> None:
+        params = dict(self.variables["params"])
+        params["scale"] = self.jnp.asarray(gamma, params["scale"].dtype)
+        params["bias"] = self.jnp.asarray(beta, params["bias"].dtype)
+        self.variables = {**self.variables, "params": params}
+
+    def train_forward(self, x: np.ndarray) -> Any:
+        y, updates = self._train(self.variables, self._t(x))
+        self.variables = {**self.variables, **updates}
+        return y
+
+    def infer_forward(self, x: np.ndarray) -> Any:
+        return self._infer(self.variables, self._t(x))
+
+    def running_stats(self) -> tuple[Any, Any]:
+        stats = self.variables["batch_stats"]
+        return stats["mean"], stats["var"]
+
+    def backward(self, x: np.ndarray, dy: np.ndarray) -> tuple[Any, Any, Any]:
+        grads, dx = self._grads(self.variables, self._t(x), self._t(dy))
+        return dx, grads["scale"], grads["bias"]
+
+
+class JaxBnAdapter(FlaxAdapter):
+    """``bnref.jax_bn.BatchNorm``, the from-scratch drop-in for ``flax.linen.BatchNorm`` (custom_vjp backward)."""
+
+    def __init__(self, layout: str = "NHWC", **kwargs: Any) -> None:
+        from . import jax_bn
+
+        super().__init__(use_fast_variance=False, layout=layout, module=jax_bn.BatchNorm, **kwargs)
+        self.name = "bnref-jax"
+        self.convention = FLAX_TWO_PASS  # the drop-in always computes the two-pass variance
+
+
+def make(name: str) -> Adapter:
+    """The adapter of one of ``bnref.conformance.NAMES``; its ``name`` is set to ``name``."""
+    makers = {
+        "torch": lambda: TorchAdapter("native"),
+        "bnref-torch": lambda: TorchAdapter("bnref"),
+        "keras-tensorflow": lambda: KerasAdapter("native"),
+        "keras-jax": lambda: KerasAdapter("native"),
+        "keras-torch": lambda: KerasAdapter("native"),
+        "bnref-keras": lambda: KerasAdapter("bnref"),
+        "flax": lambda: FlaxAdapter(use_fast_variance=True),
+        "flax-exact": lambda: FlaxAdapter(use_fast_variance=False),
+        "bnref-jax": lambda: JaxBnAdapter(),
+    }
+    if name not in makers:
+        raise ValueError(f"unknown implementation {name!r}; known: {', '.join(makers)}")
+    adapter = makers[name]()
+    adapter.name = name
+    if name.startswith("keras-"):
+        import keras
+
+        wanted, backend = name.split("-", 1)[1], keras.backend.backend()
+        if backend != wanted:
+            raise ValueError(f"{name} needs KERAS_BACKEND={wanted}, but Keras was imported with {backend}")
+    return adapter
