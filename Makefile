@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine with Python 3.11:
-#   make book   -- create .venv, install requirements, build the static site into _build/html
+#   make book   -- create .venv, install requirements, build the static site into _build/html: the English and
+#                  the Chinese edition (_build/html/en, _build/html/zh_CN) and a landing page that picks one
 #   make test   -- lint (ruff), the same install and build, then unit tests, nbval over every notebook in
 #                  book/, and the headless-browser check of the built site
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.installed
 MATHJAX_VERSION := 3.2.2
 MATHJAX := book/_static/mathjax/tex-mml-chtml.js
 
-.PHONY: all book test unit notebooks clean
+.PHONY: all book catalogs test unit notebooks clean
 
 all: book
 
@@ -26,8 +27,15 @@ $(MATHJAX):
 	npm install --silent --no-save --no-audit --no-fund --prefix build/npm mathjax@$(MATHJAX_VERSION)
 	cp -r build/npm/node_modules/mathjax/es5 book/_static/mathjax
 
+# Both editions, each with -W -n --keep-going, built at the same time (tools/build_book.py explains how): English by
+# jupyter-book build, Chinese by sphinx-build on a generated configuration with the catalogs of book/locales/zh_CN.
 book: $(STAMP) $(MATHJAX)
-	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
+	$(BIN)/python tools/build_book.py book
+
+# After an English edit: extract the messages again and merge them into book/locales/zh_CN (sphinx-intl update).
+# New messages come in untranslated, changed ones marked fuzzy; both fall back to English until translated.
+catalogs: $(STAMP)
+	$(BIN)/python tools/build_book.py catalogs
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests
