@@ -67,8 +67,13 @@ __all__ = [
     "ConventionRow",
     "ConventionTable",
     "cross_convention",
-    "keras_output_errors",
-    "keras_output_errors_on",
+    "KERAS_BACKENDS",
+    "BackendRun",
+    "on_keras_backends",
+    "keras_backend_rows",
+    "keras_rows_job",
+    "with_keras_backend_rows",
+    "run_cases",
 ]
 
 #: The quantities compared, in table order.
@@ -402,14 +407,35 @@ def _torch_trace(case: Case, conv: Convention, data: Batches, native: bool, devi
 
 
 def _keras_trace(case: Case, conv: Convention, data: Batches, native: bool) -> Trace:
+    """``keras.layers.BatchNormalization`` (native) or ``bnref.keras_bn.BatchNormalization`` (scratch), in this process.
+
+    The native layer runs on whichever backend Keras loaded (TensorFlow unless ``KERAS_BACKEND`` says
+    otherwise); the from-scratch layer is TensorFlow code and needs the TensorFlow backend.
+    """
     try:
         import keras
-        import tensorflow as tf
 
-        from . import keras_bn
+        if native:
+            cls = keras.layers.BatchNormalization
+        else:
+            import tensorflow  # noqa: F401  (bnref.keras_bn is TensorFlow code)
+
+            from . import keras_bn
+
+            cls = keras_bn.BatchNormalization
     except ImportError:
         raise _NotInstalled("TensorFlow/Keras") from None
-    cls = keras.layers.BatchNormalization if native else keras_bn.BatchNormalization
+    return _keras_layer_trace(case, conv, data, cls)
+
+
+def _keras_layer_trace(case: Case, conv: Convention, data: Batches, cls: Any) -> Trace:
+    """Run a Keras BN layer class through ``case``; the gradients come from the loaded backend's autodiff."""
+    import keras
+
+    backend = keras.backend.backend()
+    step = {"tensorflow": _keras_step_tensorflow, "jax": _keras_step_jax, "torch": _keras_step_torch}.get(backend)
+    if step is None:
+        raise NotApplicable(f"no gradient code for the Keras backend {backend!r}")
     # Layer dtype policy: float64 runs in float64; half-precision inputs go into a float32 layer, which
     # (native and scratch alike) autocasts them to float32 and returns float32.
     policy = "float64" if case.dtype == "float64" else "float32"
@@ -417,23 +443,85 @@ def _keras_trace(case: Case, conv: Convention, data: Batches, native: bool) -> T
     layer.build(case.shape)
     layer.gamma.assign(data.gamma)
     layer.beta.assign(data.beta)
-    tdtype = getattr(tf, case.dtype)
+
+    def to_numpy(v: Any) -> np.ndarray:
+        # through float64 (bfloat16 has no NumPy type); a copy, since variables change in place later
+        return np.array(keras.ops.convert_to_numpy(keras.ops.cast(v, "float64")), np.float64, copy=True)
 
     trace = _empty_trace()
     for x, dy in zip(data.xs, data.dys, strict=False):
-        xt = tf.constant(x, dtype=tdtype)
-        with tf.GradientTape() as tape:
-            tape.watch(xt)
-            y = layer(xt, training=True)
-        dx, dgamma, dbeta = tape.gradient(
-            y, [xt, layer.gamma, layer.beta], output_gradients=tf.cast(tf.constant(dy, dtype=tdtype), y.dtype)
-        )
+        y, dx, dgamma, dbeta = step(layer, x, dy, case.dtype)
         for q, v in zip(QUANTITIES, (y, dx, dgamma, dbeta, layer.moving_mean, layer.moving_variance), strict=False):
-            trace[q].append(np.array(tf.cast(v, tf.float64), copy=True))
+            trace[q].append(to_numpy(v))
     if case.mode == "train+inference":
-        y_inf = layer(tf.constant(data.x_inference, dtype=tdtype), training=False)
-        trace["y_inference"].append(np.asarray(tf.cast(y_inf, tf.float64)))
+        x_inf = keras.ops.convert_to_tensor(data.x_inference, dtype=case.dtype)
+        trace["y_inference"].append(to_numpy(layer(x_inf, training=False)))
     return trace
+
+
+def _keras_step_tensorflow(layer: Any, x: np.ndarray, dy: np.ndarray, dtype: str) -> tuple:
+    """One training call under TensorFlow: ``tf.GradientTape`` for dx, dgamma, dbeta."""
+    import tensorflow as tf
+
+    xt = tf.constant(x, dtype=getattr(tf, dtype))
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = layer(xt, training=True)
+    dy_t = tf.cast(tf.constant(dy, dtype=getattr(tf, dtype)), y.dtype)
+    dx, dgamma, dbeta = tape.gradient(y, [xt, layer.gamma, layer.beta], output_gradients=dy_t)
+    return y, dx, dgamma, dbeta
+
+
+def _keras_step_jax(layer: Any, x: np.ndarray, dy: np.ndarray, dtype: str) -> tuple:
+    """One training call under JAX: ``layer.stateless_call`` differentiated by ``jax.vjp``, compiled by ``jax.jit``.
+
+    The moving statistics come back from the stateless call and are assigned to the layer afterwards, as
+    Keras' own JAX trainer does. The compiled step is kept per layer configuration and input shape (compiling
+    once costs about a second; running op by op would compile every operation for every new shape).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    config = {k: v for k, v in layer.get_config().items() if k != "name"}
+    key = (type(layer), repr(sorted(config.items())), x.shape, dtype)
+    if key not in _JAX_STEPS:
+
+        @jax.jit
+        def step(xj: Any, trainable: list, frozen: list, dy: Any) -> tuple:
+            def forward(xj: Any, trainable: list) -> tuple:
+                return layer.stateless_call(trainable, frozen, xj, training=True)
+
+            y, vjp, updated = jax.vjp(forward, xj, trainable, has_aux=True)
+            dx, dtrainable = vjp(dy.astype(y.dtype))
+            return y, dx, dtrainable, updated
+
+        _JAX_STEPS[key] = step
+    trainable = [v.value for v in layer.trainable_variables]
+    frozen = [v.value for v in layer.non_trainable_variables]
+    y, dx, dtrainable, updated = _JAX_STEPS[key](
+        jnp.asarray(x, dtype=dtype), trainable, frozen, jnp.asarray(dy, dtype=dtype)
+    )
+    for v, value in zip(layer.non_trainable_variables, updated, strict=True):
+        v.assign(value)
+    where = [next(i for i, v in enumerate(layer.trainable_variables) if v is w) for w in (layer.gamma, layer.beta)]
+    return y, dx, dtrainable[where[0]], dtrainable[where[1]]
+
+
+#: Compiled JAX training steps, per (layer class, configuration, input shape, dtype).
+_JAX_STEPS: dict[tuple, Any] = {}
+
+
+def _keras_step_torch(layer: Any, x: np.ndarray, dy: np.ndarray, dtype: str) -> tuple:
+    """One training call under PyTorch: autograd from ``y.backward(dy)``; Keras' weights are torch Parameters."""
+    import torch
+
+    xt = torch.as_tensor(x).to(getattr(torch, dtype)).requires_grad_(True)
+    y = layer(xt, training=True)
+    y.backward(torch.as_tensor(dy).to(getattr(torch, dtype)).to(device=y.device, dtype=y.dtype))
+    gamma, beta = layer.gamma.value, layer.beta.value
+    dgamma, dbeta = gamma.grad.detach().clone(), beta.grad.detach().clone()
+    gamma.grad = beta.grad = None
+    return y.detach(), xt.grad, dgamma, dbeta
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -533,6 +621,8 @@ class Row:
 
     ``status`` is ``Status.RAN`` when it ran; otherwise ``reason`` says why not (the framework that is
     missing, the convention or dtype it cannot express, the error it raised) and ``diffs`` is empty.
+    ``version`` names the framework versions and backend of a row run in another process (the Keras
+    backend rows, e.g. "Keras 3.15.1 on JAX 0.10.2"); empty for the rows run in this process.
     """
 
     implementation: str
@@ -541,6 +631,7 @@ class Row:
     status: Status
     reason: str = ""
     diffs: dict[str, Diff] = field(default_factory=dict)
+    version: str = ""
 
     @property
     def ok(self) -> bool:
@@ -664,6 +755,7 @@ class AgreementTable:
                 "convention": r.convention,
                 "status": r.status.value,
                 "reason": r.reason,
+                "version": r.version,
             }
             if not r.ok:
                 out.append(base)
@@ -747,25 +839,30 @@ def run_case(
                 rows.append(Row(name, case.dtype, "-", Status.NOT_APPLICABLE, str(why)))
                 continue
         for conv in convs:
-            try:
+
+            def trace_of(conv: Convention = conv, name: str = name, framework: str = framework) -> Trace:
                 if framework == "numpy":
-                    trace, _ = _reference_run(case, conv, data, case.dtype)
-                elif framework == "torch":
-                    trace = _torch_trace(case, conv, data, native=name.endswith("native"), device=device)
-                else:
-                    trace = _keras_trace(case, conv, data, native=name.endswith("native"))
-            except _NotInstalled as why:
-                rows.append(Row(name, case.dtype, conv.name, Status.NOT_INSTALLED, str(why)))
-                continue
-            except NotApplicable as why:
-                rows.append(Row(name, case.dtype, conv.name, Status.NOT_APPLICABLE, str(why)))
-                continue
-            except (RuntimeError, ValueError, TypeError) as err:  # a framework refusing the case is a finding
-                rows.append(Row(name, case.dtype, conv.name, Status.ERROR, f"{type(err).__name__}: {err}"))
-                continue
-            truth, bounds = truth_for(conv)
-            rows.append(Row(name, case.dtype, conv.name, Status.RAN, diffs=_compare(trace, truth, bounds)))
+                    return _reference_run(case, conv, data, case.dtype)[0]
+                if framework == "torch":
+                    return _torch_trace(case, conv, data, native=name.endswith("native"), device=device)
+                return _keras_trace(case, conv, data, native=name.endswith("native"))
+
+            rows.append(_run_row(name, case, conv, trace_of, truth_for))
     return AgreementTable(case, rows)
+
+
+def _run_row(name: str, case: Case, conv: Convention, trace_of: Any, truth_for: Any, version: str = "") -> Row:
+    """One implementation's row: run ``trace_of()`` and compare it with the float64 truth under ``conv``."""
+    try:
+        trace = trace_of()
+    except _NotInstalled as why:
+        return Row(name, case.dtype, conv.name, Status.NOT_INSTALLED, str(why), version=version)
+    except NotApplicable as why:
+        return Row(name, case.dtype, conv.name, Status.NOT_APPLICABLE, str(why), version=version)
+    except (RuntimeError, ValueError, TypeError) as err:  # a framework refusing the case is a finding
+        return Row(name, case.dtype, conv.name, Status.ERROR, f"{type(err).__name__}: {err}", version=version)
+    truth, bounds = truth_for(conv)
+    return Row(name, case.dtype, conv.name, Status.RAN, diffs=_compare(trace, truth, bounds), version=version)
 
 
 def compare_trace(case: Case, convention: Convention, trace: Trace, batches: Batches | None = None) -> dict[str, Diff]:
@@ -781,11 +878,18 @@ def compare_trace(case: Case, convention: Convention, trace: Trace, batches: Bat
 
 
 def summary_table(tables: Sequence[AgreementTable], metric: Literal["verdict", "ratio"] = "verdict") -> str:
-    """One line per case, one column per implementation: "ok"/"FAIL" (or the worst error/bound ratio)."""
+    """One line per case, one column per implementation: "ok"/"FAIL" (or the worst error/bound ratio).
+
+    The columns are ``IMPLEMENTATIONS`` followed by any other rows the tables hold (the Keras backend rows
+    of ``run_cases``), in the order they first appear.
+    """
     names = [n for n, _ in IMPLEMENTATIONS]
+    for t in tables:
+        names += [r.implementation for r in t.rows if r.implementation not in names]
     labels = [t.case.label for t in tables]
     width = max([len("case")] + [len(s) for s in labels])
-    lines = ["case".ljust(width) + "  " + "  ".join(n.ljust(13) for n in names)]
+    widths = [max(13, len(n)) for n in names]
+    lines = ["case".ljust(width) + "  " + "  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True))]
     for t, label in zip(tables, labels, strict=False):
         cells = []
         for n in names:
@@ -798,7 +902,9 @@ def summary_table(tables: Sequence[AgreementTable], metric: Literal["verdict", "
                 cells.append("ok" if all(r.passed for r in rows) else "FAIL")
             else:
                 cells.append(f"{max(r.worst_ratio for r in rows):.2g}")
-        lines.append(label.ljust(width) + "  " + "  ".join(c.ljust(13) for c in cells).rstrip())
+        lines.append(
+            label.ljust(width) + "  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+        )
     return "\n".join(lines)
 
 
@@ -892,71 +998,238 @@ def cross_convention(case: Case) -> ConventionTable:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Keras' backends: the training output of keras.layers.BatchNormalization far from zero
+# Keras on every backend: one fresh process per backend (the backend is fixed when Keras is imported)
 # ----------------------------------------------------------------------------------------------------
 
+#: The Keras 3 backends, in table order; their rows are named "keras-<backend>".
+KERAS_BACKENDS: tuple[str, ...] = ("tensorflow", "jax", "torch")
 
-def keras_output_errors(
-    ratios: Sequence[float], seeds: Sequence[int], m: int = 1024, channels: int = 3
-) -> dict[str, Any]:
-    """Max-norm relative error of ``keras.layers.BatchNormalization``'s float32 training output.
+#: The jobs a backend process may run ("module:function" in bnref; each returns JSON-ready data).
+_JOB_MODULES = ("bnref.agreement", "bnref.precision")
 
-    Runs under whichever Keras backend is loaded (the backend is fixed when Keras is imported; see
-    ``keras_output_errors_on``). For each ``|mean|/std`` in ``ratios`` and each seed, the data are
-    ``x = ratio + z`` (z standard normal, shape (m, channels), rounded to float32), and the output is
-    compared with the float64 reference on the same float32 values, ``(x - mean) / sqrt(var + eps)``.
+
+@dataclass(frozen=True)
+class BackendRun:
+    """What one Keras backend process returned.
+
+    Attributes
+    ----------
+    backend : str
+        The ``KERAS_BACKEND`` asked for.
+    keras, backend_version : str
+        ``keras.__version__`` and the backend framework's version, as the process read them ("" if it failed).
+    results : dict
+        Job name -> the job's JSON-ready result.
+    error : str
+        Empty if the process ran; else the end of its stderr (e.g. the backend is not installed).
+    """
+
+    backend: str
+    keras: str = ""
+    backend_version: str = ""
+    results: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    @property
+    def label(self) -> str:
+        """E.g. "Keras 3.15.1 on JAX 0.10.2"."""
+        names = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
+        if not self.ok:
+            return f"Keras on {names.get(self.backend, self.backend)} (did not run)"
+        return f"Keras {self.keras} on {names.get(self.backend, self.backend)} {self.backend_version}"
+
+
+def _backend_process_main() -> None:
+    """The body of a backend process: read jobs (JSON) from argv[1], write results (JSON) to argv[2]."""
+    import importlib
+    import json
+    import sys
+
+    import keras
+
+    backend = keras.backend.backend()
+    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)
+    version = importlib.import_module(module).__version__ if module else ""
+    with open(sys.argv[1]) as f:
+        jobs = json.load(f)
+    results = {}
+    for name, (target, kwargs) in jobs.items():
+        module_name, function = target.split(":")
+        results[name] = getattr(importlib.import_module(module_name), function)(**kwargs)
+    with open(sys.argv[2], "w") as f:
+        json.dump({"backend": backend, "keras": keras.__version__, "backend_version": version, "results": results}, f)
+
+
+def on_keras_backends(
+    jobs: dict[str, tuple[str, dict[str, Any]]],
+    backends: Sequence[str] = KERAS_BACKENDS,
+    timeout: float = 600.0,
+) -> dict[str, BackendRun]:
+    """Run ``jobs`` under each Keras backend, one fresh Python process per backend, all at once.
+
+    Keras fixes its backend when it is imported, so each backend needs its own process; starting them
+    together and giving each every job makes the cost one import per backend, paid in parallel.
+
+    Parameters
+    ----------
+    jobs : dict
+        Job name -> ``("bnref.module:function", kwargs)``; the function runs in the backend process and
+        returns JSON-ready data (``keras_backend_rows`` here, ``bnref.precision.keras_sweep``).
+    backends : sequence of str
+        Values of ``KERAS_BACKEND``. Each process also gets ``TF_CPP_MIN_LOG_LEVEL=3`` and, for JAX,
+        ``JAX_ENABLE_X64=1``: without it JAX has no float64 and Keras silently computes a float64 layer in
+        float32 (with a UserWarning), so the float64 cases would measure float32 arithmetic.
+    timeout : float
+        Seconds to wait for each process.
 
     Returns
     -------
     dict
-        ``{"backend": ..., "keras": version, "errors": [[error per seed] per ratio], "bounds": [[...]]}``:
-        the measured error (NaN where the output holds NaN) and the bound of ``bnref.testing.training_bounds``
-        (eq-bound-y of the book's appendix) relative to ``max|reference|``, for the same data.
-    """
-    import keras
-
-    errors, bounds = [], []
-    for ratio in ratios:
-        row, row_bounds = [], []
-        for seed in seeds:
-            x = (ratio + np.random.default_rng(seed).standard_normal((m, channels))).astype(np.float32)
-            layer = keras.layers.BatchNormalization()
-            y = np.asarray(keras.ops.convert_to_numpy(layer(x, training=True)), np.float64)
-            x64 = x.astype(np.float64)
-            mean, var = x64.mean(0), x64.var(0)
-            ref = (x64 - mean) / np.sqrt(var + layer.epsilon)
-            row.append(math.nan if np.isnan(y).any() else relative_error(y, ref))
-            s = channel_summaries(ref, np.zeros_like(ref), mean, var, layer.epsilon)
-            ones, zeros = np.ones(channels), np.zeros(channels)
-            bound = training_bounds(s, ones, zeros, zeros, "float32")["y"]
-            row_bounds.append(float(np.max(bound) / np.max(np.abs(ref))))
-        errors.append(row)
-        bounds.append(row_bounds)
-    return {"backend": keras.backend.backend(), "keras": keras.__version__, "errors": errors, "bounds": bounds}
-
-
-def keras_output_errors_on(
-    backend: str, ratios: Sequence[float], seeds: Sequence[int], m: int = 1024, channels: int = 3
-) -> dict[str, Any]:
-    """``keras_output_errors`` in a fresh Python process with ``KERAS_BACKEND=backend``.
-
-    Raises ``RuntimeError`` with the child's stderr if it fails (for example, the backend's framework is
-    not installed).
+        Backend -> ``BackendRun``; a process that fails (a backend not installed, a job that raises) gives a
+        ``BackendRun`` whose ``error`` holds the end of its stderr.
     """
     import json
     import os
     import subprocess
     import sys
+    import tempfile
 
-    code = (
-        "import json, sys\n"
-        "from bnref.agreement import keras_output_errors\n"
-        "args = json.loads(sys.argv[1])\n"
-        "print(json.dumps(keras_output_errors(**args)))\n"
-    )
-    args = json.dumps({"ratios": list(ratios), "seeds": list(seeds), "m": m, "channels": channels})
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-c", code, args], env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"Keras on the {backend} backend failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    for name, (target, _) in jobs.items():
+        module_name = target.split(":")[0]
+        if module_name not in _JOB_MODULES or target.count(":") != 1:
+            raise ValueError(f"job {name!r}: {target!r} is not a function of {', '.join(_JOB_MODULES)}")
+    code = "from bnref.agreement import _backend_process_main; _backend_process_main()"
+    runs: dict[str, BackendRun] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = os.path.join(tmp, "jobs.json")
+        with open(spec, "w") as f:
+            json.dump(jobs, f)
+        started = {}
+        for backend in backends:
+            env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+            if backend == "jax":
+                env["JAX_ENABLE_X64"] = "1"
+            out = os.path.join(tmp, f"{backend}.json")
+            err = open(os.path.join(tmp, f"{backend}.err"), "w+")  # noqa: SIM115 (closed below)
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code, spec, out], env=env, stdout=subprocess.DEVNULL, stderr=err
+            )
+            started[backend] = (proc, out, err)
+        for backend, (proc, out, err) in started.items():
+            try:
+                returncode = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                returncode = None
+            err.seek(0)
+            stderr = err.read()
+            err.close()
+            if returncode != 0:
+                why = "timed out" if returncode is None else f"exit status {returncode}"
+                runs[backend] = BackendRun(backend, error=f"{why}: {stderr[-2000:]}")
+                continue
+            with open(out) as f:
+                done = json.load(f)
+            runs[backend] = BackendRun(backend, done["keras"], done["backend_version"], done["results"])
+    return runs
+
+
+def _diff_from_json(d: dict[str, Any]) -> Diff:
+    return Diff(d["max_abs"], d["max_rel"], d["ratio"], d["bound"], d["rel_bound"])
+
+
+def keras_backend_rows(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The row of ``keras.layers.BatchNormalization`` on the loaded backend for each case (a job).
+
+    Runs in a backend process of ``on_keras_backends``; ``cases`` are ``dataclasses.asdict(Case)``. Each
+    case is compared with the float64 reference under Keras' convention, exactly as ``run_case`` does in
+    this process; the gradients come from the backend's own autodiff (``tf.GradientTape``, ``jax.vjp`` of
+    ``layer.stateless_call``, ``torch.autograd``). Returns one JSON-ready row per case.
+    """
+    import keras
+
+    name = f"keras-{keras.backend.backend()}"
+    out = []
+    for fields in cases:
+        case = Case(**fields)
+        data = make_batches(case)
+
+        def truth_for(conv: Convention, case: Case = case, data: Batches = data) -> tuple[Trace, dict]:
+            trace, caches = _reference_run(case, conv, data, "float64")
+            return trace, _bounds(case, conv, trace, caches, data)
+
+        try:
+            conv = framework_convention(case, "keras")
+        except NotApplicable as why:
+            row = Row(name, case.dtype, "-", Status.NOT_APPLICABLE, str(why))
+        else:
+
+            def trace_of(case: Case = case, conv: Convention = conv, data: Batches = data) -> Trace:
+                return _keras_layer_trace(case, conv, data, keras.layers.BatchNormalization)
+
+            row = _run_row(name, case, conv, trace_of, truth_for)
+        out.append(
+            {
+                "implementation": row.implementation,
+                "dtype": row.dtype,
+                "convention": row.convention,
+                "status": row.status.value,
+                "reason": row.reason,
+                "diffs": {q: dataclasses.asdict(d) for q, d in row.diffs.items()},
+            }
+        )
+    return out
+
+
+def keras_rows_job(cases: Sequence[Case]) -> tuple[str, dict[str, Any]]:
+    """The job of ``on_keras_backends`` that runs ``cases`` through Keras' layer (``keras_backend_rows``)."""
+    return "bnref.agreement:keras_backend_rows", {"cases": [dataclasses.asdict(c) for c in cases]}
+
+
+def with_keras_backend_rows(
+    tables: Sequence[AgreementTable], runs: dict[str, BackendRun], job: str = "agreement"
+) -> list[AgreementTable]:
+    """``tables`` with one more row per backend run, "keras-<backend>", from the results of ``job``.
+
+    A backend whose process failed gives rows with status "not installed" (its framework cannot be
+    imported) or "error", and the reason.
+    """
+    out = []
+    for i, table in enumerate(tables):
+        rows = list(table.rows)
+        for backend, run in runs.items():
+            name = f"keras-{backend}"
+            if not run.ok:
+                missing = "ModuleNotFoundError" in run.error or "Unable to import" in run.error
+                status = Status.NOT_INSTALLED if missing else Status.ERROR
+                reason = run.error.strip().splitlines()[-1] if run.error.strip() else run.error
+                rows.append(Row(name, table.case.dtype, "-", status, reason, version=run.label))
+                continue
+            got = run.results[job][i]
+            diffs = {q: _diff_from_json(d) for q, d in got["diffs"].items()}
+            rows.append(
+                Row(name, got["dtype"], got["convention"], Status(got["status"]), got["reason"], diffs, run.label)
+            )
+        out.append(AgreementTable(table.case, rows))
+    return out
+
+
+def run_cases(
+    cases: Sequence[Case],
+    device: str = "cpu",
+    frameworks: Sequence[str] = ("numpy", "torch", "keras"),
+    keras_backends: Sequence[str] = KERAS_BACKENDS,
+) -> list[AgreementTable]:
+    """``run_case`` for each case, plus a row per Keras backend ("keras-tensorflow", "keras-jax", "keras-torch").
+
+    The in-process rows are those of ``run_case``; the backend rows run ``keras.layers.BatchNormalization``
+    in one process per backend (``on_keras_backends``), all cases in one go. Their ``version`` names the
+    Keras and backend versions.
+    """
+    runs = on_keras_backends({"agreement": keras_rows_job(cases)}, keras_backends) if keras_backends else {}
+    return with_keras_backend_rows([run_case(c, device, frameworks) for c in cases], runs)

@@ -1,0 +1,390 @@
+"""Where each implementation of Batch Normalization loses float32 precision: the ``|mean|/std`` sweep.
+
+Every implementation computes one training step on the same float32 data, ``x = r + z`` with ``z`` standard
+normal (shape (m, C), m = 1024, C = 3), for ``r = |mean|/std`` from 1 to 1e4 and three seeds. Two results are
+compared with the float64 reference on the same float32 values:
+
+* the batch variance the layer normalised with (read back exactly: each layer is built so that its running
+  variance after one step *is* that variance, see ``IMPLEMENTATIONS``), and
+* the training output ``y = (x - mean) / sqrt(var + eps)`` (gamma 1, beta 0).
+
+The laws they are held against are derived in the book's appendix "How the checks are bounded"
+(``ch-bounds``), in units of the float32 unit roundoff ``u = 2^-24`` and ``e = e(m) = C eps (1 + sqrt(m))``
+(eq-bound-unit):
+
+* a two-pass variance (mean first, then the mean square of the deviations) is within
+  ``e var + (e (|mean| + sigma X))^2`` of the exact one (eq-bound-two-pass, with the few roundings of reading
+  it back, eq-bound-running with w = 1), ``X = max|x_hat|``: a relative bound of about ``e + e^2 r^2``;
+* a one-pass variance ``E[x^2] - E[x]^2`` loses relative precision as ``u r^2`` (its two sums are rounded
+  at the scale ``mean^2 = r^2 var``; appendix, section "The mean and the two-pass variance", and the
+  forward chapter's eq-fwd-one-pass): ``one_pass_law``;
+* the output is within eq-bound-y, ``e (r + X)`` relative to ``X``; a one-pass variance adds about half its
+  relative error, ``u r^2 / 2``.
+
+``verdict`` turns a sweep into one of three stable statements (the rule is in its docstring), so that a
+chapter can print it on any CPU. The Keras layer runs once per backend in its own process
+(``bnref.agreement.on_keras_backends``); PyTorch, Flax, JAX and the from-scratch layers run in this process.
+NumPy only at import; each implementation imports its framework when it runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from .testing import channel_summaries, running_var_bound, training_bounds, unit_roundoff
+
+__all__ = [
+    "RATIOS",
+    "SEEDS",
+    "M",
+    "CHANNELS",
+    "IMPLEMENTATIONS",
+    "sweep_data",
+    "SweepResult",
+    "sweep",
+    "keras_sweep",
+    "keras_sweep_job",
+    "results_from_backend_runs",
+    "one_pass_law",
+    "Verdict",
+    "verdict",
+]
+
+#: The distances from zero, |mean|/std, of the sweep.
+RATIOS: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4)
+#: Three seeds behind every verdict.
+SEEDS: tuple[int, ...] = (0, 1, 2)
+#: Values per channel and channels.
+M, CHANNELS = 1024, 3
+
+#: Sums rounded with e(m) make the two-pass bound; the verdict asks for this factor beyond it.
+EXCEED_FACTOR = 10.0
+
+
+def sweep_data(ratio: float, seed: int, m: int = M, channels: int = CHANNELS) -> np.ndarray:
+    """The float32 batch ``ratio + z``, z ~ N(0, 1) from ``numpy.random.default_rng(seed)``, shape (m, channels)."""
+    if not ratio >= 0:
+        raise ValueError(f"ratio must be >= 0, got {ratio!r}")
+    return (ratio + np.random.default_rng(seed).standard_normal((m, channels))).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The implementations: each maps a float32 (m, C) batch to (y, var, eps), float64 arrays
+# ----------------------------------------------------------------------------------------------------
+#
+# Reading the batch variance back. PyTorch's running_var = (1 - momentum) r + momentum * m/(m-1) var, so with
+# momentum = 1 it is the unbiased batch variance (one rounding); Keras' and Flax's moving variance is
+# momentum * r + (1 - momentum) var, so with momentum = 0 it is the batch variance itself.
+
+
+def _numpy_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    from .reference import batch_norm_forward
+
+    c = x.shape[1]
+    y, cache = batch_norm_forward(x, np.ones(c, np.float32), np.zeros(c, np.float32), 1e-5, axis=1)
+    return y, cache.var, 1e-5
+
+
+def _torch(x: np.ndarray, scratch: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    import torch
+
+    if scratch:
+        from .torch_bn import BatchNorm
+
+        bn = BatchNorm(x.shape[1], momentum=1.0)
+    else:
+        bn = torch.nn.BatchNorm1d(x.shape[1], momentum=1.0)
+    y = bn.train()(torch.from_numpy(x)).detach().double().numpy()
+    m = x.shape[0]
+    var = bn.running_var.double().numpy() * (m - 1) / m  # unbiased -> biased, in float64
+    return y, var, bn.eps
+
+
+def _keras_layer(x: np.ndarray, scratch: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    import keras
+
+    key = ("keras", scratch, keras.backend.backend())
+    if key not in _LAYERS:  # one layer serves every run: with momentum 0 a training call leaves no trace
+        if scratch:
+            from .keras_bn import BatchNormalization as cls
+        else:
+            cls = keras.layers.BatchNormalization
+        _LAYERS[key] = cls(momentum=0.0)
+    layer = _LAYERS[key]
+    y = layer(x, training=True)
+    y = np.asarray(keras.ops.convert_to_numpy(y), np.float64)
+    var = np.asarray(keras.ops.convert_to_numpy(layer.moving_variance), np.float64)
+    return y, var, layer.epsilon
+
+
+def _flax(x: np.ndarray, fast: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    import flax.linen as nn
+    import jax
+
+    key = ("flax", fast, x.shape)
+    if key not in _LAYERS:  # init once and compile the training call once
+        bn = nn.BatchNorm(use_running_average=False, momentum=0.0, use_fast_variance=fast)
+        variables = bn.init(jax.random.PRNGKey(0), x)
+        train = jax.jit(lambda x: bn.apply(variables, x, mutable=["batch_stats"]))
+        _LAYERS[key] = (bn.epsilon, train)
+    eps, train = _LAYERS[key]
+    y, state = train(x)
+    return np.asarray(y, np.float64), np.asarray(state["batch_stats"]["var"], np.float64), eps
+
+
+def _jax_scratch(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    import jax
+    import jax.numpy as jnp
+
+    from .jax_bn import batch_norm_train
+
+    if "jax_bn" not in _LAYERS:
+        _LAYERS["jax_bn"] = jax.jit(
+            lambda x: batch_norm_train(x, jnp.ones(x.shape[1]), jnp.zeros(x.shape[1]), 1e-5, -1)
+        )
+    y, _, var = _LAYERS["jax_bn"](jnp.asarray(x))
+    return np.asarray(y, np.float64), np.asarray(var, np.float64), 1e-5
+
+
+#: Layers and compiled functions kept between runs (each run's result does not depend on the previous ones).
+_LAYERS: dict[Any, Any] = {}
+
+
+def _versions(*modules: str) -> str:
+    import importlib
+
+    names = {"torch": "PyTorch", "tensorflow": "TensorFlow", "keras": "Keras", "jax": "JAX", "flax": "Flax"}
+    return ", ".join(f"{names[m]} {importlib.import_module(m).__version__}" for m in modules)
+
+
+#: The implementations that run in this process: name -> (function, frameworks to name with their version).
+#: The Keras layer on each backend ("keras-tensorflow", "keras-jax", "keras-torch") runs in its own process.
+IMPLEMENTATIONS: dict[str, tuple[Callable[[np.ndarray], tuple], tuple[str, ...]]] = {
+    "numpy reference (bnref)": (_numpy_reference, ()),
+    "torch nn.BatchNorm1d": (lambda x: _torch(x, scratch=False), ("torch",)),
+    "torch scratch (bnref.torch_bn)": (lambda x: _torch(x, scratch=True), ("torch",)),
+    "keras scratch (bnref.keras_bn)": (lambda x: _keras_layer(x, scratch=True), ("keras", "tensorflow")),
+    "flax BatchNorm, fast variance": (lambda x: _flax(x, fast=True), ("flax", "jax")),
+    "flax BatchNorm, two-pass": (lambda x: _flax(x, fast=False), ("flax", "jax")),
+    "jax scratch (bnref.jax_bn)": (_jax_scratch, ("jax",)),
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# One sweep
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """One implementation over the sweep; every list is indexed ``[ratio][seed]``.
+
+    Attributes
+    ----------
+    implementation, version : str
+        Its name, and the frameworks (and backend) it ran on, e.g. "Keras 3.15.1 on JAX 0.10.2".
+    ratios, seeds : list
+    var_error : list of list of float
+        ``max_c |var_c - exact_c| / exact_c``; NaN when the variance is not finite.
+    var_bound : list of list of float
+        The two-pass bound relative to the variance (eq-bound-two-pass), the largest over the channels.
+    var_ratio : list of list of float
+        ``max_c error_c / bound_c``: above 1 the variance is outside the two-pass bound; inf if not finite.
+    y_error, y_bound, y_ratio : list of list of float
+        The same for the output, max-norm relative to ``max|y|``, against eq-bound-y.
+    """
+
+    implementation: str
+    version: str
+    ratios: list[float]
+    seeds: list[int]
+    var_error: list[list[float]]
+    var_bound: list[list[float]]
+    var_ratio: list[list[float]]
+    y_error: list[list[float]]
+    y_bound: list[list[float]]
+    y_ratio: list[list[float]]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SweepResult:
+        return cls(**d)
+
+    def worst(self, quantity: str = "var") -> list[float]:
+        """The largest error over the seeds at each ratio (NaN if any seed gave a non-finite result)."""
+        rows = {"var": self.var_error, "y": self.y_error}[quantity]
+        return [math.nan if any(math.isnan(e) for e in row) else max(row) for row in rows]
+
+
+def _measure(x: np.ndarray, y: np.ndarray, var: np.ndarray, eps: float) -> tuple[float, ...]:
+    """(var_error, var_bound, var_ratio, y_error, y_bound, y_ratio) of one run against the float64 truth."""
+    x64 = x.astype(np.float64)
+    mean, exact_var = x64.mean(axis=0), x64.var(axis=0)
+    x_hat = (x64 - mean) / np.sqrt(exact_var + eps)
+    s = channel_summaries(x_hat, np.zeros_like(x_hat), mean, exact_var, eps)
+    zeros, ones = np.zeros_like(mean), np.ones_like(mean)
+    # eq-bound-two-pass, read back through one update with w = 1 (eq-bound-running)
+    var_bound = running_var_bound(zeros, 1.0, s, mean, exact_var, exact_var, "float32", unbiased=False) / exact_var
+    y_bound = float(np.max(training_bounds(s, ones, zeros, zeros, "float32")["y"]) / np.max(np.abs(x_hat)))
+    var = np.asarray(var, np.float64)
+    y = np.asarray(y, np.float64)
+    if np.all(np.isfinite(var)):
+        var_error_c = np.abs(var - exact_var) / exact_var
+        var_error, var_ratio = float(var_error_c.max()), float(np.max(var_error_c / var_bound))
+    else:
+        var_error, var_ratio = math.nan, math.inf
+    if np.all(np.isfinite(y)):
+        y_error = float(np.max(np.abs(y - x_hat)) / np.max(np.abs(x_hat)))
+        y_ratio = y_error / y_bound
+    else:
+        y_error, y_ratio = math.nan, math.inf
+    return var_error, float(var_bound.max()), var_ratio, y_error, y_bound, y_ratio
+
+
+def _sweep_one(
+    name: str, version: str, run: Callable[[np.ndarray], tuple], ratios: Sequence[float], seeds: Sequence[int]
+) -> SweepResult:
+    table: dict[str, list[list[float]]] = {k: [] for k in ("ve", "vb", "vr", "ye", "yb", "yr")}
+    for ratio in ratios:
+        rows: list[tuple[float, ...]] = []
+        for seed in seeds:
+            x = sweep_data(ratio, seed)
+            y, var, eps = run(x)
+            rows.append(_measure(x, y, var, eps))
+        for j, k in enumerate(table):
+            table[k].append([r[j] for r in rows])
+    return SweepResult(name, version, [float(r) for r in ratios], [int(s) for s in seeds], *(table[k] for k in table))
+
+
+def sweep(
+    implementations: Sequence[str] | None = None,
+    ratios: Sequence[float] = RATIOS,
+    seeds: Sequence[int] = SEEDS,
+) -> dict[str, SweepResult]:
+    """Run the implementations of this process (``IMPLEMENTATIONS``, all by default) over the sweep.
+
+    An implementation whose framework cannot be imported is left out of the result (its name is missing).
+    """
+    names = list(IMPLEMENTATIONS) if implementations is None else list(implementations)
+    unknown = [n for n in names if n not in IMPLEMENTATIONS]
+    if unknown:
+        raise ValueError(f"unknown implementations {unknown}; choose from {list(IMPLEMENTATIONS)}")
+    out = {}
+    for name in names:
+        run, frameworks = IMPLEMENTATIONS[name]
+        try:
+            version = _versions(*frameworks) if frameworks else "NumPy " + np.__version__
+        except ImportError:
+            continue
+        out[name] = _sweep_one(name, version, run, ratios, seeds)
+    return out
+
+
+def keras_sweep(ratios: Sequence[float] = RATIOS, seeds: Sequence[int] = SEEDS) -> dict[str, Any]:
+    """``keras.layers.BatchNormalization`` on the loaded backend over the sweep (a job of ``on_keras_backends``)."""
+    import keras
+
+    return _sweep_one(
+        f"keras-{keras.backend.backend()}", "", lambda x: _keras_layer(x, scratch=False), ratios, seeds
+    ).to_json()
+
+
+def keras_sweep_job(ratios: Sequence[float] = RATIOS, seeds: Sequence[int] = SEEDS) -> tuple[str, dict[str, Any]]:
+    """The job of ``bnref.agreement.on_keras_backends`` that runs ``keras_sweep``."""
+    return "bnref.precision:keras_sweep", {"ratios": list(ratios), "seeds": list(seeds)}
+
+
+def results_from_backend_runs(runs: dict[str, Any], job: str = "sweep") -> dict[str, SweepResult]:
+    """The ``SweepResult`` of each backend run that succeeded, named "keras-<backend>", with its versions."""
+    out = {}
+    for backend, run in runs.items():
+        if run.ok:
+            d = dict(run.results[job])
+            d["version"] = run.label
+            out[f"keras-{backend}"] = SweepResult.from_json(d)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# The laws and the verdict
+# ----------------------------------------------------------------------------------------------------
+
+
+def one_pass_law(ratio: float | np.ndarray, dtype: str = "float32") -> float | np.ndarray:
+    """``u r^2``: the order of the relative error of a one-pass variance at ``|mean|/std = r``."""
+    return unit_roundoff(dtype) * np.asarray(ratio, np.float64) ** 2
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a sweep says about one implementation's variance, as a stable sentence.
+
+    ``kind`` is "two-pass" (within the two-pass bound everywhere), "one-pass" (follows the one-pass law:
+    within the bound where the law predicts it, more than ``EXCEED_FACTOR`` beyond it where the law predicts
+    that), or "neither". ``text``/``text_zh`` say it in English and Chinese.
+    """
+
+    kind: str
+    text: str
+    text_zh: str
+    within_up_to: float
+    exceeds_from: float
+
+
+def verdict(result: SweepResult) -> Verdict:
+    """The rule that turns a sweep of the variance into a verdict.
+
+    * "two-pass": every seed's variance is within the two-pass bound (eq-bound-two-pass) at every ratio.
+    * "one-pass": the one-pass law ``u r^2`` decides where to look, so that no verdict rests on a ratio where
+      the law and the bound are close (where the rounding of one CPU could tip it). Where the law is below a
+      tenth of the bound (``r <= r_within``) every seed must be within the bound; where the law is more than
+      a hundred times the bound (``r >= r_exceed``), every seed must exceed it by more than ``EXCEED_FACTOR``
+      (a factor of ten of slack for the law's constant) or give a non-finite variance.
+    * "neither": anything else (for example an error that grows, but not as the one-pass law says).
+
+    The bound is that of the data (float64, the same on every machine), so ``r_within`` and ``r_exceed``
+    are too.
+    """
+    law = one_pass_law(np.asarray(result.ratios))
+    bound = np.array([max(b) for b in result.var_bound])
+    ratio = np.array(result.var_ratio)  # [ratio][seed]
+    ratios = np.array(result.ratios)
+    top = ratios.max()
+    if np.all(ratio <= 1):
+        return Verdict(
+            "two-pass",
+            f"within the two-pass bound up to |mean|/std = {top:g}",
+            f"在 |mean|/std ≤ {top:g} 范围内均在两遍法界限之内",
+            float(top),
+            math.inf,
+        )
+    below = ratios[law <= bound / 10]
+    above = ratios[law >= 100 * bound]
+    if below.size and above.size:
+        within_ok = np.all(ratio[law <= bound / 10] <= 1)
+        exceed_ok = np.all(ratio[law >= 100 * bound] > EXCEED_FACTOR)
+        if within_ok and exceed_ok:
+            r_within, r_exceed = float(below.max()), float(above.min())
+            return Verdict(
+                "one-pass",
+                f"exceeds the two-pass bound by more than {EXCEED_FACTOR:g}x from |mean|/std = {r_exceed:g}, "
+                "as the one-pass law predicts",
+                f"从 |mean|/std = {r_exceed:g} 起超出两遍法界限 {EXCEED_FACTOR:g} 倍以上，与一遍法误差规律一致",
+                r_within,
+                r_exceed,
+            )
+    first = float(ratios[np.any(ratio > 1, axis=1)].min())
+    return Verdict(
+        "neither",
+        f"exceeds the two-pass bound (first at |mean|/std = {first:g}), but not as the one-pass law predicts",
+        f"超出两遍法界限（首次在 |mean|/std = {first:g}），但不符合一遍法误差规律",
+        math.nan,
+        first,
+    )
