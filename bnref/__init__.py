@@ -14,6 +14,8 @@ nothing but NumPy. The framework modules are imported explicitly when needed::
 
 from .conventions import (
     CONVENTIONS,
+    FLAX,
+    FLAX_TWO_PASS,
     KERAS,
     PAPER,
     PYTORCH,
@@ -63,6 +65,8 @@ __all__ = [
     "BatchRenormCache",
     "CONVENTIONS",
     "Convention",
+    "FLAX",
+    "FLAX_TWO_PASS",
     "GhostBatchNormCache",
     "GroupNormCache",
     "KERAS",

@@ -52,7 +52,7 @@ def test_paper_is_the_cumulative_average_with_the_unbiased_variance():
 
 
 def test_registry():
-    assert set(CONVENTIONS) == {"pytorch", "pytorch-cumulative", "keras", "paper"}
+    assert set(CONVENTIONS) == {"pytorch", "pytorch-cumulative", "keras", "paper", "flax", "flax-two-pass"}
     for name, conv in CONVENTIONS.items():
         assert conv.name == name
         assert get_convention(name) is conv
@@ -60,7 +60,7 @@ def test_registry():
 
 
 def test_unknown_name_lists_the_known_ones():
-    message = "unknown convention 'tensorflow'; known: keras, paper, pytorch, pytorch-cumulative"
+    message = "unknown convention 'tensorflow'; known: flax, flax-two-pass, keras, paper, pytorch, pytorch-cumulative"
     with pytest.raises(ValueError, match=message):
         get_convention("tensorflow")
 
