@@ -315,6 +315,7 @@ def batch_norm_train(
     axis_index_groups: Any = None,
     dtype: Any = None,
     compute_dtype: Any = None,
+    check_finite: bool = True,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Training-mode Batch Normalization returning ``(y, mean, var)``; the gradient of ``y`` is the derived one.
 
@@ -340,6 +341,9 @@ def batch_norm_train(
         The dtype of ``y`` (default: x's).
     compute_dtype : optional
         The dtype of the arithmetic (default: x's promoted to at least float32).
+    check_finite : bool
+        If True (default), NaN or inf in a concrete ``x`` raises ValueError (under a trace it becomes a
+        ``checkify.debug_check``); if False they propagate into the output, as in the frameworks.
 
     Returns
     -------
@@ -351,12 +355,15 @@ def batch_norm_train(
     ------
     ValueError
         Non-float or complex x, rank below 2, an axis out of range, fewer than 2 values per channel
-        (without ``axis_name``), gamma or beta of the wrong shape, eps <= 0, a mask that does not broadcast.
+        (without ``axis_name``), gamma or beta of the wrong shape, eps <= 0, a mask that does not broadcast,
+        non-finite values in x (with ``check_finite``).
     """
     min_values = 1 if axis_name is not None else 2
     x, gamma, beta, w, eps, axes, groups, cdtype, out_dtype, fshape = _prepare(
         x, gamma, beta, eps, axis, mask, axis_index_groups, dtype, compute_dtype, min_values=min_values
     )
+    if check_finite:
+        _check_finite(x, "x")
     bn_train = _bn_train_fn(eps, axes, axis_name, groups, jnp.dtype(cdtype).name, jnp.dtype(out_dtype).name)
     y, mean, var = bn_train(x, gamma, beta, w)
     return y, lax.stop_gradient(mean.reshape(fshape)), lax.stop_gradient(var.reshape(fshape))
@@ -372,14 +379,16 @@ def batch_norm_plain(
     mask: jax.Array | None = None,
     axis_name: str | None = None,
     axis_index_groups: Any = None,
+    compute_dtype: Any = None,
 ) -> jax.Array:
     """The forward of ``batch_norm_train`` with no custom gradient: ``jax.grad`` differentiates it node by node.
 
     This is the independent route the tests compare the derived backward against. Returns ``y`` only, in
-    the compute dtype.
+    the compute dtype. It accepts one value per channel (``y = beta`` there), which the module uses while
+    Flax initialises a model with a single example.
     """
     x, gamma, beta, w, eps, axes, groups, cdtype, _, _ = _prepare(
-        x, gamma, beta, eps, axis, mask, axis_index_groups, None, None, min_values=1
+        x, gamma, beta, eps, axis, mask, axis_index_groups, None, compute_dtype, min_values=1
     )
     return _train_forward(x, gamma, beta, w, eps, axes, axis_name, groups, cdtype)[0]
 
@@ -541,12 +550,17 @@ class BatchNorm(nn.BatchNorm):
                 mean, var = jnp.asarray(mean, self.param_dtype), jnp.asarray(var, self.param_dtype)
             return batch_norm_infer(x, scale, bias, mean, var, eps, feature_axes, dtype=out_dtype, compute_dtype=cdtype)
 
-        initializing = self.is_initializing()
         if x.ndim < 2:
             raise ValueError(f"training needs at least 2 dimensions (batch and features), got rank {x.ndim}")
-        axis_name = None if initializing else self.axis_name  # as Flax: no collective during init
+        if self.is_initializing():
+            # As Flax: init computes the output but leaves batch_stats at their initial values and uses no
+            # collective. Flax models are initialised with a single example, so one value per channel is
+            # allowed here (it gives y = bias).
+            y = batch_norm_plain(x, scale, bias, eps, feature_axes, mask=mask, compute_dtype=cdtype)
+            return y.astype(out_dtype)
+        axis_name = self.axis_name
         m = math.prod(x.shape[d] for d in reduction_axes)
-        if not initializing and axis_name is None and m < 2:
+        if axis_name is None and m < 2:
             raise ValueError(
                 f"training-mode batch norm needs more than 1 value per channel; x with shape {x.shape} has "
                 f"{m} per channel (feature axes {feature_axes}). Use a larger batch, or use_running_average=True."
@@ -563,10 +577,9 @@ class BatchNorm(nn.BatchNorm):
             dtype=out_dtype,
             compute_dtype=cdtype,
         )
-        if not initializing:  # as Flax: init leaves the running estimates at their initial values
-            # FLAX's rule with this layer's momentum: r = momentum * r + (1 - momentum) * b, biased variance.
-            rule = FLAX.replace(momentum=self.momentum)
-            ra_mean.value, ra_var.value = running_update(ra_mean.value, ra_var.value, mean, var, m, rule)
+        # FLAX's rule with this layer's momentum: r = momentum * r + (1 - momentum) * b, biased variance.
+        rule = FLAX.replace(momentum=self.momentum)
+        ra_mean.value, ra_var.value = running_update(ra_mean.value, ra_var.value, mean, var, m, rule)
         return y
 
     def _check_variable_shapes(self, feature_shape: tuple[int, ...], x_shape: tuple[int, ...]) -> None:
