@@ -213,10 +213,22 @@ def toc() -> dict:
 
 
 def toc_documents() -> list[str]:
-    documents = [toc()["root"]]
-    for part in toc().get("parts", []):
-        documents += [chapter["file"] for chapter in part.get("chapters", [])]
-    return [re.sub(r"\.(md|ipynb)$", "", d) for d in documents]
+    """Every document of _toc.yml (root, chapters and their sections, at any depth), without its suffix."""
+    found: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key in ("root", "file"):
+                if isinstance(node.get(key), str):
+                    found.append(re.sub(r"\.(md|ipynb)$", "", node[key]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(toc())
+    return found
 
 
 def coverage_table() -> tuple[str, float]:

@@ -293,14 +293,15 @@ def build_private(language: str, out: Path) -> None:
     print(f"\n{language} edition in {out / 'html'}: open {out / 'html' / root_document()}.html")
 
 
-def update_catalogs(language: str) -> None:
-    """Extract the English messages (gettext builder, one .pot per page) and merge them into the .po files: new
-    messages appear untranslated, changed ones are marked fuzzy with the old English kept (``#| msgid``)."""
+def update_catalogs(language: str, locales: Path = LOCALES) -> None:
+    """Extract the English messages (gettext builder, one .pot per page) and merge them into the .po files under
+    ``locales``: new messages appear untranslated, changed ones are marked fuzzy with the old English kept
+    (``#| msgid``), removed ones become obsolete (``#~``)."""
     conf = generate_conf(GETTEXT, None)
     pot = GETTEXT / "gettext"
     gettext = [BIN / "sphinx-build", "-b", "gettext", "-c", conf.parent, "-d", GETTEXT / "doctrees"]
     check(run([*gettext, "-D", "gettext_compact=0", "-q", ".", pot]), "sphinx-build -b gettext")
-    intl = [BIN / "sphinx-intl", "update", "-p", pot, "-l", language, "-d", LOCALES, "--line-width", "0"]
+    intl = [BIN / "sphinx-intl", "update", "-p", pot, "-l", language, "-d", locales, "--line-width", "0"]
     check(run(intl), "sphinx-intl update")
 
 
@@ -310,7 +311,8 @@ def main() -> None:
     commands.add_parser("book", help="both editions into _build/html (what `make book` runs)")
     private = commands.add_parser("zh", help="the Chinese edition alone, into a folder of your choice")
     private.add_argument("--out", type=Path, required=True, help="output folder (the pages go to OUT/html)")
-    commands.add_parser("catalogs", help="update book/locales/zh_CN from the English sources (sphinx-intl update)")
+    catalogs = commands.add_parser("catalogs", help="update book/locales/zh_CN from the English (sphinx-intl update)")
+    catalogs.add_argument("--locales", type=Path, default=LOCALES, help="catalog folder (default book/locales)")
     commands.add_parser("conf", help="only write the Chinese edition's conf.py (build/book/zh_CN/conf)")
     args = parser.parse_args()
     if args.command == "book":
@@ -318,7 +320,7 @@ def main() -> None:
     elif args.command == "zh":
         build_private("zh_CN", args.out.resolve())
     elif args.command == "catalogs":
-        update_catalogs("zh_CN")
+        update_catalogs("zh_CN", args.locales.resolve())
     else:
         print(generate_conf(WORK / "zh_CN" / "conf", "zh_CN"))
 
