@@ -201,3 +201,35 @@ def test_keras_convention_matches_keras():
     truth = x.astype(np.float64).var(axis=0)
     # float32 sum of 40 squares: relative error <= (m + 4) eps32; the unbiased value would be 2.5% higher
     np.testing.assert_allclose(layer.moving_variance.numpy(), truth, rtol=44 * float(np.finfo(np.float32).eps))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Flax (issue 13). Measured on the installed flax.linen.BatchNorm in tests/test_jax_bn.py (which imports JAX);
+# here only the data, so this module stays free of JAX.
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_flax_defaults():
+    from bnref.conventions import FLAX
+
+    assert (FLAX.eps, FLAX.momentum, FLAX.momentum_weights) == (1e-5, 0.99, "old")
+    assert (FLAX.running_var, FLAX.axis, FLAX.init_mean, FLAX.init_var) == ("biased", -1, 0.0, 1.0)
+    assert FLAX.var_method == "one-pass"  # use_fast_variance=True by default
+    # the same update weight as Keras: momentum 0.99 is kept on the old value
+    assert FLAX.new_value_weight(7) == KERAS.new_value_weight(7) == 1.0 - 0.99
+
+
+def test_flax_two_pass_is_flax_with_use_fast_variance_false():
+    from bnref.conventions import FLAX, FLAX_TWO_PASS
+
+    assert FLAX_TWO_PASS == FLAX.replace(name="flax-two-pass", var_method="two-pass")
+    assert get_convention("flax") is FLAX and get_convention("flax-two-pass") is FLAX_TWO_PASS
+    assert CONVENTIONS["flax"] is FLAX
+
+
+def test_var_method_defaults_to_two_pass_and_is_checked():
+    for conv in (PYTORCH, PYTORCH_CUMULATIVE, KERAS, PAPER):
+        assert conv.var_method == "two-pass"  # the field's default leaves the existing conventions unchanged
+    assert make(var_method="one-pass").var_method == "one-pass"
+    with pytest.raises(ValueError, match="var_method must be 'two-pass' or 'one-pass'"):
+        make(var_method="welford")
