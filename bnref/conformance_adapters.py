@@ -33,8 +33,6 @@ from .conventions import FLAX, FLAX_TWO_PASS, KERAS, PYTORCH
 __all__ = ["TorchAdapter", "KerasAdapter", "FlaxAdapter", "JaxBnAdapter", "make"]
 
 
-
-
 class TorchAdapter(Adapter):
     """``torch.nn.BatchNorm1d/2d/3d`` (``implementation="native"``) or ``bnref.torch_bn``'s (``"bnref"``)."""
 
@@ -148,11 +146,35 @@ class KerasAdapter(Adapter):
         shape = [None] * len(self.layout)
         shape[self.layout.index("C")] = num_features
         self.layer.build(tuple(shape))
+        if self.backend == "jax" and not hasattr(self, "_jitted"):
+            self._jitted = self._jax_functions()
+
+    def _jax_functions(self) -> dict[str, Any]:
+        """The layer's stateless calls compiled once per shape (eager JAX would compile every op of every call).
+
+        The functions read ``self.layer`` when they are traced; every layer this adapter creates has the same
+        configuration, and ``stateless_call`` uses only the variable values it is given.
+        """
+        import jax
+
+        def train(tv: list, ntv: list, x: Any) -> Any:
+            return self.layer.stateless_call(tv, ntv, x, training=True)
+
+        def infer(tv: list, ntv: list, x: Any) -> Any:
+            return self.layer.stateless_call(tv, ntv, x, training=False)[0]
+
+        def grads(tv: list, ntv: list, x: Any, dy: Any) -> Any:
+            y, vjp = jax.vjp(lambda t, x_in: train(t, ntv, x_in)[0], tv, x)
+            return vjp(dy.astype(y.dtype))
+
+        return {"train": jax.jit(train), "infer": jax.jit(infer), "grads": jax.jit(grads)}
+
+    def _values(self) -> tuple[list, list]:
+        return [v.value for v in self.layer.trainable_variables], [v.value for v in self.layer.non_trainable_variables]
 
     def _t(self, a: np.ndarray) -> Any:
-        return self.keras.ops.convert_to_tensor(
-            np.asarray(a, np.float32 if self.dtype != "float64" else np.float64), self.dtype
-        )
+        ndtype = np.float32 if self.dtype != "float64" else np.float64
+        return self.keras.ops.convert_to_tensor(np.asarray(a, ndtype), self.dtype)
 
     def set_params(self, gamma: np.ndarray, beta: np.ndarray) -> None:
         pdtype = np.float64 if self.dtype == "float64" else np.float32
@@ -160,10 +182,17 @@ class KerasAdapter(Adapter):
         self.layer.beta.assign(beta.astype(pdtype))
 
     def train_forward(self, x: np.ndarray) -> Any:
-        return self.layer(self._t(x), training=True)
+        if self.backend != "jax":
+            return self.layer(self._t(x), training=True)
+        y, new_ntv = self._jitted["train"](*self._values(), self._t(x))
+        for variable, value in zip(self.layer.non_trainable_variables, new_ntv, strict=True):
+            variable.assign(value)
+        return y
 
     def infer_forward(self, x: np.ndarray) -> Any:
-        return self.layer(self._t(x), training=False)
+        if self.backend != "jax":
+            return self.layer(self._t(x), training=False)
+        return self._jitted["infer"](*self._values(), self._t(x))
 
     def running_stats(self) -> tuple[Any, Any]:
         convert = self.keras.ops.convert_to_numpy
@@ -188,16 +217,7 @@ class KerasAdapter(Adapter):
             y.backward(self._t(dy).to(y.dtype))
             return xt.grad, gamma.grad, beta.grad
         if self.backend == "jax":
-            import jax
-
-            trainable = [v.value for v in self.layer.trainable_variables]
-            non_trainable = [v.value for v in self.layer.non_trainable_variables]
-
-            def forward(tv: list, x_in: Any) -> Any:
-                return self.layer.stateless_call(tv, non_trainable, x_in, training=True)[0]
-
-            y, vjp = jax.vjp(forward, trainable, xt)
-            g_tv, dx = vjp(self._t(dy).astype(y.dtype))
+            g_tv, dx = self._jitted["grads"](*self._values(), xt, self._t(dy))
             grads = {v.name: g for v, g in zip(self.layer.trainable_variables, g_tv, strict=True)}
             return dx, grads["gamma"], grads["beta"]
         raise NotImplementedError(f"no backward for the Keras {self.backend} backend")
