@@ -190,12 +190,18 @@ def test_second_derivatives_equal_autodiffs(x64):
 
 def test_variance_keeps_float32_precision_at_mean_over_std_1e4():
     """|mean|/std = 1e4 in float32: the corrected two-pass mean and variance stay within their bounds (see
-    _two_pass_var_bound), the one-pass E[x^2] - E[x]^2 (Flax's default) misses the variance bound by far."""
+    _two_pass_var_bound) and y within a bound free of |mean|/std; the one-pass E[x^2] - E[x]^2 (Flax's
+    default) misses the variance bound by far."""
     x = (np.random.default_rng(5).normal(size=(256, 3)) + 1e4).astype(np.float32)
     true_mean, true_var, var_bound = _two_pass_var_bound(x)
-    _, mean, var = jax.jit(batch_norm_train)(x)
+    y, mean, var = jax.jit(batch_norm_train)(x)
     y_hat = (x.astype(np.float64) - true_mean) / np.sqrt(true_var + FLAX.eps)
     s = channel_summaries(y_hat, np.zeros_like(y_hat), true_mean, true_var, FLAX.eps)
+    # y = x_hat (gamma 1, beta 0). The appendix's bound e (r + X) (eq-bound-y) allows the error e |mean| of a
+    # plain two-pass mean; the corrected centring removes it: the centred values x - mean are corrected by
+    # their own mean, computed to e sigma X, so x_hat is off by about e (1 + X): independent of r = 1e4.
+    e = reduction_error("float32", 256)
+    assert np.all(np.max(np.abs(np.asarray(y, np.float64) - y_hat), axis=0) <= e * (1 + s.x_max))
     mean_bound = running_mean_bound(np.zeros(3), 1.0, s, true_mean, np.zeros(3), "float32")
     assert np.all(np.abs(np.asarray(var, np.float64) - true_var) <= var_bound)
     assert np.all(np.abs(np.asarray(mean, np.float64) - true_mean) <= mean_bound)
@@ -463,6 +469,40 @@ def test_drop_in_agrees_with_flax_in_training_and_inference(shape, axis):
         _assert_within(f"{name} running mean", got["stats"]["mean"], expected_mean, mb, 0)
         _assert_within(f"{name} running var", got["stats"]["var"], expected_var, vb, 0)
         _assert_within(f"{name} inference y", got["y_inf"], expected_inf, ib, axis)
+
+
+def test_several_feature_axes_as_flax():
+    """axis=(1, 3) on (N, A, H, B): the features are the (A, B) pairs (params of shape (A, B)), each normalised
+    over N and H. The oracle: the same array with the feature axes moved last and flattened to A * B channels."""
+    rng = np.random.default_rng(20)
+    x = (rng.normal(size=(4, 3, 2, 2)) * 2 + 1).astype(np.float32)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    variables = _variables(6)
+    variables = jax.tree_util.tree_map(lambda a: a.reshape(3, 2), variables)
+    modules = (BatchNorm(axis=(1, 3), use_fast_variance=False), nn.BatchNorm(axis=(1, 3), use_fast_variance=False))
+
+    @jax.jit
+    def run(x, dy):
+        out = []
+        for module in modules:
+
+            def f(x, module=module):
+                return module.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+
+            y, vjp, state = jax.vjp(f, x, has_aux=True)
+            out.append((y, vjp(dy)[0], state["batch_stats"]))
+        return out
+
+    flat = lambda a: np.moveaxis(np.asarray(a, np.float64), (1, 3), (2, 3)).reshape(8, 6)  # noqa: E731
+    exact, bounds, s = _oracle(flat(x), np.ones(6), np.zeros(6), flat(dy), FLAX.eps, -1, "float32")
+    w = FLAX.new_value_weight(1)
+    expected_var = (1 - w) * FLAX.init_var + w * exact["var"]
+    vb = running_var_bound(np.zeros(6), w, s, exact["mean"], exact["var"], expected_var, "float32", unbiased=False)
+    for y, dx, stats in run(x, dy):
+        assert stats["var"].shape == (3, 2)
+        _assert_within("y", flat(y), exact["y"], bounds["y"], -1)
+        _assert_within("dx", flat(dx), exact["dx"], bounds["dx"], -1)
+        _assert_within("running var", np.asarray(stats["var"]).reshape(6), expected_var, vb, 0)
 
 
 def test_named_axis_statistics_agree_with_flax_under_vmap():
