@@ -92,6 +92,7 @@ SCREENSHOTS = [
     ("book/intro.html", "landing.png", False),
     ("book/backward.html", "backward.png", False),
     ("book/backward.html", "backward-equation.png", True),
+    ("book/glossary.html", "glossary.png", False),
 ]
 
 
@@ -202,6 +203,31 @@ async () => {
   report.brokenImages = images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.currentSrc || i.src);
 
   report.links = [...new Set([...document.querySelectorAll('a[href]')].map(a => a.href))];
+  report.lang = document.documentElement.lang;
+  report.langLinks = [...document.querySelectorAll('a.bnref-lang')].map(
+      a => ({href: a.href, hreflang: a.hreflang, text: a.textContent.trim()}));
+  // Chinese in the article's prose, and the first paragraph with at least 10 Chinese characters, marked so that
+  // the fonts Chromium draws it with can be asked for (Tab.visit).
+  const han = /[\u3400-\u9fff]/g;
+  const article = document.querySelector('article') || document.body;
+  const articleProse = [];
+  const articleWalker = document.createTreeWalker(article, NodeFilter.SHOW_TEXT);
+  for (let node = articleWalker.nextNode(); node; node = articleWalker.nextNode()) {
+    if (!node.parentElement.closest(skip)) articleProse.push(node.nodeValue);
+  }
+  const articleText = articleProse.join(' ');
+  report.hanChars = (articleText.match(han) || []).length;
+  report.latinWords = (articleText.match(/[A-Za-z]{2,}/g) || []).length;
+  // CSS.getPlatformFontsForNode reports the fonts of an element's own text nodes, so the probe is the parent of the
+  // first text node with at least 10 Chinese characters, and only its own text nodes are counted.
+  let probe = null;
+  const probeWalker = document.createTreeWalker(article, NodeFilter.SHOW_TEXT);
+  for (let node = probeWalker.nextNode(); node && !probe; node = probeWalker.nextNode()) {
+    if (!node.parentElement.closest(skip) && (node.nodeValue.match(han) || []).length >= 10) probe = node.parentElement;
+  }
+  const ownText = e => [...e.childNodes].filter(n => n.nodeType === Node.TEXT_NODE).map(n => n.nodeValue).join('');
+  report.cjkProbe = probe ? (ownText(probe).match(han) || []).length : 0;
+  if (probe) probe.setAttribute('data-bnref-cjk-probe', '');
   report.ids = [...document.querySelectorAll('[id]')].map(e => e.id)
       .concat([...document.querySelectorAll('a[name]')].map(a => a.name));
   report.bodyText = document.body.innerText.length;
@@ -216,6 +242,10 @@ SCROLL_TO_MATH_JS = "() => document.querySelector('div.math')?.scrollIntoView({b
 RAW_TEX = re.compile(r"\$\$|\\[()\[\]]|\\[A-Za-z]{2,}")
 
 META_REFRESH = re.compile(r"""<meta[^>]+http-equiv=["']?refresh["']?[^>]*url=([^"'>\s]+)""", re.IGNORECASE)
+# The site's landing page (tools/build_book.py) sends a reader to an edition by script, by the browser's language,
+# and lists the editions as <link rel="alternate" hreflang=...>: the crawl's browser speaks LOCALE.
+ALTERNATE = re.compile(r'<link rel="alternate" hreflang="([^"]+)" href="([^"]+)">')
+LOCALE = "en-US"
 
 
 @dataclass
@@ -235,9 +265,20 @@ def is_local(url: str) -> bool:
     return host is None or host in LOCAL_HOSTS
 
 
+def landing_target(text: str, locale: str) -> str:
+    """Where a landing page that redirects by language sends a browser speaking ``locale`` ("" for other pages)."""
+    if "location.replace" not in text:
+        return ""
+    alternates = ALTERNATE.findall(text)
+    language = locale.split("-")[0].lower()
+    matching = [href for tag, href in alternates if tag.split("-")[0].lower() == language]
+    english = [href for tag, href in alternates if tag.split("-")[0].lower() == "en"]
+    return (matching or english or [""])[0]
+
+
 def final_url(url: str, base: str, root: Path) -> str:
-    """Where the browser ends up from ``url``: the end of its chain of meta-refresh redirects (``root`` served at
-    ``base``); ``url`` itself for a page that does not redirect."""
+    """Where the browser ends up from ``url``: the end of its chain of meta-refresh redirects and of the landing
+    page's redirect by language (``root`` served at ``base``); ``url`` itself for a page that does not redirect."""
     for _ in range(10):
         if not url.startswith(base):
             return url
@@ -246,10 +287,15 @@ def final_url(url: str, base: str, root: Path) -> str:
             file = file / "index.html"
         if not file.is_file():
             return url
-        redirect = META_REFRESH.search(file.read_text(encoding="utf-8", errors="replace"))
-        if not redirect:
+        text = file.read_text(encoding="utf-8", errors="replace")
+        redirect = META_REFRESH.search(text)
+        if redirect:
+            url = urllib.parse.urljoin(url, redirect.group(1))
+            continue
+        by_language = landing_target(text, LOCALE)
+        if not by_language:
             return url
-        url = urllib.parse.urljoin(url, redirect.group(1))
+        url = urllib.parse.urljoin(url, by_language)
     return url
 
 
@@ -265,6 +311,7 @@ class Tab:
         self.page.on("request", self.on_request)
         self.page.on("requestfailed", self.on_request_failed)
         self.page.on("response", self.on_response)
+        self.cdp = context.new_cdp_session(self.page)  # for the fonts Chromium draws the Chinese text with
 
     def on_console(self, message: ConsoleMessage) -> None:
         if message.type in ("error", "assert"):
@@ -284,6 +331,15 @@ class Tab:
         if response.status >= 400:
             self.result.failed_requests.append(f"HTTP {response.status}: {response.url}")
 
+    def probe_fonts(self) -> list[dict[str, Any]]:
+        """The platform fonts (family, glyph count) that draw the paragraph PAGE_REPORT_JS marked as Chinese."""
+        self.cdp.send("DOM.enable")
+        self.cdp.send("CSS.enable")
+        root = self.cdp.send("DOM.getDocument")["root"]["nodeId"]
+        node = self.cdp.send("DOM.querySelector", {"nodeId": root, "selector": "[data-bnref-cjk-probe]"})["nodeId"]
+        fonts = self.cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"] if node else []
+        return [{"family": f["familyName"], "glyphs": f["glyphCount"]} for f in fonts]
+
     def visit(self, path: str, url: str, expected_url: str, shots: list[tuple[Path, bool]]) -> PageResult:
         """Open ``url``, wait until ``expected_url`` (after any redirect) has loaded, check it, take ``shots``."""
         self.result = result = PageResult(path)
@@ -295,6 +351,8 @@ class Tab:
                 self.page.goto(url, wait_until="commit")
                 self.page.wait_for_url(expected_url, wait_until="load")
             result.report = self.page.evaluate(PAGE_REPORT_JS)
+            if result.report.get("cjkProbe"):
+                result.report["cjkFonts"] = self.probe_fonts()
             self.page.wait_for_timeout(SETTLE_S * 1000)
             for target, scroll_to_math in shots:
                 if scroll_to_math:
@@ -330,7 +388,7 @@ def crawl_site(
 ) -> Crawl:
     """Visit ``pages`` (paths relative to ``root``) in one tab of a fresh browser context."""
     prefix = edition + "/" if edition else ""
-    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
+    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1, locale=LOCALE)
     started = time.monotonic()
     results: dict[str, PageResult] = {}
     saved: dict[str, Path] = {}
@@ -483,6 +541,92 @@ def screenshot_problems(crawl: Crawl, screenshots: list[tuple[str, str, bool]] =
     return problems
 
 
+# Edition folder -> (label of the link that leads to it, language of its pages).
+EDITION_LANGUAGES = {"en": ("English", "en"), "zh_CN": ("中文", "zh-CN")}
+
+
+def in_edition(crawl: Crawl, page: str) -> bool:
+    return bool(crawl.edition) and page.startswith(crawl.edition + "/")
+
+
+def lang_switch_problems(crawl: Crawl) -> Problems:
+    """Every page of an edition links, through its language switch, to the same page in each other edition."""
+    others = [e for e in editions(crawl.root) if e and e != crawl.edition]
+    problems: Problems = {}
+    for page, result in loaded(crawl):
+        if not in_edition(crawl, page) or not others:
+            continue
+        url = result.report.get("url", crawl.base + page).split("#")[0]  # where a redirecting page ended
+        rest = url[len(crawl.base + crawl.edition) :]
+        expected = sorted((crawl.base + other + rest, EDITION_LANGUAGES.get(other, (other,))[0]) for other in others)
+        found = sorted((link["href"].split("#")[0], link["text"]) for link in result.report.get("langLinks", []))
+        problems[page] = [] if found == expected else [f"language switch {found}, expected {expected}"]
+    return problems
+
+
+@functools.lru_cache(maxsize=1)
+def cjk_families() -> frozenset[str]:
+    """Font families installed here that cover Chinese (fontconfig's ``fc-list :lang=zh``; every name it gives)."""
+    fc_list = shutil.which("fc-list")
+    if not fc_list:
+        return frozenset()
+    import subprocess
+
+    listed = subprocess.run([fc_list, ":lang=zh", "family"], capture_output=True, text=True, check=False).stdout
+    return frozenset(name.strip() for line in listed.splitlines() for name in line.split(",") if name.strip())
+
+
+# Chinese pages a reader of the article must find in Chinese from the landing page (the landing page itself first).
+CHINESE_PAGES = ["book/intro.html", "book/errata.html", "book/glossary.html"]
+MIN_CHINESE_SHARE = 0.5  # Chinese characters / (Chinese characters + English words) in the article's prose
+
+
+def chinese_problems(crawl: Crawl, families: frozenset[str] | None = None) -> Problems:
+    """A Chinese edition: pages marked zh-CN; every Chinese paragraph probed is drawn by a font that covers Chinese
+    (one glyph per character at least from such fonts, not tofu); the landing page, the errata and the glossary are
+    Chinese, and the landing page links to the other two."""
+    if not crawl.edition.startswith("zh"):
+        return {}
+    families = cjk_families() if families is None else families
+    tag = EDITION_LANGUAGES.get(crawl.edition, ("", crawl.edition))[1]
+    problems: Problems = {"(edition)": [] if families else ["no font covering Chinese is installed (fc-list :lang=zh)"]}
+    probed = 0
+    for page, result in loaded(crawl):
+        if not in_edition(crawl, page):
+            continue
+        report, items = result.report, []
+        if report.get("lang") != tag:
+            items.append(f"<html lang={report.get('lang')!r}>, expected {tag!r}")
+        if report.get("cjkProbe"):
+            probed += 1
+            fonts = report.get("cjkFonts", [])
+            drawn = sum(f["glyphs"] for f in fonts if f["family"] in families)
+            if drawn < report["cjkProbe"]:
+                items.append(
+                    f"{report['cjkProbe']} Chinese characters, but fonts covering Chinese drew {drawn} glyphs: {fonts}"
+                )
+        problems[page] = items
+    if not probed:
+        problems["(edition)"].append("no page has a paragraph of Chinese")
+    prefix = crawl.edition + "/"
+    for page in CHINESE_PAGES:
+        result = crawl.pages.get(prefix + page)
+        if result is None or result.load_error:
+            problems.setdefault(prefix + page, []).append("not published")
+            continue
+        han, words = result.report.get("hanChars", 0), result.report.get("latinWords", 0)
+        if han < MIN_CHINESE_SHARE * (han + words):
+            problems.setdefault(prefix + page, []).append(
+                f"mostly English: {han} Chinese characters, {words} English words"
+            )
+    landing = crawl.pages.get(prefix + CHINESE_PAGES[0])
+    if landing and not landing.load_error:
+        for page in CHINESE_PAGES[1:]:
+            if crawl.base + prefix + page not in {link.split("#")[0] for link in landing.report["links"]}:
+                problems.setdefault(prefix + CHINESE_PAGES[0], []).append(f"no link to {page}")
+    return problems
+
+
 def fail_on(problems: Problems, what: str) -> None:
     problems = {page: items for page, items in problems.items() if items}
     if problems:
@@ -577,6 +721,89 @@ def test_screenshots_saved(crawl: Crawl) -> None:
     print(f"screenshots in {SCREENSHOT_DIR / crawl.edition}")
 
 
+def test_language_switch_leads_to_same_page(crawl: Crawl) -> None:
+    fail_on(
+        lang_switch_problems(crawl), "pages whose language switch does not lead to the same page in the other edition"
+    )
+
+
+def test_chinese_rendered_with_cjk_font(crawl: Crawl) -> None:
+    fail_on(chinese_problems(crawl), "Chinese edition: language, fonts, or pages still in English")
+
+
+def site_editions() -> list[str]:
+    return [e for e in editions(HTML_DIR) if e]
+
+
+@pytest.mark.parametrize(("locale", "edition"), [("zh-CN", "zh_CN"), ("en-US", "en"), ("de-DE", "en")])
+def test_landing_page_sends_reader_to_their_edition(browser: Browser, site: str, locale: str, edition: str) -> None:
+    """The site's index.html: a browser preferring Chinese lands in the Chinese edition, any other in the English."""
+    if set(site_editions()) != set(EDITION_LANGUAGES):
+        pytest.fail(f"{HTML_DIR} does not hold both editions {sorted(EDITION_LANGUAGES)}: run `make book`")
+    root = toc_documents()[0].removesuffix(".md").removesuffix(".ipynb")
+    context = browser.new_context(viewport=VIEWPORT, locale=locale)
+    try:
+        tab = Tab(context, PAGE_TIMEOUT_S)
+        expected = f"{site}{edition}/{root}.html"
+        result = tab.visit("index.html", site + "index.html", expected, [])
+        assert not result.load_error, result.load_error
+        assert tab.page.url == expected
+        assert not result.console and not result.outside_requests and not result.failed_requests, result
+    finally:
+        context.close()
+
+
+def test_landing_page_links_without_javascript(browser: Browser, site: str) -> None:
+    """Without JavaScript the landing page stays, and shows a link to each edition's first page."""
+    root = toc_documents()[0].removesuffix(".md").removesuffix(".ipynb")
+    context = browser.new_context(viewport=VIEWPORT, java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.goto(site + "index.html", wait_until="load")
+        assert page.url == site + "index.html"
+        visible = {a.get_attribute("href"): a.inner_text() for a in page.locator("a[href]").all() if a.is_visible()}
+        expected = {f"{edition}/{root}.html": EDITION_LANGUAGES[edition][0] for edition in EDITION_LANGUAGES}
+        assert visible == expected
+        for href in visible:
+            assert fetch(site + href)[0] == 200, href
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize(("edition", "query"), [("zh_CN", "方差"), ("zh_CN", "滑动平均"), ("en", "variance")])
+def test_search_finds_words_of_the_edition(browser: Browser, site: str, edition: str, query: str) -> None:
+    """The edition's search page finds pages for a word of its language (Chinese words are indexed only when jieba
+    segments the text at build time)."""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        page.goto(f"{site}{edition}/search.html?q={urllib.parse.quote(query)}", wait_until="load")
+        results = page.locator("#search-results ul.search li")
+        results.first.wait_for(timeout=PAGE_TIMEOUT_S * 1000)
+        assert results.count() > 0, f"no search result for {query!r} in the {edition} edition"
+    finally:
+        context.close()
+
+
+def test_language_switch_keeps_the_reader_in_place(browser: Browser, site: str) -> None:
+    """Clicking 中文 on an English section, then English, returns to the same section (the anchor travels along)."""
+    page_path, anchor = "book/backward.html", ""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        page.goto(f"{site}en/{page_path}", wait_until="load")
+        anchor = page.evaluate("() => document.querySelector('article section section[id]')?.id || ''")
+        assert anchor, "no section with an id in the English backward chapter"
+        page.goto(f"{site}en/{page_path}#{anchor}", wait_until="load")
+        page.click("a.bnref-lang")
+        page.wait_for_url(f"{site}zh_CN/{page_path}#{anchor}", wait_until="load")
+        assert page.evaluate(f"() => !!document.getElementById({anchor!r})"), "the anchor is missing in Chinese"
+        page.click("a.bnref-lang")
+        page.wait_for_url(f"{site}en/{page_path}#{anchor}", wait_until="load")
+    finally:
+        context.close()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Each check fails on a copy of the site with a fault planted for it.
 # --------------------------------------------------------------------------------------------------------------
@@ -619,52 +846,78 @@ PLANTED_SCREENSHOTS = [
     ("book/planted-unpublished.html", "unpublished.png", False),
 ]
 
+# Pages whose language switch is broken: removed, or left pointing at the page they were copied from.
+NO_SWITCH = "planted-no-switch.html"
+WRONG_SWITCH = "planted-wrong-switch.html"
+PLANTED_PAGES[-1:-1] = [NO_SWITCH, WRONG_SWITCH]  # before the hang-up page, which stays last
+SWITCH = re.compile(r'<div class="bnref-lang-switch">.*?</div>', re.DOTALL)
+
+# The edition the faults are planted in (the site's first: "en", or "" for a site of one edition) and its prefix.
+PLANTED_EDITION = editions(HTML_DIR)[0]
+P = PLANTED_EDITION + "/" if PLANTED_EDITION else ""
+
 # Check -> the planted pages (or items) it must flag.
 CHECKS: dict[str, tuple[Callable[[Crawl], Problems], set[str]]] = {
-    "load": (load_problems, {f"book/{HANGUP_PAGE}"}),
-    "console": (console_problems, {"book/planted-console-error.html", "book/planted-exception.html"}),
-    "network": (network_problems, {"book/planted-outside-request.html", "book/planted-missing-stylesheet.html"}),
+    "load": (load_problems, {f"{P}book/{HANGUP_PAGE}"}),
+    "console": (console_problems, {f"{P}book/planted-console-error.html", f"{P}book/planted-exception.html"}),
+    "network": (
+        network_problems,
+        {f"{P}book/planted-outside-request.html", f"{P}book/planted-missing-stylesheet.html"},
+    ),
     "math": (
         math_problems,
-        {"book/planted-raw-tex.html", "book/planted-undefined-macro.html", f"book/{NO_MATHJAX}"},
+        {f"{P}book/planted-raw-tex.html", f"{P}book/planted-undefined-macro.html", f"{P}book/{NO_MATHJAX}"},
     ),
-    "images": (image_problems, {"book/planted-broken-image.html"}),
-    "links": (link_problems, {"book/planted-dead-link.html", "book/planted-dead-anchor.html"}),
+    "images": (image_problems, {f"{P}book/planted-broken-image.html"}),
+    "links": (link_problems, {f"{P}book/planted-dead-link.html", f"{P}book/planted-dead-anchor.html"}),
     "published": (
         lambda crawl: published_problems(crawl, PLANTED_TOC),
-        {"book/planted-unpublished.html", f"book/{EMPTY}"},
+        {f"{P}book/planted-unpublished.html", f"{P}book/{EMPTY}"},
     ),
     "screenshots": (lambda crawl: screenshot_problems(crawl, PLANTED_SCREENSHOTS), {"unpublished.png"}),
 }
+if PLANTED_EDITION:  # a site of two editions: the language switch is checked too
+    CHECKS["language switch"] = (lang_switch_problems, {f"{P}book/{NO_SWITCH}", f"{P}book/{WRONG_SWITCH}"})
 
 
-def plant_faults(source: Path, target: Path) -> None:
-    """Copy one edition of the site from ``source`` to ``target`` and add the planted pages to it."""
+def plant_faults(source: Path, target: Path, edition: str) -> None:
+    """Copy the site from ``source`` to ``target`` and add the planted pages to ``edition``'s ``book`` folder.
+
+    In every other edition each planted page gets a counterpart (a copy of its ``book/intro.html``), and the planted
+    page's language switch leads to it, as the book's own pages do; except in ``WRONG_SWITCH``, whose switch still
+    leads to ``intro.html``, and ``NO_SWITCH``, which has none."""
     shutil.copytree(source, target)
-    intro = (source / "book" / "intro.html").read_text(encoding="utf-8")
+    folder = target / edition / "book"
+    intro = (folder / "intro.html").read_text(encoding="utf-8")
     article = re.search(r"<article[^>]*>", intro)
     mathjax = re.search(r"<script[^>]*mathjax[^>]*>\s*</script>", intro)
     assert article and mathjax, "book/intro.html has no <article> or no MathJax script: update plant_faults"
-    pages = {"planted-control.html": intro, HANGUP_PAGE: intro}
+    pages = {"planted-control.html": intro, HANGUP_PAGE: intro, WRONG_SWITCH: intro}
     for name, insertion in INSERTIONS.items():
         pages[name] = intro[: article.end()] + insertion + intro[article.end() :]
     pages[NO_MATHJAX] = intro[: mathjax.start()] + intro[mathjax.end() :]
     pages[EMPTY] = re.sub(r"(<article[^>]*>).*?(</article>)", r"\1\2", intro, flags=re.DOTALL)
+    pages[NO_SWITCH] = SWITCH.sub("", intro)
+    others = [e for e in editions(target) if e and e != edition]
     for name, text in pages.items():
-        (target / "book" / name).write_text(text, encoding="utf-8")
+        for other in others:
+            shutil.copy(target / other / "book" / "intro.html", target / other / "book" / name)
+            if name != WRONG_SWITCH:
+                text = text.replace(f"{other}/book/intro.html", f"{other}/book/{name}")
+        (folder / name).write_text(text, encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
 def planted(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crawl]:
-    source = HTML_DIR / editions(HTML_DIR)[0]
-    if not (source / "book" / "intro.html").is_file():
-        pytest.fail(f"no built book at {source}: run `make book` first")
+    if not (HTML_DIR / P / "book" / "intro.html").is_file():
+        pytest.fail(f"no built book at {HTML_DIR / P}: run `make book` first")
     root = tmp_path_factory.mktemp("planted") / "html"
-    plant_faults(source, root)
+    plant_faults(HTML_DIR, root, PLANTED_EDITION)
     server, base = serve(root, HangupHandler)
     try:
-        pages = [f"book/{name}" for name in PLANTED_PAGES]
-        yield crawl_site(browser, root, base, "", pages, root.parent / "screenshots", PLANTED_SCREENSHOTS)
+        pages = [f"{P}book/{name}" for name in PLANTED_PAGES]
+        screenshots = root.parent / "screenshots"
+        yield crawl_site(browser, root, base, PLANTED_EDITION, pages, screenshots, PLANTED_SCREENSHOTS)
     finally:
         server.shutdown()
         server.server_close()
@@ -675,4 +928,30 @@ def test_check_catches_planted_fault(planted: Crawl, check: str) -> None:
     function, expected = CHECKS[check]
     flagged = {page for page, items in function(planted).items() if items}
     assert expected <= flagged, f"the {check} check missed its planted faults {sorted(expected - flagged)}"
-    assert "book/planted-control.html" not in flagged, f"the {check} check flags the unmodified control page"
+    assert f"{P}book/planted-control.html" not in flagged, f"the {check} check flags the unmodified control page"
+
+
+def test_chinese_check_catches_planted_faults(crawl: Crawl) -> None:
+    """The Chinese check, on this crawl's own results with a fault planted in each: no font covering Chinese; a page
+    marked English; the glossary left in English; the landing page without its link to the errata."""
+    if not crawl.edition.startswith("zh"):
+        pytest.skip("the Chinese check applies to the Chinese edition")
+    prefix = crawl.edition + "/"
+    assert not any(chinese_problems(crawl).values()), "fix the real problems first (test_chinese_rendered_...)"
+    probed = [p for p, r in loaded(crawl) if r.report.get("cjkProbe")]
+    no_font = chinese_problems(crawl, families=frozenset({"DejaVu Sans"}))
+    assert set(probed) <= {p for p, items in no_font.items() if items}, "a Chinese page drawn without a CJK font passed"
+
+    def planted_copy(page: str, **report: Any) -> Crawl:
+        pages = dict(crawl.pages)
+        original = pages[prefix + page]
+        pages[prefix + page] = PageResult(original.path, {**original.report, **report})
+        return Crawl(crawl.root, crawl.base, crawl.edition, pages, crawl.screenshots, crawl.seconds)
+
+    cases = {
+        "search.html": planted_copy("search.html", lang="en"),
+        "book/glossary.html": planted_copy("book/glossary.html", hanChars=0),
+        "book/intro.html": planted_copy("book/intro.html", links=[]),
+    }
+    for page, planted_crawl in cases.items():
+        assert chinese_problems(planted_crawl).get(prefix + page), f"the Chinese check missed the fault in {page}"
