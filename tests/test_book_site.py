@@ -12,8 +12,16 @@ page is opened in headless Chromium, driven by Playwright for Python. For every 
 * every ``<img>`` has loaded (``naturalWidth > 0``);
 * every internal link answers HTTP 200, and its ``#anchor``, if any, names an element id of the target page.
 
-Every chapter in ``_toc.yml`` must be published with text. Screenshots of the landing page and of the
-backward-pass chapter go to ``_build/screenshots/`` (next to the ``html`` folder checked).
+Every chapter in ``_toc.yml`` must be published with text. Screenshots of the landing page, the backward-pass
+chapter and the glossary go to ``_build/screenshots/`` (next to the ``html`` folder checked).
+
+Two editions (``tools/build_book.py``): every page's language switch (``a.bnref-lang``) leads to the same page in the
+other edition, and clicking it keeps the reader's section; in the Chinese edition every page is marked ``zh-CN``,
+each page's first paragraph of Chinese is drawn by fonts that cover Chinese (Chromium's own report of the fonts it
+used, ``CSS.getPlatformFontsForNode``, against ``fc-list :lang=zh``: no tofu), and the landing page, the errata and the
+glossary are in Chinese, the landing page linking to the other two; each edition's search finds a word of its
+language; the site's ``index.html`` sends a browser preferring Chinese to the Chinese edition and any other to the
+English one, and shows links to both without JavaScript.
 
 Editions: a folder holding ``searchindex.js`` is one Sphinx build. The site is either one edition (today:
 ``_build/html`` itself) or one edition per sub-folder (``_build/html/en``, ``_build/html/zh_CN``); the checks run
