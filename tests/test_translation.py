@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 from babel.messages.pofile import read_po
+from markdown_it import MarkdownIt
 from myst_nb.core.variables import format_plain_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +55,7 @@ MATH = re.compile(r"\$\$.+?\$\$|\$[^$]+\$", re.DOTALL)
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 URL = re.compile(r"https?://\S+")
 WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
+MARKDOWN = MarkdownIt("commonmark")
 GLUE_FULL = re.compile(r"(?P<path>[^:`]+\.ipynb)::(?P<key>[^:`]+):(?P<fmt>[^:`]*)")
 
 
@@ -148,6 +150,14 @@ def glued_keys(notebook: Path) -> dict[str, str]:
     return found
 
 
+def literal_asterisks(text: str) -> int:
+    """Asterisks a reader would see: those left in the text after Markdown has parsed the emphasis (code and math
+    aside). ``为**粗体**，`` keeps its ``**``: CommonMark opens emphasis only when the marker is not squeezed
+    between a letter and punctuation, and a role or a full-width comma counts as punctuation."""
+    rendered = MARKDOWN.renderInline(MATH.sub("x", text))
+    return re.sub(r"<code>.*?</code>", "", rendered, flags=re.DOTALL).count("*")
+
+
 def consistency_problems(english: str, translation: str, page: str) -> list[str]:
     """What the translation changed that must stay as in the English (``page``: the document, for glue paths)."""
     problems: list[str] = []
@@ -198,6 +208,8 @@ def consistency_problems(english: str, translation: str, page: str) -> list[str]
             f"inline code differs: missing {sorted((code(english) - code(translation)).elements())}, "
             f"extra {sorted((code(translation) - code(english)).elements())}"
         )
+    if literal_asterisks(translation) > literal_asterisks(english):
+        problems.append("emphasis shown as literal * (put a space between ** and a Chinese character next to it)")
     if Counter(LINK.findall(english)) != Counter(LINK.findall(translation)):
         problems.append(f"link targets differ: {LINK.findall(english)} vs {LINK.findall(translation)}")
     return problems
@@ -317,6 +329,10 @@ PLANTED = {
     ),
     "code changed": ("Call `bnref.batch_norm_forward`.", "调用 `bnref.batch_norm_backward`。"),
     "link target changed": ("Read [the errata](errata.md).", "阅读[勘误](glossary.md)。"),
+    "emphasis not parsed": (
+        "BN's drift is **{glue:text}`why_drift_article_word`** here.",
+        "漂移为**{glue:text}`why.ipynb::why_drift_article_word:s`**。",
+    ),
 }
 CORRECT = {
     "math changed": "$x$ 的均值 $\\mu$。",
@@ -325,6 +341,7 @@ CORRECT = {
     "glue format changed": "损失 {glue:text}`why.ipynb::why_drift_article_bn:s`。",
     "code changed": "调用 `bnref.batch_norm_forward`。",
     "link target changed": "阅读[勘误](errata.md)。",
+    "emphasis not parsed": "漂移为 **{glue:text}`why.ipynb::why_drift_article_word:s`**。",
 }
 
 
