@@ -58,6 +58,9 @@ The drop-in ``BatchNorm`` and ``flax.linen.BatchNorm``: what is the same, and wh
   per-device means (``lax.pmean``). These agree when every device holds the same number of values per
   channel, which is always the case without a mask; with a mask the drop-in's is the exact one.
 * A mask with no value in a channel gives mean 0 and variance 0 there (Flax gives NaN).
+* ``force_float32_reductions=False``: the output and ``batch_stats`` dtypes are Flax's, but the statistics
+  are computed in the promotion of the input's and the parameters' dtypes (bfloat16 input with float32
+  parameters: float32), where Flax computes them in the input's dtype.
 * ``axis_index_groups`` is passed to ``lax.psum`` as Flax passes it to ``lax.pmean``. Under ``jax.vmap`` JAX
   rejects it for both layers (``NotImplementedError``); under ``jax.pmap`` it is not tested here (one CPU
   device).

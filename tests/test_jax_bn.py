@@ -583,29 +583,41 @@ def test_mask_agrees_with_flax():
 
 
 def test_half_precision_input_gives_flax_dtypes():
-    """bfloat16 input: statistics in float32, output float32 by default and bfloat16 with dtype=bfloat16."""
+    """bfloat16 input: the output and batch_stats dtypes are Flax's for dtype=None/bfloat16 and for
+    force_float32_reductions=False with float32 or bfloat16 parameters; with force_float32_reductions (the
+    default) the statistics are float32 and the outputs agree."""
     x = (np.random.default_rng(16).normal(size=(8, 3)) + 2).astype(jnp.bfloat16)
-    settings = ({}, {"dtype": jnp.bfloat16})
+    settings = (
+        {},
+        {"dtype": jnp.bfloat16},
+        {"force_float32_reductions": False},
+        {"force_float32_reductions": False, "param_dtype": jnp.bfloat16},
+    )
+
+    def variables(kw):
+        return jax.tree_util.tree_map(lambda a: a.astype(kw.get("param_dtype", jnp.float32)), _variables(3))
 
     @jax.jit
-    def run(v, x):
-        return [
-            [
-                cls(**kw).apply(v, x, use_running_average=False, mutable=["batch_stats"])
-                for cls in (BatchNorm, nn.BatchNorm)
-            ]
-            for kw in settings
-        ]
+    def run(x):
+        out = []
+        for kw in settings:
+            pair = []
+            for cls in (BatchNorm, nn.BatchNorm):
+                y, state = cls(**kw).apply(variables(kw), x, use_running_average=False, mutable=["batch_stats"])
+                y_inf = cls(**kw).apply({**variables(kw), **state}, x, use_running_average=True)
+                pair.append((y, state["batch_stats"]["mean"], y_inf))
+            out.append(pair)
+        return out
 
-    for kw, ((y0, st0), (y1, st1)) in zip(settings, run(_variables(3), x), strict=True):
-        assert y0.dtype == y1.dtype == kw.get("dtype", jnp.float32)
-        assert st0["batch_stats"]["mean"].dtype == st1["batch_stats"]["mean"].dtype == jnp.float32
-        # bfloat16 output: each rounds a float32 value within half a bfloat16 step (eps_bf16 = 2^-7, |y| <= 3);
-        # float32 output: eq-bound-y, |x_hat| <= sqrt(m - 1), r ~ 2
-        tol = (
-            machine_eps(y0.dtype) * 3 if y0.dtype == jnp.bfloat16 else reduction_error("float32", 8) * (2 + np.sqrt(7))
-        )
-        assert np.max(np.abs(np.asarray(y0, np.float32) - np.asarray(y1, np.float32))) <= 2 * tol
+    for kw, ((y0, mean0, inf0), (y1, mean1, inf1)) in zip(settings, run(x), strict=True):
+        assert (y0.dtype, mean0.dtype, inf0.dtype) == (y1.dtype, mean1.dtype, inf1.dtype), kw
+        if kw.get("force_float32_reductions", True):
+            assert y0.dtype == kw.get("dtype", jnp.float32) and mean0.dtype == jnp.float32
+            # bfloat16 output: each rounds a float32 value within half a bfloat16 step (eps_bf16 = 2^-7,
+            # |y| <= 3); float32 output: eq-bound-y, |x_hat| <= sqrt(m - 1), r ~ 2
+            f32_tol = reduction_error("float32", 8) * (2 + np.sqrt(7))
+            tol = machine_eps(y0.dtype) * 3 if y0.dtype == jnp.bfloat16 else f32_tol
+            assert np.max(np.abs(np.asarray(y0, np.float32) - np.asarray(y1, np.float32))) <= 2 * tol
 
 
 def test_flax_semantics_mutable_init_and_merge_param():
