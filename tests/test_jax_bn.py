@@ -14,6 +14,7 @@ Two implementations that each lie within a bound of the oracle lie within twice 
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -400,7 +401,12 @@ def test_same_variables_names_shapes_dtypes_and_random_init():
     assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(native)
     for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(native), strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
-    assert issubclass(BatchNorm, nn.BatchNorm)
+    assert issubclass(BatchNorm, nn.BatchNorm)  # so the same dataclass fields, defaults and constructor
+
+    def call_parameters(cls):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(cls.__call__).parameters.values()]
+
+    assert call_parameters(BatchNorm) == call_parameters(nn.BatchNorm)  # (x, use_running_average=None, *, mask=None)
 
     class Model(nn.Module):
         bn: type
