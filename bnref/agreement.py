@@ -445,17 +445,23 @@ def _keras_layer_trace(case: Case, conv: Convention, data: Batches, cls: Any) ->
     layer.beta.assign(data.beta)
 
     def to_numpy(v: Any) -> np.ndarray:
-        # through float64 (bfloat16 has no NumPy type); a copy, since variables change in place later
-        return np.array(keras.ops.convert_to_numpy(keras.ops.cast(v, "float64")), np.float64, copy=True)
+        # bfloat16 comes back as ml_dtypes' bfloat16, which converts exactly; a copy, since variables change in
+        # place later
+        return np.array(keras.ops.convert_to_numpy(v), np.float64, copy=True)
 
     trace = _empty_trace()
+    y_inf = None
     for x, dy in zip(data.xs, data.dys, strict=False):
-        y, dx, dgamma, dbeta = step(layer, x, dy, case.dtype)
+        if backend == "jax":  # the step also returns the inference output after it (one compiled call)
+            y, dx, dgamma, dbeta, y_inf = step(layer, x, dy, case.dtype, data.x_inference)
+        else:
+            y, dx, dgamma, dbeta = step(layer, x, dy, case.dtype)
         for q, v in zip(QUANTITIES, (y, dx, dgamma, dbeta, layer.moving_mean, layer.moving_variance), strict=False):
             trace[q].append(to_numpy(v))
     if case.mode == "train+inference":
-        x_inf = keras.ops.convert_to_tensor(data.x_inference, dtype=case.dtype)
-        trace["y_inference"].append(to_numpy(layer(x_inf, training=False)))
+        if y_inf is None:
+            y_inf = layer(keras.ops.convert_to_tensor(data.x_inference, dtype=case.dtype), training=False)
+        trace["y_inference"].append(to_numpy(y_inf))
     return trace
 
 
@@ -472,39 +478,50 @@ def _keras_step_tensorflow(layer: Any, x: np.ndarray, dy: np.ndarray, dtype: str
     return y, dx, dgamma, dbeta
 
 
-def _keras_step_jax(layer: Any, x: np.ndarray, dy: np.ndarray, dtype: str) -> tuple:
+def _keras_step_jax(layer: Any, x: np.ndarray, dy: np.ndarray, dtype: str, x_inference: np.ndarray) -> tuple:
     """One training call under JAX: ``layer.stateless_call`` differentiated by ``jax.vjp``, compiled by ``jax.jit``.
 
     The moving statistics come back from the stateless call and are assigned to the layer afterwards, as
-    Keras' own JAX trainer does. The compiled step is kept per layer configuration and input shape (compiling
-    once costs about a second; running op by op would compile every operation for every new shape).
+    Keras' own JAX trainer does; the same compiled call also returns the inference output on
+    ``x_inference`` with the updated statistics. It is compiled once per layer configuration, input shape and
+    dtype (about half a second each; running op by op would compile every operation for every new shape).
     """
     import jax
     import jax.numpy as jnp
 
-    config = {k: v for k, v in layer.get_config().items() if k != "name"}
-    key = (type(layer), repr(sorted(config.items())), x.shape, dtype)
+    key = (
+        type(layer),
+        layer.axis,
+        layer.momentum,
+        layer.epsilon,
+        layer.dtype_policy.name,
+        layer.center,
+        layer.scale,
+        x.shape,
+        dtype,
+    )
     if key not in _JAX_STEPS:
 
         @jax.jit
-        def step(xj: Any, trainable: list, frozen: list, dy: Any) -> tuple:
+        def step(xj: Any, trainable: list, frozen: list, dy: Any, x_inf: Any) -> tuple:
             def forward(xj: Any, trainable: list) -> tuple:
                 return layer.stateless_call(trainable, frozen, xj, training=True)
 
             y, vjp, updated = jax.vjp(forward, xj, trainable, has_aux=True)
             dx, dtrainable = vjp(dy.astype(y.dtype))
-            return y, dx, dtrainable, updated
+            y_inf, _ = layer.stateless_call(trainable, updated, x_inf, training=False)
+            return y, dx, dtrainable, updated, y_inf
 
         _JAX_STEPS[key] = step
     trainable = [v.value for v in layer.trainable_variables]
     frozen = [v.value for v in layer.non_trainable_variables]
-    y, dx, dtrainable, updated = _JAX_STEPS[key](
-        jnp.asarray(x, dtype=dtype), trainable, frozen, jnp.asarray(dy, dtype=dtype)
+    y, dx, dtrainable, updated, y_inf = _JAX_STEPS[key](
+        jnp.asarray(x, dtype=dtype), trainable, frozen, jnp.asarray(dy, dtype=dtype), jnp.asarray(x_inference, dtype)
     )
     for v, value in zip(layer.non_trainable_variables, updated, strict=True):
         v.assign(value)
     where = [next(i for i, v in enumerate(layer.trainable_variables) if v is w) for w in (layer.gamma, layer.beta)]
-    return y, dx, dtrainable[where[0]], dtrainable[where[1]]
+    return y, dx, dtrainable[where[0]], dtrainable[where[1]], y_inf
 
 
 #: Compiled JAX training steps, per (layer class, configuration, input shape, dtype).

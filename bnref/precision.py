@@ -47,6 +47,7 @@ __all__ = [
     "sweep_data",
     "SweepResult",
     "sweep",
+    "sweep_function",
     "keras_sweep",
     "keras_sweep_job",
     "results_from_backend_runs",
@@ -248,9 +249,18 @@ def _measure(x: np.ndarray, y: np.ndarray, var: np.ndarray, eps: float) -> tuple
     return var_error, float(var_bound.max()), var_ratio, y_error, y_bound, y_ratio
 
 
-def _sweep_one(
-    name: str, version: str, run: Callable[[np.ndarray], tuple], ratios: Sequence[float], seeds: Sequence[int]
+def sweep_function(
+    name: str,
+    run: Callable[[np.ndarray], tuple],
+    version: str = "",
+    ratios: Sequence[float] = RATIOS,
+    seeds: Sequence[int] = SEEDS,
 ) -> SweepResult:
+    """Sweep any implementation: ``run(x) -> (y, var, eps)`` for a float32 batch ``x`` of shape (m, C).
+
+    ``y`` is its training output with gamma 1 and beta 0, ``var`` the batch variance it normalised with,
+    ``eps`` its epsilon. Each (ratio, seed) gets ``sweep_data(ratio, seed)``.
+    """
     table: dict[str, list[list[float]]] = {k: [] for k in ("ve", "vb", "vr", "ye", "yb", "yr")}
     for ratio in ratios:
         rows: list[tuple[float, ...]] = []
@@ -283,7 +293,7 @@ def sweep(
             version = _versions(*frameworks) if frameworks else "NumPy " + np.__version__
         except ImportError:
             continue
-        out[name] = _sweep_one(name, version, run, ratios, seeds)
+        out[name] = sweep_function(name, run, version, ratios, seeds)
     return out
 
 
@@ -291,9 +301,8 @@ def keras_sweep(ratios: Sequence[float] = RATIOS, seeds: Sequence[int] = SEEDS) 
     """``keras.layers.BatchNormalization`` on the loaded backend over the sweep (a job of ``on_keras_backends``)."""
     import keras
 
-    return _sweep_one(
-        f"keras-{keras.backend.backend()}", "", lambda x: _keras_layer(x, scratch=False), ratios, seeds
-    ).to_json()
+    name = f"keras-{keras.backend.backend()}"
+    return sweep_function(name, lambda x: _keras_layer(x, scratch=False), "", ratios, seeds).to_json()
 
 
 def keras_sweep_job(ratios: Sequence[float] = RATIOS, seeds: Sequence[int] = SEEDS) -> tuple[str, dict[str, Any]]:
