@@ -35,6 +35,7 @@ import argparse
 import filecmp
 import html
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -109,8 +110,10 @@ def check(process: subprocess.Popen[bytes], what: str) -> None:
         sys.exit(f"{what} failed (exit status {process.returncode})")
 
 
-def generate_conf(folder: Path, language: str | None) -> Path:
-    """Write ``folder/conf.py`` for the edition in ``language`` (None: the English book as ``_config.yml`` says)."""
+def generate_conf(folder: Path, language: str | None, locales: Path | None = None) -> Path:
+    """Write ``folder/conf.py`` for the edition in ``language`` (None: the English book as ``_config.yml`` says),
+    reading the compiled catalogs from ``locales``. ``folder`` must lie inside the repository (Jupyter Book accepts
+    only a table of contents inside the book's folder)."""
     folder.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((REPO / "_config.yml").read_text(encoding="utf-8"))
     toc = yaml.safe_load((REPO / "_toc.yml").read_text(encoding="utf-8"))
@@ -124,7 +127,7 @@ def generate_conf(folder: Path, language: str | None) -> Path:
         theme_options["search_bar_text"] = settings["search_bar_text"]
         sphinx_config.update(
             language=language,
-            locale_dirs=[str(folder.parent / "locales")],
+            locale_dirs=[str(locales or folder.parent / "locales")],
             gettext_compact=False,
             html_search_language=language.split("_")[0],
             bnref_glued_words=f"book/locales/{language}/glued_words.json",
@@ -173,7 +176,11 @@ def copy_catalogs(language: str, target: Path) -> None:
 
 def start_translated(language: str, out: Path) -> subprocess.Popen[bytes]:
     """Start the build of the edition in ``language`` into ``out/html`` (its log: ``out/build.log``)."""
-    conf = generate_conf(out / "conf", language)
+    # The generated configuration lives in the repository's build folder (Jupyter Book wants the generated _toc.yml
+    # inside the book), one folder per output folder, so that private builds running at the same time do not meet.
+    inside = out.is_relative_to(REPO)
+    conf_folder = out / "conf" if inside else WORK / "private" / re.sub(r"[^A-Za-z0-9]+", "_", str(out)).strip("_")
+    conf = generate_conf(conf_folder, language, out / "locales")
     copy_catalogs(language, out / "locales")
     command = [
         BIN / "sphinx-build",
