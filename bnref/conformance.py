@@ -73,6 +73,7 @@ from typing import Any
 import numpy as np
 
 from .agreement import Batches, Case, Trace, compare_trace, make_batches
+from .agreement import _round_to as _round
 from .conventions import PYTORCH, Convention
 from .reference import batch_norm_backward, batch_norm_forward
 from .testing import (
@@ -418,17 +419,9 @@ def _to_2d(a: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _layout_for(ndim: int, axis: int) -> str:
-    letters = iter("LHWDXYZ"[: max(ndim - 2, 0)] if ndim <= 4 else "DHWXYZ")
+    """The layout string of an input of ``ndim`` dims with channels on ``axis``: NC, NCL / NLC, NCHW / NHWC, ..."""
+    letters = iter({2: "", 3: "L", 4: "HW", 5: "DHW"}.get(ndim, "ABCDEFGHIJKLM".replace("C", "")[: ndim - 2]))
     return "".join("N" if d == 0 else "C" if d == axis else next(letters) for d in range(ndim))
-
-
-def _round(a: np.ndarray, dtype: str) -> np.ndarray:
-    """float64 values rounded to ``dtype`` (round to nearest even), returned as float64."""
-    if dtype == "bfloat16":
-        bits = np.asarray(a, np.float32).view(np.uint32).astype(np.uint64)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        return bits.astype(np.uint32).view(np.float32).astype(np.float64)
-    return np.asarray(a).astype(dtype).astype(np.float64)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -493,8 +486,8 @@ def _axis_names(ndim: int, layout: str | None) -> str:
 def _probe_layout(adapter: Any) -> tuple[str, Line]:
     """Find the axes the implementation reduces, and its channel axis; return the layout string and a line.
 
-    The probe has distinct axis sizes and channels of very different means and spreads (variance ~ 100, so that
-    any eps up to 1e-2 changes the output by less than 1e-4 relative). The oracle normalises it over every
+    The probe has distinct axis sizes, a spread of 10 (variance 100, so that any eps up to 1e-2 changes the output
+    by less than 1e-4 relative) and means that differ along axis 1. The oracle normalises it over every
     candidate set of axes (keep one axis, keep the batch and one axis, keep none); the output of a BN matches
     the candidate that keeps only the channel axis, to float32 precision, and no other by far.
     """
@@ -793,10 +786,29 @@ def _worst(diffs: list[dict[str, Any]], q: str) -> tuple[float, float, float]:
     return float(worst.ratio), float(worst.max_rel), float(worst.rel_bound)
 
 
-def _ratio_line(section: str, check: str, ratio: float, rel: float, rel_bound: float, what: str = "") -> Line:
+def _ratio_line(
+    section: str, check: str, ratio: float, rel: float, rel_bound: float, what: str = "", bound: str = "eq-bound-y"
+) -> Line:
+    """A PASS/FAIL line for a worst error / bound ratio. ``bound`` names the bound (the same on every CPU); the
+    relative bound itself goes with the measured numbers, since it is taken at the worst seed and step."""
     ok = math.isfinite(ratio) and ratio <= 1.0
-    numbers = f"max rel err {rel:.1e} (err/bound {ratio:.2g})" if math.isfinite(rel) else "NaN or inf in the output"
-    return Line(section, check, PASS if ok else FAIL, what, f"{rel_bound:.1e} (rel)", numbers, float(ratio))
+    if math.isfinite(rel):
+        numbers = f"max rel err {rel:.1e}, bound {rel_bound:.1e} (err/bound {ratio:.2g})"
+    else:
+        numbers = f"NaN or inf in the output (bound {rel_bound:.1e})"
+    return Line(section, check, PASS if ok else FAIL, what, bound, numbers, float(ratio))
+
+
+#: The bound of each quantity (labels of the book's appendix ch-bounds).
+_BOUND_OF = {
+    "y": "eq-bound-y",
+    "dx": "eq-bound-dx",
+    "dgamma": "eq-bound-dgamma",
+    "dbeta": "eq-bound-dbeta",
+    "running_mean": "eq-bound-running",
+    "running_var": "eq-bound-running",
+    "y_inference": "eq-bound-inference",
+}
 
 
 _ACCURACY = ("y", "dx", "dgamma", "dbeta", "running_mean", "running_var", "y_inference")
@@ -825,7 +837,8 @@ def _accuracy_lines(adapter: Any, layout: str, conv: Convention, seeds: Sequence
         "y_inference": "inference output",
     }
     lines = [
-        _ratio_line("float32 accuracy", names[q], *_worst(diffs, q), f"m = {m}, {len(seeds)} seeds") for q in quantities
+        _ratio_line("float32 accuracy", names[q], *_worst(diffs, q), f"m = {m}, {len(seeds)} seeds", _BOUND_OF[q])
+        for q in quantities
     ]
     if not with_grads:
         lines.append(Line("float32 accuracy", "gradients", INFO, "not checked: the adapter has no backward"))
@@ -935,7 +948,7 @@ def _sweep_line(adapter: Any, layout: str, conv: Convention, ratios: Sequence[fl
         "|mean|/std up to 1e4",
         PASS if ok else FAIL,
         text,
-        "eq-bound-y, grows like |mean|/std",
+        "eq-bound-y (grows like |mean|/std)",
         f"err/bound per ratio {numbers}",
         float(worst_d.ratio),
         detail,
@@ -966,7 +979,8 @@ def _half_lines(adapter: Any, layout: str, conv: Convention, dtype: str, seeds: 
             float(worst.ratio),
             float(worst.max_rel),
             float(worst.rel_bound),
-            f"stats in float32, output rounding {machine_eps(dtype):.1e}",
+            f"m = {_M}, {len(seeds)} seeds",
+            f"eq-bound-y + {dtype} rounding {machine_eps(dtype):.1e}",
         ),
     ]
 
@@ -1128,13 +1142,19 @@ class PlantedFault(Adapter):
 # The shipped adapters by name, Keras in a subprocess with its backend, and the command line
 # ----------------------------------------------------------------------------------------------------
 
-#: The Keras backend each name needs (Keras fixes its backend at import).
-_KERAS_BACKEND = {
+#: The framework each name runs on; a Keras name needs Keras imported with that backend (fixed at import).
+_FAMILY = {
+    "torch": "torch",
+    "bnref-torch": "torch",
+    "keras-torch": "torch",
+    "flax": "jax",
+    "flax-exact": "jax",
+    "bnref-jax": "jax",
+    "keras-jax": "jax",
     "keras-tensorflow": "tensorflow",
     "bnref-keras": "tensorflow",
-    "keras-jax": "jax",
-    "keras-torch": "torch",
 }
+_NEEDS_KERAS = ("keras-torch", "keras-jax", "keras-tensorflow", "bnref-keras")
 
 
 def adapter_for(name: str) -> Adapter:
@@ -1152,23 +1172,41 @@ def adapter_for(name: str) -> Adapter:
     return conformance_adapters.make(name)
 
 
-def _in_process(name: str) -> bool:
-    """Whether ``name`` can run here: it needs no Keras backend, or Keras is loaded with the one it needs."""
-    backend = _KERAS_BACKEND.get(name)
-    if backend is None:
-        return True
+def _keras_ready(backend: str) -> bool:
+    """Whether Keras is loaded here with ``backend``."""
     import sys
 
     keras = sys.modules.get("keras")
     return keras is not None and keras.backend.backend() == backend
 
 
-def run_many(names: Sequence[str], **kwargs: Any) -> dict[str, Report]:
-    """Check each named implementation; Keras ones in one subprocess per backend, all started at once.
+def _plan(names: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Which names run here and which in a subprocess per framework.
 
-    Names that need a Keras backend this process does not have run in ``python -m bnref.conformance ...
-    --in-process`` with ``KERAS_BACKEND`` set; the others run here while the subprocesses work.
-    ``kwargs`` (seeds, ratios, half_dtypes) go to ``check``.
+    A Keras name whose backend is not loaded here goes to a subprocess with ``KERAS_BACKEND`` set; the other names
+    of the same framework join it (the framework is imported there anyway); the rest run here.
+    """
+    children: dict[str, list[str]] = {}
+    for name in names:
+        if name in _NEEDS_KERAS and not _keras_ready(_FAMILY[name]):
+            children.setdefault(_FAMILY[name], [])
+    here = []
+    for name in names:
+        family = _FAMILY.get(name)
+        if family in children:
+            children[family].append(name)
+        else:
+            here.append(name)
+    return here, children
+
+
+def run_many(names: Sequence[str], **kwargs: Any) -> dict[str, Report]:
+    """Check each named implementation, Keras ones in one subprocess per backend, all started at once.
+
+    A name that needs a Keras backend this process does not have runs in ``python -m bnref.conformance ...
+    --in-process`` with ``KERAS_BACKEND`` set, together with the other names of its framework (PyTorch, JAX or
+    TensorFlow); the remaining names run here while the subprocesses work. ``kwargs`` (seeds, ratios,
+    half_dtypes) go to ``check``.
     """
     import os
     import subprocess
@@ -1178,10 +1216,7 @@ def run_many(names: Sequence[str], **kwargs: Any) -> dict[str, Report]:
     for name in names:
         if name not in NAMES and not name.startswith("fault:"):
             raise ValueError(f"unknown implementation {name!r}; known: {', '.join(NAMES)}")
-    groups: dict[str, list[str]] = {}
-    for name in names:
-        if not _in_process(name):
-            groups.setdefault(_KERAS_BACKEND[name], []).append(name)
+    here, groups = _plan(names)
     children = []
     with tempfile.TemporaryDirectory() as tmp:
         for backend, group in groups.items():
@@ -1189,11 +1224,15 @@ def run_many(names: Sequence[str], **kwargs: Any) -> dict[str, Report]:
             cmd = [sys.executable, "-m", "bnref.conformance", *group, "--in-process", "--quiet", "--json", path]
             cmd += ["--options", json.dumps({k: list(v) for k, v in kwargs.items()})]
             env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            children.append((backend, path, proc))
-        reports = {name: check(adapter_for(name), **kwargs) for name in names if _in_process(name)}
-        for backend, path, proc in children:
-            _, err = proc.communicate()
+            log = open(os.path.join(tmp, f"{backend}.log"), "w+")  # a file: a full pipe would stall the child
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+            children.append((backend, path, proc, log))
+        reports = {name: check(adapter_for(name), **kwargs) for name in here}
+        for backend, path, proc, log in children:
+            proc.wait()
+            log.seek(0)
+            err = log.read()
+            log.close()
             if proc.returncode != 0:
                 raise RuntimeError(f"the conformance check on the Keras {backend} backend failed:\n{err[-3000:]}")
             with open(path) as fh:

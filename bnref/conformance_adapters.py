@@ -130,6 +130,8 @@ class KerasAdapter(Adapter):
         lib = __import__(backend)
         cls = self._class()
         where = "native" if self.implementation == "native" else "from scratch"
+        if backend == "jax":
+            where += ", called through jax.jit(stateless_call) as Keras' JAX trainer does"
         return (
             f"keras {keras.__version__} on the {backend} backend ({backend} {lib.__version__}): "
             f"{cls.__module__}.{cls.__name__} ({where}), layout {self.layout}, CPU"
