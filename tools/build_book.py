@@ -12,8 +12,9 @@ build Chinese too), so the Chinese edition is a second build, by ``sphinx-build`
 1. ``build/book/zh_CN/conf/_config.yml``: a copy of ``_config.yml`` with the Chinese title, footer and search text
    of ``book/locales/zh_CN/edition.json``, and the Sphinx settings of a translation: ``language = "zh_CN"``, the
    catalogs (``locale_dirs``, one catalog per page: ``gettext_compact = False``), Chinese search
-   (``html_search_language = "zh"``, which segments words with jieba), and the extension that translates glued
-   words (``book/_ext/bnref_glued_words.py``, table ``book/locales/zh_CN/glued_words.json``);
+   (``html_search_language = "zh"``, which segments words with jieba; ``book/_ext/bnref_search_zh.py`` removes a
+   quadratic slowdown of Sphinx 7.4's Chinese indexer), and the extension that translates glued words
+   (``book/_ext/bnref_glued_words.py``, table ``book/locales/zh_CN/glued_words.json``);
 2. ``build/book/zh_CN/conf/_toc.yml``: ``_toc.yml`` with its part captions translated (edition.json again; a
    caption missing there stays English, and ``tests/test_translation.py`` fails on it);
 3. ``jupyter-book config sphinx`` turns the two into ``conf.py`` in that folder (never in the repository root),
@@ -132,7 +133,7 @@ def generate_conf(folder: Path, language: str | None, locales: Path | None = Non
             html_search_language=language.split("_")[0],
             bnref_glued_words=f"book/locales/{language}/glued_words.json",
         )
-        sphinx_config["extensions"] = [*sphinx_config.get("extensions", []), "bnref_glued_words"]
+        sphinx_config["extensions"] = [*sphinx_config.get("extensions", []), "bnref_glued_words", "bnref_search_zh"]
         toc, _ = translated_toc(toc, settings["toc_captions"])
     # Local extensions by absolute path: Jupyter Book resolves them against the folder of the configuration file.
     sphinx["local_extensions"] = {name: str(EXTENSIONS) for name in sphinx.get("local_extensions") or {}}
