@@ -12,6 +12,15 @@ and compares each with the NumPy reference run in float64 *under that implementa
 variance after every step, and the inference output ``y_inference``. A missing framework gives rows that
 say "not installed". ``cross_convention`` measures what the two frameworks' *defaults* change.
 
+Keras on every backend. Keras fixes its backend when it is imported, so ``run_cases(cases)`` adds the rows
+"keras-tensorflow", "keras-jax" and "keras-torch": ``on_keras_backends`` starts one fresh process per
+backend, all at once, each running ``keras.layers.BatchNormalization`` on every case (``keras_backend_rows``;
+gradients by the backend's own autodiff) and any other job given to it (``bnref.precision.keras_sweep``), so
+the cost is one import per backend. Each row's ``version`` names Keras and the backend, e.g. "Keras 3.15.1 on
+JAX 0.10.2". Measured on Keras 3.15.1 (``tests/test_frameworks.py``): TensorFlow passes every case; JAX and
+torch compute a float64 layer in float32 (``keras.backend.result_type`` maps float64 to float32 on every
+backend but TensorFlow); torch's one-pass variance fails float32 cases at ``|mean|/std = 1e3``.
+
 Every cell is checked against a bound derived from the precision, not tuned to the data: the error model of
 ``bnref.testing`` (``training_bounds``, ``running_mean_bound``, ``running_var_bound``, ``inference_bound``),
 derived in the book's appendix "How the checks are bounded" (``ch-bounds``). A cell passes when

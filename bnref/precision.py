@@ -336,8 +336,10 @@ class Verdict:
     """What a sweep says about one implementation's variance, as a stable sentence.
 
     ``kind`` is "two-pass" (within the two-pass bound everywhere), "one-pass" (follows the one-pass law:
-    within the bound where the law predicts it, more than ``EXCEED_FACTOR`` beyond it where the law predicts
-    that), or "neither". ``text``/``text_zh`` say it in English and Chinese.
+    within the bound where the law predicts it, beyond it where the law predicts that), or "neither" (the
+    rule is in ``verdict``). ``text``/``text_zh`` say it in English and Chinese; ``within_up_to`` and
+    ``exceeds_from`` are the ratios the law chose (``exceeds_from``: the first ratio outside the bound for
+    "neither"; ``inf``/``nan`` where they do not apply).
     """
 
     kind: str
@@ -353,9 +355,13 @@ def verdict(result: SweepResult) -> Verdict:
     * "two-pass": every seed's variance is within the two-pass bound (eq-bound-two-pass) at every ratio.
     * "one-pass": the one-pass law ``u r^2`` decides where to look, so that no verdict rests on a ratio where
       the law and the bound are close (where the rounding of one CPU could tip it). Where the law is below a
-      tenth of the bound (``r <= r_within``) every seed must be within the bound; where the law is more than
-      a hundred times the bound (``r >= r_exceed``), every seed must exceed it by more than ``EXCEED_FACTOR``
-      (a factor of ten of slack for the law's constant) or give a non-finite variance.
+      hundredth of the bound (``r <= r_within``) every seed must be within the bound; where the law is more
+      than a hundred times the bound (``r >= r_exceed``), every seed must exceed it (or give a non-finite
+      variance), and the worst seed by more than ``EXCEED_FACTOR``. The factor of a hundred on either side
+      leaves room for the law's constant, which depends on the summation order (a one-pass variance at r = 3
+      has measured errors up to six times u r^2). Not every seed is asked to exceed by ``EXCEED_FACTOR``:
+      near ``r = u^(-1/2)`` a one-pass variance is an integer multiple of a spacing as large as the variance
+      itself, and one that happens to round to the right multiple can land close to the truth.
     * "neither": anything else (for example an error that grows, but not as the one-pass law says).
 
     The bound is that of the data (float64, the same on every machine), so ``r_within`` and ``r_exceed``
@@ -374,18 +380,18 @@ def verdict(result: SweepResult) -> Verdict:
             float(top),
             math.inf,
         )
-    below = ratios[law <= bound / 10]
+    below = ratios[law <= bound / 100]
     above = ratios[law >= 100 * bound]
     if below.size and above.size:
-        within_ok = np.all(ratio[law <= bound / 10] <= 1)
-        exceed_ok = np.all(ratio[law >= 100 * bound] > EXCEED_FACTOR)
+        within_ok = np.all(ratio[law <= bound / 100] <= 1)
+        exceeding = ratio[law >= 100 * bound]
+        exceed_ok = np.all(exceeding > 1) and np.all(exceeding.max(axis=1) > EXCEED_FACTOR)
         if within_ok and exceed_ok:
             r_within, r_exceed = float(below.max()), float(above.min())
             return Verdict(
                 "one-pass",
-                f"exceeds the two-pass bound by more than {EXCEED_FACTOR:g}x from |mean|/std = {r_exceed:g}, "
-                "as the one-pass law predicts",
-                f"从 |mean|/std = {r_exceed:g} 起超出两遍法界限 {EXCEED_FACTOR:g} 倍以上，与一遍法误差规律一致",
+                f"exceeds the two-pass bound from |mean|/std = {r_exceed:g}, as the one-pass law predicts",
+                f"从 |mean|/std = {r_exceed:g} 起超出两遍法界限，与一遍法误差规律一致",
                 r_within,
                 r_exceed,
             )
