@@ -26,6 +26,15 @@ RESULTS = Path(__file__).resolve().parents[1] / "book" / "results"
 SEEDS = (0, 1, 2)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These networks are tiny: one PyTorch thread is faster than two on a loaded 2-core machine (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _cond(scale: np.ndarray, expected: np.ndarray) -> float:
     """``max S / max |expected|``, at least 1."""
     top = float(np.max(np.abs(expected)))

@@ -20,6 +20,15 @@ from bnref.precise_bn import bn_layers, pooled_statistics, precise_bn
 from bnref.testing import reduction_error, unit_roundoff
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These networks are tiny: one PyTorch thread is faster than two on a loaded 2-core machine (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _trained_lenet(seed: int = 0) -> tuple[nn.Module, np.ndarray]:
     """A BN LeNet after a few SGD steps on random images (its EMA statistics are then not the population's)."""
     rng = np.random.default_rng(seed)
