@@ -1107,8 +1107,11 @@ def on_keras_backends(
         returns JSON-ready data (``keras_backend_rows`` here, ``bnref.precision.keras_sweep``).
     backends : sequence of str
         Values of ``KERAS_BACKEND``. Each process also gets ``TF_CPP_MIN_LOG_LEVEL=3`` and, for JAX,
-        ``JAX_ENABLE_X64=1``: without it JAX has no float64 and Keras silently computes a float64 layer in
-        float32 (with a UserWarning), so the float64 cases would measure float32 arithmetic.
+        ``JAX_ENABLE_X64=1``: without it JAX has no float64 at all (it truncates float64 arrays to float32,
+        with a UserWarning), so a float64 case would not even have float64 variables. With it, what the
+        float64 cases measure is Keras' own choice: its layer computes in ``keras.backend.result_type(dtype,
+        "float32")``, which is float32 for float64 on every backend but TensorFlow (Keras 3.15.1,
+        ``keras/src/backend/common/dtypes.py``).
     timeout : float
         Seconds to wait for each process.
 
