@@ -75,6 +75,16 @@ def edition_settings(language: str) -> dict[str, Any]:
     return json.loads((LOCALES / language / "edition.json").read_text(encoding="utf-8"))
 
 
+def glossary_terms() -> list[str]:
+    """The Chinese terms of the glossary (``book/glossary.md``): the term lines of its glossary directive that
+    contain a Chinese character."""
+    text = (REPO / "book" / "glossary.md").read_text(encoding="utf-8")
+    block = re.search(r"^```\{glossary\}\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+    lines = block.group(1).splitlines() if block else []
+    terms = [line.strip() for line in lines if line and not line[0].isspace() and not line.startswith(":")]
+    return sorted({term for term in terms if re.search(r"[\u4e00-\u9fff]", term) and " " not in term})
+
+
 def translated_toc(toc: dict[str, Any], captions: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
     """``toc`` with every part caption found in ``captions`` translated, and the captions that were not found."""
     missing: list[str] = []
@@ -134,6 +144,13 @@ def generate_conf(folder: Path, language: str | None, locales: Path | None = Non
             bnref_glued_words=f"book/locales/{language}/glued_words.json",
         )
         sphinx_config["extensions"] = [*sphinx_config.get("extensions", []), "bnref_glued_words", "bnref_search_zh"]
+        if language.startswith("zh"):
+            # jieba segments the text for the search index; the JavaScript search does not segment a query, so a
+            # term jieba does not know as one word (滑动平均) would never be found. The glossary's Chinese terms
+            # become jieba's user dictionary.
+            terms = folder / "jieba_terms.txt"
+            terms.write_text("".join(f"{term}\n" for term in glossary_terms()), encoding="utf-8")
+            sphinx_config["html_search_options"] = {"dict": str(terms)}
         toc, _ = translated_toc(toc, settings["toc_captions"])
     # Local extensions by absolute path: Jupyter Book resolves them against the folder of the configuration file.
     sphinx["local_extensions"] = {name: str(EXTENSIONS) for name in sphinx.get("local_extensions") or {}}
