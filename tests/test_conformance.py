@@ -146,7 +146,6 @@ def test_a_minimal_adapter_without_optional_methods() -> None:
 
 
 def test_torch_settings_are_measured() -> None:
-    pytest.importorskip("torch")  # torch is a requirement; this only keeps the NumPy tests above runnable alone
     from bnref.conformance_adapters import TorchAdapter
 
     custom = check(TorchAdapter("native", layout="NC", eps=1e-3, momentum=0.3), half_dtypes=())
