@@ -1030,8 +1030,8 @@ def cross_convention(case: Case) -> ConventionTable:
 #: The Keras 3 backends, in table order; their rows are named "keras-<backend>".
 KERAS_BACKENDS: tuple[str, ...] = ("tensorflow", "jax", "torch")
 
-#: The jobs a backend process may run ("module:function" in bnref; each returns JSON-ready data).
-_JOB_MODULES = ("bnref.agreement", "bnref.precision")
+#: A backend process runs only functions of bnref's own modules ("bnref.module:function").
+_JOB_PACKAGE = "bnref."
 
 
 @dataclass(frozen=True)
@@ -1104,7 +1104,8 @@ def on_keras_backends(
     ----------
     jobs : dict
         Job name -> ``("bnref.module:function", kwargs)``; the function runs in the backend process and
-        returns JSON-ready data (``keras_backend_rows`` here, ``bnref.precision.keras_sweep``).
+        returns JSON-ready data (``keras_backend_rows`` here, ``bnref.precision.keras_sweep``; any function
+        of a ``bnref`` module).
     backends : sequence of str
         Values of ``KERAS_BACKEND``. Each process also gets ``TF_CPP_MIN_LOG_LEVEL=3`` and, for JAX,
         ``JAX_ENABLE_X64=1``: without it JAX has no float64 at all (it truncates float64 arrays to float32,
@@ -1129,8 +1130,8 @@ def on_keras_backends(
 
     for name, (target, _) in jobs.items():
         module_name = target.split(":")[0]
-        if module_name not in _JOB_MODULES or target.count(":") != 1:
-            raise ValueError(f"job {name!r}: {target!r} is not a function of {', '.join(_JOB_MODULES)}")
+        if not module_name.startswith(_JOB_PACKAGE) or target.count(":") != 1:
+            raise ValueError(f"job {name!r}: {target!r} is not a function of a bnref module ('bnref.module:function')")
     code = "from bnref.agreement import _backend_process_main; _backend_process_main()"
     runs: dict[str, BackendRun] = {}
     with tempfile.TemporaryDirectory() as tmp:
