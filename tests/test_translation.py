@@ -158,6 +158,14 @@ def literal_asterisks(text: str) -> int:
     return re.sub(r"<code>.*?</code>", "", rendered, flags=re.DOTALL).count("*")
 
 
+def block_kinds(text: str) -> list[str]:
+    """The kinds of the top-level Markdown blocks ``text`` parses into (paragraph, ordered list, heading, ...).
+    Sphinx keeps a translation only when it parses into one paragraph, and drops it silently otherwise: a
+    translated table cell "1. 加速训练" reads as an ordered list."""
+    tokens = MARKDOWN.parse(MATH.sub("x", text))
+    return [t.type.removesuffix("_open") for t in tokens if t.level == 0 and t.nesting >= 0]
+
+
 def consistency_problems(english: str, translation: str, page: str) -> list[str]:
     """What the translation changed that must stay as in the English (``page``: the document, for glue paths)."""
     problems: list[str] = []
@@ -210,6 +218,14 @@ def consistency_problems(english: str, translation: str, page: str) -> list[str]
         )
     if literal_asterisks(translation) > literal_asterisks(english):
         problems.append("emphasis shown as literal * (put a space between ** and a Chinese character next to it)")
+    # Every message is the inline text of one node (a paragraph, title, caption, table cell, term), and a translation
+    # is parsed on its own: it must come out as one paragraph. (Display math and code blocks are messages too, but
+    # are not parsed: their translation is the English, unchanged.)
+    if translation != english and block_kinds(translation) not in ([], ["paragraph"]):
+        problems.append(
+            f"the translation parses as {block_kinds(translation)}, not as one paragraph (Sphinx then drops it "
+            "silently; escape a leading '1.' as '1\\.', '-' as '\\-', '#' as '\\#')"
+        )
     if Counter(LINK.findall(english)) != Counter(LINK.findall(translation)):
         problems.append(f"link targets differ: {LINK.findall(english)} vs {LINK.findall(translation)}")
     return problems
@@ -338,8 +354,10 @@ PLANTED = {
         "BN's drift is **{glue:text}`why_drift_article_word`** here.",
         "漂移为**{glue:text}`why.ipynb::why_drift_article_word:s`**。",
     ),
+    "paragraph read as a list": ("1. speeds up training", "1. 加速训练"),
 }
 CORRECT = {
+    "paragraph read as a list": "1\\. 加速训练",
     "math changed": "$x$ 的均值 $\\mu$。",
     "role target changed": "见 {ref}`反向传播 <sec-bw>`。",
     "glue short form": "漂移 {glue:text}`why.ipynb::why_drift_article_bn:s`。",
