@@ -16,7 +16,10 @@ The jobs, in this order (each a separate process, so that one failing does not s
 4. ``sync_bn``: ``nn.SyncBatchNorm`` (NCCL) against ``bnref.distributed.SyncBatchNorm``
    (``benchmarks/sync_bn.py --device cuda``) -> ``distributed-sync-bn-<gpu>.json``;
 5. ``claims``: the claims chapter's experiments (``python -m bnref.experiments run claims --device cuda``), 3 seeds
-   -> one record per experiment, named by that command.
+   -> one record per experiment, named by that command;
+6. ``beyond``: the small-batch experiment of the "Beyond BN" chapter (BN, Ghost BN, Batch Renorm, GN, LN at batch
+   sizes 2 to 128, 3 seeds: ``python -m bnref.beyond run beyond-small-batch --device cuda``) -> one record, named by
+   that command. Last, so that it uses only what the others leave of the budget.
 
 ``<gpu>`` is :func:`bnref.records.device_slug` of ``torch.cuda.get_device_name(0)``, e.g. ``h200``.
 Keras runs with ``KERAS_BACKEND=torch`` (no TensorFlow is needed on the GPU machine); note that
@@ -113,6 +116,24 @@ def jobs(slug: str, out: Path, *, mnist_seeds: int = 5, claims_seeds: int | None
             writes=f"distributed-sync-bn-{slug}.json",
         ),
         Job("claims", claims, cap_s=180, env=keras_torch, writes="claims-*.json (names chosen by bnref.experiments)"),
+        Job(
+            "beyond",
+            [
+                py,
+                "-m",
+                "bnref.beyond",
+                "run",
+                "beyond-small-batch",
+                "--seeds",
+                "3",
+                "--device",
+                "cuda",
+                "--out",
+                str(out),
+            ],
+            cap_s=180,
+            writes="beyond-small-batch.*.json (name chosen by bnref.beyond)",
+        ),
     ]
 
 

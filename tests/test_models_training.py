@@ -723,7 +723,7 @@ def gpu_records_module():
 def test_gpu_jobs_are_named_after_the_gpu(tmp_path):
     g = gpu_records_module()
     todo = g.jobs("h200", tmp_path, mnist_seeds=5)
-    assert [j.name for j in todo] == ["agreement", "throughput", "mnist", "sync_bn", "claims"]
+    assert [j.name for j in todo] == ["agreement", "throughput", "mnist", "sync_bn", "claims", "beyond"]
     by_name = {j.name: j for j in todo}
     assert str(tmp_path / "mnist-h200.json") in by_name["mnist"].argv and "--seeds" in by_name["mnist"].argv
     assert str(tmp_path / "benchmark-h200.json") in by_name["throughput"].argv
