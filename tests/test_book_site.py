@@ -797,6 +797,9 @@ def test_language_switch_keeps_the_reader_in_place(browser: Browser, site: str) 
     """Clicking 中文 on an English section, then English, returns to the same section (the anchor travels along)."""
     page_path, anchor = "book/backward.html", ""
     context = browser.new_context(viewport=VIEWPORT)
+    # This test is about the switch, not the equations (the crawl checks those): without MathJax each of its four
+    # loads of a long chapter takes a fraction of the time.
+    context.route("**/mathjax/**", lambda route: route.abort())
     try:
         page = context.new_page()
         page.goto(f"{site}en/{page_path}", wait_until="load")
