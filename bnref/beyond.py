@@ -32,7 +32,6 @@ PyTorch is imported at the top of this module; ``import bnref`` does not import 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from collections.abc import Sequence
@@ -45,7 +44,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from bnref import experiments as ex
-from bnref.claims import Data, Experiment, check_definition, compare_paired, load_claims_record, run_definition
+from bnref.claims import (
+    Data,
+    Experiment,
+    check_definition,
+    compare_paired,
+    experiments_cli,
+    load_claims_record,
+    run_definition,
+)
 from bnref.dynamics import train_steps
 from bnref.normalization import batch_renorm_clipping
 from bnref.precise_bn import precise_bn
@@ -518,30 +525,7 @@ def folded_copy(model: nn.Sequential) -> nn.Sequential:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bnref.beyond run NAME [--seeds N] [--device cpu|cuda] --out DIR``, or ``list``."""
-    parser = argparse.ArgumentParser(prog="python -m bnref.beyond", description=main.__doc__)
-    parser.add_argument("command", choices=("list", "run"))
-    parser.add_argument("name", nargs="?", default="all", help="an experiment (see list) or all (default)")
-    parser.add_argument("--seeds", type=int, default=None, help="the first N of the experiment's seeds")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--out", default=None, help="folder for the records (needed by run)")
-    args = parser.parse_args(argv)
-    if args.command == "list":
-        for e in EXPERIMENTS.values():
-            print(f"{e.name:20s} {len(e.seeds)} seeds: {e.summary}")
-        return 0
-    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
-    problems = [f"unknown experiment {n!r}" for n in names if n not in EXPERIMENTS]
-    if args.out is None:
-        problems.append("run needs --out")
-    if args.seeds is not None and args.seeds < 1:
-        problems.append(f"--seeds must be a positive integer; got {args.seeds}")
-    if problems:
-        parser.error("; ".join(problems))
-    for name in names:
-        t0 = time.perf_counter()
-        rec = run_experiment(name, seeds=EXPERIMENTS[name].seeds[: args.seeds], device=args.device, out=args.out)
-        print(f"{name}: seeds {rec.seeds} on {rec.device['name']} in {time.perf_counter() - t0:.0f} s", flush=True)
-    return 0
+    return experiments_cli("bnref.beyond", EXPERIMENTS, run_experiment, argv)
 
 
 if __name__ == "__main__":

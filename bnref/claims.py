@@ -55,6 +55,7 @@ __all__ = [
     "compare_paired",
     "spread",
     "within_spread",
+    "experiments_cli",
 ]
 
 # four learning rates per decade, 0.01 to 10: 13 rates over three decades, neighbours a factor 10^(1/4) = 1.78 apart
@@ -634,3 +635,48 @@ def within_spread(value: float, recorded: Sequence[float], k: float = 3.0) -> bo
     if not np.isfinite(value):
         return False
     return bool(abs(value - mean) <= k * sd)
+
+
+def experiments_cli(
+    prog: str,
+    experiments: dict[str, Experiment],
+    run: Callable[..., ExperimentRecord],
+    argv: Sequence[str] | None = None,
+    list_claims: bool = False,
+) -> int:
+    """The command line of an experiment module (``bnref.dynamics``, ``bnref.beyond``):
+    ``python -m PROG run NAME|all [--seeds N] [--device cpu|cuda] --out DIR``, or ``list``.
+
+    ``run(name, seeds=..., device=..., out=...)`` runs one experiment of ``experiments`` and writes its record;
+    ``--seeds N`` takes the first N of its seeds. ``list_claims`` adds each experiment's claims to ``list``.
+    """
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {prog}", description=f"Run the experiments of {prog} and write their records."
+    )
+    parser.add_argument("command", choices=("list", "run"))
+    parser.add_argument("name", nargs="?", default="all", help="an experiment (see list) or all (default)")
+    parser.add_argument("--seeds", type=int, default=None, help="the first N of each experiment's seeds")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--out", default=None, help="folder for the records (needed by run)")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for e in experiments.values():
+            claims = f" {e.claims:13s}" if list_claims else ""
+            print(f"{e.name:22s}{claims} {len(e.seeds)} seeds: {e.summary}")
+        return 0
+    names = list(experiments) if args.name == "all" else [args.name]
+    problems = [f"unknown experiment {n!r}" for n in names if n not in experiments]
+    if args.out is None:
+        problems.append("run needs --out")
+    if args.seeds is not None and args.seeds < 1:
+        problems.append(f"--seeds must be a positive integer; got {args.seeds}")
+    if problems:
+        parser.error("; ".join(problems))
+    for name in names:
+        t0 = time.perf_counter()
+        rec = run(name, seeds=experiments[name].seeds[: args.seeds], device=args.device, out=args.out)
+        print(f"{name}: seeds {rec.seeds} on {rec.device['name']} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0

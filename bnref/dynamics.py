@@ -34,7 +34,6 @@ PyTorch is imported at the top of this module; ``import bnref`` does not import 
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,7 +44,7 @@ import torch
 from torch import nn
 
 from bnref import experiments as ex
-from bnref.claims import Data, Experiment, check_definition, load_claims_record, run_definition
+from bnref.claims import Data, Experiment, check_definition, experiments_cli, load_claims_record, run_definition
 from bnref.models import (
     build_torch_model,
     check_int,
@@ -661,30 +660,7 @@ def check_record(record: ExperimentRecord) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bnref.dynamics run NAME|all [--seeds N] [--device cpu|cuda] --out DIR``, or ``list``."""
-    parser = argparse.ArgumentParser(prog="python -m bnref.dynamics", description=main.__doc__)
-    parser.add_argument("command", choices=("list", "run"))
-    parser.add_argument("name", nargs="?", default="all", help="an experiment (see list) or all (default)")
-    parser.add_argument("--seeds", type=int, default=None, help="the first N of each experiment's seeds")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--out", default=None, help="folder for the records (needed by run)")
-    args = parser.parse_args(argv)
-    if args.command == "list":
-        for e in EXPERIMENTS.values():
-            print(f"{e.name:22s} {e.claims:13s} {len(e.seeds)} seeds: {e.summary}")
-        return 0
-    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
-    problems = [f"unknown experiment {n!r}" for n in names if n not in EXPERIMENTS]
-    if args.out is None:
-        problems.append("run needs --out")
-    if args.seeds is not None and args.seeds < 1:
-        problems.append(f"--seeds must be a positive integer; got {args.seeds}")
-    if problems:
-        parser.error("; ".join(problems))
-    for name in names:
-        t0 = time.perf_counter()
-        rec = run_experiment(name, seeds=EXPERIMENTS[name].seeds[: args.seeds], device=args.device, out=args.out)
-        print(f"{name}: seeds {rec.seeds} on {rec.device['name']} in {time.perf_counter() - t0:.0f} s", flush=True)
-    return 0
+    return experiments_cli("bnref.dynamics", EXPERIMENTS, run_experiment, argv, list_claims=True)
 
 
 if __name__ == "__main__":

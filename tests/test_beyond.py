@@ -374,3 +374,14 @@ def test_folded_copy_matches_torch_fusion_and_computes_the_same_function(seed):
     assert check_close(y_folded, y, dtype="float64", m=401, cond=100.0, show="none")
     with pytest.raises(ValueError, match="nn.Sequential"):
         by.folded_copy(nn.Linear(3, 3))
+
+
+def test_command_line_lists_and_refuses_bad_runs(capsys):
+    """``python -m bnref.beyond`` (bnref.claims.experiments_cli): list names the experiment; a run with an unknown
+    name, without --out, or with --seeds 0 stops with a usage error before anything trains."""
+    assert by.main(["list"]) == 0
+    assert "beyond-small-batch" in capsys.readouterr().out
+    for argv in (["run", "nothing", "--out", "/tmp/x"], ["run", "beyond-small-batch"], ["run", "--seeds", "0"]):
+        with pytest.raises(SystemExit) as stop:
+            by.main(argv)
+        assert stop.value.code == 2, argv
