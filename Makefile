@@ -59,8 +59,8 @@ PORTABLE_2 := ATEN_CPU_CAPABILITY=avx2 OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2
 
 .PHONY: test-portable
 test-portable: $(STAMP)
-	env $(PORTABLE_1) $(BIN)/python -m pytest --nbval --nbval-current-env book
-	env $(PORTABLE_2) $(BIN)/python -m pytest --nbval --nbval-current-env book
+	env $(PORTABLE_1) $(BIN)/python -m pytest $(XDIST) --nbval --nbval-current-env book
+	env $(PORTABLE_2) $(BIN)/python -m pytest $(XDIST) --nbval --nbval-current-env book
 
 # Lint and format check, configured in pyproject.toml ([tool.ruff]).
 .PHONY: lint
