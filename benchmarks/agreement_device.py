@@ -1,6 +1,6 @@
 """The torch part of the agreement matrix on one device (cuDNN's BN on a GPU is a different kernel).
 
-Runs ``bnref.agreement`` cases through the NumPy reference, ``bnref.torch_bn.BatchNorm`` and
+Runs ``bnref.check.agreement`` cases through the NumPy reference, ``bnref.layers.torch_bn.BatchNorm`` and
 ``torch.nn.BatchNorm*`` on ``--device`` (default: cuda if available, else cpu), prints one table per case
 and a summary, and writes a JSON record naming the device, the GPU (``torch.cuda.get_device_name``),
 the torch and cuDNN versions and every cell (error, derived bound, verdict). TensorFlow is not needed.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bnref.agreement import Case, run_case, summary_table
+from bnref.check.agreement import Case, run_case, summary_table
 
 
 def matrix(quick: bool = False) -> list[Case]:
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         record = {
             "what": (
-                "bnref agreement matrix, torch part (NumPy reference, bnref.torch_bn.BatchNorm, torch.nn.BatchNorm*)"
+                "bnref agreement matrix, torch part "
+                "(NumPy reference, bnref.layers.torch_bn.BatchNorm, torch.nn.BatchNorm*)"
             ),
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             **info,

@@ -1,8 +1,10 @@
 """CPU inference speed of the BN LeNet against the same network with every BN folded away, measured in one run.
 
-The network is ``bnref.dynamics.build_lenet(bn=True, seed=0)`` (two convolutions and two hidden Linear layers,
+The network is ``bnref.experiments.dynamics.build_lenet(bn=True, seed=0)``
+(two convolutions and two hidden Linear layers,
 each followed by BN) with running statistics drawn at random, in inference mode. Its folded twin is
-``bnref.beyond.folded_copy`` of it: each BN merged into the layer before it by ``bnref.folding.fold_batch_norm``
+``bnref.experiments.beyond.folded_copy`` of it:
+each BN merged into the layer before it by ``bnref.folding.fold_batch_norm``
 (four layers fewer). Before timing, the script checks that both compute the same function (max abs difference
 of the logits against a float32 bound, ``bnref.testing.check_close``), so it never times a wrong model.
 
@@ -37,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bnref.beyond import folded_copy
-from bnref.dynamics import build_lenet
+from bnref.experiments.beyond import folded_copy
+from bnref.experiments.dynamics import build_lenet
 from bnref.records import code_version, cpu_device, machine_info, now_utc
 from bnref.testing import check_close
 
@@ -143,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine_info(),
             "load_average": {"before": before, "after": after},
             "config": {
-                "model": "bnref.dynamics.build_lenet(bn=True, seed=0), random running statistics, inference mode",
-                "folded": "bnref.beyond.folded_copy",
+                "model": "bnref.experiments.dynamics.build_lenet(bn=True, seed=0), "
+                "random running statistics, inference mode",
+                "folded": "bnref.experiments.beyond.folded_copy",
                 "batch_sizes": args.batch_sizes,
                 "repeats": args.repeats,
                 "warmup": args.warmup,

@@ -3,19 +3,19 @@
 CPU (default): gloo processes on localhost, world sizes 2 and 4 (``--worlds``). In every process the same
 BN layers run a training step (forward and backward) on the rank's shard:
 
-* ``local``: ``bnref.torch_bn.BatchNorm`` per rank, the same arithmetic as the synchronised layer without
+* ``local``: ``bnref.layers.torch_bn.BatchNorm`` per rank, the same arithmetic as the synchronised layer without
   communication (unsynchronised BN);
 * ``native``: ``torch.nn.BatchNorm1d/2d`` per rank (PyTorch's own kernel, no communication);
-* ``sync``: ``bnref.distributed.SyncBatchNorm``.
+* ``sync``: ``bnref.experiments.distributed.SyncBatchNorm``.
 
 Layers: the article's (BN over 64 and 32 features, global batch 128: ``dense``) and one NCHW layer (16
 channels, 14 x 14, global batch 32: ``nchw``). The variants are interleaved in one run (rounds of ``--steps``
 steps each, the median round kept), so the ratio ``sync / local`` is measured under the same conditions; the
-bytes per step are counted by ``bnref.distributed.count_collectives`` on rank 0.
+bytes per step are counted by ``bnref.experiments.distributed.count_collectives`` on rank 0.
 
 GPU (``--device cuda``): NCCL, one process per GPU, world sizes 1 and the number of GPUs (``--worlds`` to
 choose; in a world of one both layers are plain BN, as ``nn.SyncBatchNorm`` falls back to BN there), comparing
-``torch.nn.SyncBatchNorm`` with ``bnref.distributed.SyncBatchNorm``: time per step, bytes per step and the
+``torch.nn.SyncBatchNorm`` with ``bnref.experiments.distributed.SyncBatchNorm``: time per step, bytes per step and the
 largest output difference from float64 BN over the whole batch. With ``--out`` it writes an experiment
 record (schema ``bnref.experiment/1``, name ``distributed-sync-bn-benchmark``) named after the GPU, e.g.
 ``book/results/distributed-sync-bn-h200.json``.
@@ -38,8 +38,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bnref import torch_bn
-from bnref.distributed import SyncBatchNorm, count_collectives, free_port, launch
+from bnref.experiments.distributed import SyncBatchNorm, count_collectives, free_port, launch
+from bnref.layers import torch_bn
 
 LAYERS = {
     # name: (global batch, per-example shapes of the BN layers' inputs)
@@ -132,7 +132,7 @@ def _gpu_accuracy_worker(rank: int, world: int) -> dict:
 
 
 def _launch_nccl(fn, world: int, *args):
-    """Like bnref.distributed.launch, with NCCL and one GPU per rank."""
+    """Like bnref.experiments.distributed.launch, with NCCL and one GPU per rank."""
     import tempfile
 
     import torch.multiprocessing as mp

@@ -10,7 +10,7 @@ batch 128, 10 epochs, the test set evaluated after every epoch, trained
       that printing a progress bar costs Keras nothing), on the backend named by KERAS_BACKEND;
   (b) with the plain PyTorch loop of the tutorials: a ``DataLoader`` over a ``TensorDataset``,
       batches moved to the device one by one, ``loss.item()`` every step;
-  (c) with bnref's fast loop (``bnref.training.train_torch``: data on the device once, shuffled
+  (c) with bnref's fast loop (``bnref.mnist.training.train_torch``: data on the device once, shuffled
       index per epoch, flat parameters with fused Adam, and a CUDA graph on a GPU).
 
 Timing: one-time costs of the process (imports, creating the CUDA context, PyTorch's lazy import
@@ -59,8 +59,8 @@ def plain_dataloader_run(data, *, epochs: int, batch_size: int, seed: int, devic
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from bnref.data import to_features
-    from bnref.models import build_torch_model
+    from bnref.mnist.data import to_features
+    from bnref.mnist.models import build_torch_model
 
     torch.manual_seed(seed)
     x_train, y_train, x_test, y_test = data
@@ -130,8 +130,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="OUT", help="write the measurements to this JSON file")
     args = ap.parse_args(argv)
 
-    from bnref import training
-    from bnref.data import load_mnist
+    from bnref.mnist import training
+    from bnref.mnist.data import load_mnist
     from bnref.records import code_version, machine_info, now_utc
 
     data = load_mnist(args.data)
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     rec_a = training.train_keras(data, bn="native", placement="after", **kw)
     rows.append(row_from_record("(a) keras model.fit", rec_a, time.perf_counter() - t0))
 
-    # (b) runs with the same number of CPU threads as (c) uses (bnref.training's default, one), so that
+    # (b) runs with the same number of CPU threads as (c) uses (bnref.mnist.training's default, one), so that
     # the comparison measures the loops, not the thread setting.
     threads_default = torch.get_num_threads()
     if device.type == "cpu":

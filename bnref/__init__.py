@@ -5,17 +5,17 @@ The top level holds the NumPy reference, the conventions and the gradient check 
 nothing but NumPy. The framework modules are imported explicitly when needed::
 
     import bnref                  # NumPy only
-    from bnref import torch_bn    # PyTorch from scratch + adapters to torch.nn.BatchNorm*
-    from bnref import keras_bn    # TensorFlow / Keras 3 from scratch + adapters
-    from bnref import jax_bn      # JAX from scratch (custom_vjp) + a drop-in for flax.linen.BatchNorm
-    from bnref import agreement   # every implementation on one case, as a table (Keras on each backend)
-    from bnref import precision   # the |mean|/std sweep: where each implementation loses float32 precision
-    from bnref import conformance # any BN through an adapter against the oracle (NumPy only; the shipped
-                                  # adapters, which import their framework when used: bnref.conformance_adapters)
-    from bnref import transfer    # weights between torch.nn.BatchNorm* and Keras BatchNormalization
+    from bnref.layers import torch_bn    # PyTorch from scratch + adapters to torch.nn.BatchNorm*
+    from bnref.layers import keras_bn    # TensorFlow / Keras 3 from scratch + adapters
+    from bnref.layers import jax_bn      # JAX from scratch (custom_vjp) + a drop-in for flax.linen.BatchNorm
+    from bnref.check import agreement   # every implementation on one case, as a table (Keras on each backend)
+    from bnref.check import precision   # the |mean|/std sweep: where each implementation loses float32 precision
+    from bnref.check import conformance # any BN through an adapter against the oracle (NumPy only; the shipped
+                                  # adapters, which import their framework when used: bnref.check.adapters)
+    from bnref.layers import transfer    # weights between torch.nn.BatchNorm* and Keras BatchNormalization
     from bnref import testing     # check_close and the error model behind every tolerance (NumPy only)
-    from bnref import precise_bn  # PyTorch: running statistics recomputed as population statistics
-    from bnref import beyond      # PyTorch: Ghost BN and Batch Renorm layers, the small-batch experiment
+    from bnref.layers import precise_bn  # PyTorch: running statistics recomputed as population statistics
+    from bnref.experiments import beyond      # PyTorch: Ghost BN and Batch Renorm layers, the small-batch experiment
 """
 
 from .conventions import (

@@ -4,7 +4,7 @@ Two kinds of record, both plain JSON objects with a ``"schema"`` field:
 
 * :class:`RunRecord` (schema ``"bnref.run/1"``): one training run of the article's MNIST model
   (configuration, framework and version, device, machine, seed, and per epoch the training and test
-  loss and accuracy with the wall time). :mod:`bnref.training` writes them.
+  loss and accuracy with the wall time). :mod:`bnref.mnist.training` writes them.
 * :class:`ExperimentRecord` (schema ``"bnref.experiment/1"``): one experiment over several seeds.
   Its ``config`` is the experiment's full definition, ``results`` maps each seed (as a string, since
   JSON keys are strings) to that seed's results, and it names the code version, machine and device.
@@ -35,8 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from bnref.models import HIDDEN, INPUT_DIM, NUM_CLASSES
 
 __all__ = [
     "EXPERIMENT_SCHEMA",
@@ -148,10 +146,12 @@ class RunConfig:
     epochs: int
     batch_size: int
     lr: float
-    model: str = f"mlp {INPUT_DIM}-{'-'.join(map(str, HIDDEN))}-{NUM_CLASSES}"
+    #: The article's network (``bnref.mnist.models``: INPUT_DIM-HIDDEN-NUM_CLASSES); a test keeps the two equal,
+    #: so that this NumPy-only module need not import the model module.
+    model: str = "mlp 784-64-32-10"
     optimizer: str = "adam"
     loss: str = "categorical cross-entropy"
-    init: str = "glorot-uniform weights, zero biases (bnref.models.initial_weights)"
+    init: str = "glorot-uniform weights, zero biases (bnref.mnist.models.initial_weights)"
     train_size: int = 0
     test_size: int = 0
     trainer: str = ""

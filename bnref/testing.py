@@ -25,7 +25,7 @@ Public API
 ``machine_eps``, ``unit_roundoff``, ``compute_dtype``, ``reduction_error``, ``BOUND_C``
     The ingredients.
 ``channel_summaries``, ``training_bounds``, ``running_mean_bound``, ``running_var_bound``, ``inference_bound``
-    The per-quantity bounds of one Batch Normalization layer (``bnref.agreement`` applies them to every
+    The per-quantity bounds of one Batch Normalization layer (``bnref.check.agreement`` applies them to every
     implementation).
 """
 

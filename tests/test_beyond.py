@@ -1,4 +1,5 @@
-"""Tests of bnref.beyond: the torch Ghost BN and Batch Renorm layers against bnref.normalization in float64, the
+"""Tests of bnref.experiments.beyond:
+the torch Ghost BN and Batch Renorm layers against bnref.normalization in float64, the
 pluggable LeNet, the verdict rule, and the committed record of the small-batch experiment against its definition.
 
 Tolerances (appendix ch-bounds, eq-bound-check): ``check_close`` in float64 with ``m`` the length of the longest
@@ -16,9 +17,9 @@ import pytest
 import torch
 from torch import nn
 
-from bnref import beyond as by
-from bnref import dynamics as dyn
 from bnref import normalization as nrm
+from bnref.experiments import beyond as by
+from bnref.experiments import dynamics as dyn
 from bnref.records import load_experiments
 from bnref.testing import check_close
 
@@ -377,7 +378,8 @@ def test_folded_copy_matches_torch_fusion_and_computes_the_same_function(seed):
 
 
 def test_command_line_lists_and_refuses_bad_runs(capsys):
-    """``python -m bnref.beyond`` (bnref.claims.experiments_cli): list names the experiment; a run with an unknown
+    """``python -m bnref.experiments.beyond`` (bnref.experiments.claims.experiments_cli):
+    list names the experiment; a run with an unknown
     name, without --out, or with --seeds 0 stops with a usage error before anything trains."""
     assert by.main(["list"]) == 0
     assert "beyond-small-batch" in capsys.readouterr().out

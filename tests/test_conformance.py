@@ -1,6 +1,6 @@
-"""bnref.conformance: conventions inferred from behaviour, planted faults caught by their lines, every framework.
+"""bnref.check.conformance: conventions inferred from behaviour, planted faults caught by their lines, every framework.
 
-The planted faults (``bnref.conformance.PlantedFault``) are float32 NumPy layers that claim PyTorch's convention
+The planted faults (``bnref.check.conformance.PlantedFault``) are float32 NumPy layers that claim PyTorch's convention
 and get one thing wrong each; the control (no fault) must pass every line. The framework reports are computed
 once per session (``reports``): the in-process ones here, Keras in one subprocess per backend (its backend is
 fixed at import), all started together.
@@ -16,8 +16,8 @@ import sys
 import numpy as np
 import pytest
 
-from bnref import conformance
-from bnref.conformance import FAULTS, NAMES, SWEEP, Adapter, PlantedFault, Report, check
+from bnref.check import conformance
+from bnref.check.conformance import FAULTS, NAMES, SWEEP, Adapter, PlantedFault, Report, check
 from bnref.conventions import PYTORCH
 
 # What each installed framework's report fails, as measured; each entry is explained by a line of the framework's
@@ -146,7 +146,7 @@ def test_a_minimal_adapter_without_optional_methods() -> None:
 
 
 def test_torch_settings_are_measured() -> None:
-    from bnref.conformance_adapters import TorchAdapter
+    from bnref.check.adapters import TorchAdapter
 
     custom = check(TorchAdapter("native", layout="NC", eps=1e-3, momentum=0.3), half_dtypes=())
     assert custom.passed
@@ -221,7 +221,7 @@ def test_report_renders_and_round_trips(control: Report) -> None:
 def test_command_line(tmp_path) -> None:
     out = tmp_path / "r.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bnref.conformance", "fault:one-pass-variance", "--json", str(out)],
+        [sys.executable, "-m", "bnref.check.conformance", "fault:one-pass-variance", "--json", str(out)],
         capture_output=True,
         text=True,
         check=False,
@@ -230,13 +230,13 @@ def test_command_line(tmp_path) -> None:
     assert f"FAILED: {SWEEP}" in done.stdout
     saved = json.loads(out.read_text())["reports"][0]
     assert saved["implementation"] == "fault:one-pass-variance" and not saved["passed"]
-    bad = subprocess.run([sys.executable, "-m", "bnref.conformance", "nonsense"], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "bnref.check.conformance", "nonsense"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown implementation" in bad.stderr
 
 
 def test_import_needs_numpy_only() -> None:
     code = (
-        "import sys, bnref.conformance, bnref.conformance_adapters\n"
+        "import sys, bnref.check.conformance, bnref.check.adapters\n"
         "print(sorted(m for m in ('torch', 'jax', 'flax', 'keras', 'tensorflow') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,4 +1,4 @@
-"""bnref.data: where MNIST is looked for, how a bad file is reported, and the model-input helpers.
+"""bnref.mnist.data: where MNIST is looked for, how a bad file is reported, and the model-input helpers.
 
 Every test builds its own small .npz in tmp_path and isolates the environment (BNREF_MNIST, HOME,
 KERAS_HOME); only test_real_file reads the real MNIST, and only when BNREF_MNIST names it (CI does).
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnref import data
-from bnref.data import MnistError, MnistNotFoundError, load_mnist
+from bnref.mnist import data
+from bnref.mnist.data import MnistError, MnistNotFoundError, load_mnist
 
 
 def small_arrays(n_train: int = 20, n_test: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
@@ -310,7 +310,7 @@ def test_as_features_and_as_labeled():
 
 def test_import_does_not_pull_frameworks():
     code = (
-        "import sys, bnref.data, bnref.models, bnref.training, bnref.train; "
+        "import sys, bnref.mnist.data, bnref.mnist.models, bnref.mnist.training, bnref.mnist.cli; "
         "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

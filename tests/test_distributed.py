@@ -1,4 +1,4 @@
-"""bnref.distributed: synchronised BN on gloo processes equals BN over the whole batch.
+"""bnref.experiments.distributed: synchronised BN on gloo processes equals BN over the whole batch.
 
 One ``torch.multiprocessing.spawn`` per world size (2 and 4 processes on localhost) runs every case of that
 world size; the ranks return raw arrays and this process checks them against ``torch.nn.BatchNorm`` in
@@ -14,7 +14,7 @@ order. The Chan merge is computed in float64 on W x C numbers and adds nothing v
 
 Unsynchronised BN (each rank's plain BN on its own shard) must differ from the reference by more than
 100 times the same bound, so the checks can tell the two apart. Communication is counted with
-``bnref.distributed.count_collectives``, a shim around ``torch.distributed``'s functions.
+``bnref.experiments.distributed.count_collectives``, a shim around ``torch.distributed``'s functions.
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ if not dist.is_available():  # pragma: no cover
 
 from torch import nn  # noqa: E402
 
-from bnref import torch_bn  # noqa: E402
-from bnref.distributed import (  # noqa: E402
+from bnref.experiments.distributed import (  # noqa: E402
     SyncBatchNorm,
     convert_sync_batchnorm,
     count_collectives,
@@ -40,6 +39,7 @@ from bnref.distributed import (  # noqa: E402
     merge_statistics,
     shard_bounds,
 )
+from bnref.layers import torch_bn  # noqa: E402
 from bnref.testing import (  # noqa: E402
     channel_summaries,
     check_close,
@@ -421,10 +421,10 @@ def test_convert_sync_batchnorm_converts_native_and_bnref_layers():
 
 
 def test_committed_ddp_record_matches_the_experiment_definition():
-    """The chapter's record describes the experiment bnref.distributed defines, with at least 3 seeds."""
+    """The chapter's record describes the experiment bnref.experiments.distributed defines, with at least 3 seeds."""
     from pathlib import Path
 
-    from bnref.distributed import DDP_EXPERIMENT, DDP_VARIANTS
+    from bnref.experiments.distributed import DDP_EXPERIMENT, DDP_VARIANTS
     from bnref.records import load_experiment
 
     path = Path(__file__).resolve().parents[1] / "book" / "results" / "distributed-ddp-mnist-cpu.json"

@@ -1,4 +1,5 @@
-"""Tests of bnref.dynamics on small synthetic data, and of its committed records against their definitions."""
+"""Tests of bnref.experiments.dynamics on small synthetic data,
+and of its committed records against their definitions."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from bnref import dynamics as dyn
-from bnref import experiments as ex
+from bnref.experiments import dynamics as dyn
+from bnref.experiments import probes as ex
 from bnref.records import load_experiments
 
 RESULTS = Path(__file__).resolve().parents[1] / "book" / "results"

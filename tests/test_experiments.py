@@ -1,4 +1,5 @@
-"""bnref.experiments and bnref.claims on tiny synthetic data (no MNIST), and the committed claims records."""
+"""bnref.experiments.probes and bnref.experiments.claims on tiny synthetic data (no MNIST),
+and the committed claims records."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from bnref import claims
-from bnref import experiments as ex
-from bnref.models import glorot_uniform, he_uniform, linear_layers
+from bnref.experiments import claims
+from bnref.experiments import probes as ex
+from bnref.mnist.models import glorot_uniform, he_uniform, linear_layers
+from bnref.mnist.torch_training import evaluate
 from bnref.records import load_experiment, load_experiments
-from bnref.torch_training import evaluate
 
 RESULTS = Path(__file__).resolve().parent.parent / "book" / "results"
 
@@ -44,7 +45,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("module", ["bnref.experiments", "bnref.claims"])
+@pytest.mark.parametrize("module", ["bnref.experiments.probes", "bnref.experiments.claims"])
 def test_import_does_not_load_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -381,7 +382,7 @@ def test_step_seconds_times_every_model():
 
 
 # ---------------------------------------------------------------------------------------------
-# bnref.claims: the rule behind the verdicts, the experiment definitions and their records
+# bnref.experiments.claims: the rule behind the verdicts, the experiment definitions and their records
 # ---------------------------------------------------------------------------------------------
 
 
@@ -497,17 +498,17 @@ def test_run_experiment_rejects_bad_arguments():
 
 def test_command_line(tmp_path):
     listed = subprocess.run(
-        [sys.executable, "-m", "bnref.experiments", "list"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "bnref.experiments.probes", "list"], capture_output=True, text=True, check=True
     ).stdout
     assert all(name in listed for name in claims.EXPERIMENTS)
     bad = subprocess.run(
-        [sys.executable, "-m", "bnref.experiments", "run", "claims-nothing", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bnref.experiments.probes", "run", "claims-nothing", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
     )
     assert bad.returncode == 2 and "unknown experiment" in bad.stderr
     bad = subprocess.run(
-        [sys.executable, "-m", "bnref.experiments", "run", "claims", "--seeds", "0", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bnref.experiments.probes", "run", "claims", "--seeds", "0", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
     )

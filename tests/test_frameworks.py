@@ -30,12 +30,13 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 import bnref  # noqa: E402
-from bnref import KERAS, PYTORCH, PYTORCH_CUMULATIVE, precision  # noqa: E402
-from bnref import agreement as ag  # noqa: E402
-from bnref.agreement import Case, Status, run_case  # noqa: E402
-from bnref.keras_bn import BatchNormalization  # noqa: E402
+from bnref import KERAS, PYTORCH, PYTORCH_CUMULATIVE  # noqa: E402
+from bnref.check import agreement as ag  # noqa: E402
+from bnref.check import precision  # noqa: E402
+from bnref.check.agreement import Case, Status, run_case  # noqa: E402
+from bnref.layers.keras_bn import BatchNormalization  # noqa: E402
+from bnref.layers.torch_bn import BatchNorm  # noqa: E402
 from bnref.testing import BOUND_C, reduction_error  # noqa: E402
-from bnref.torch_bn import BatchNorm  # noqa: E402
 
 EPS32 = float(np.finfo(np.float32).eps)
 EPS64 = float(np.finfo(np.float64).eps)
@@ -426,7 +427,7 @@ def test_table_renders_and_missing_framework_rows(monkeypatch):
 # ----------------------------------------------------------------------------------------------------
 #
 # Bound. At every step each implementation's BN forward and backward is within a relative
-# delta = C eps (1 + sqrt(m)) of exact (bnref.agreement, O(1) data, m = batch size 32), which perturbs that
+# delta = C eps (1 + sqrt(m)) of exact (bnref.check.agreement, O(1) data, m = batch size 32), which perturbs that
 # step's parameters by a relative amount of at most delta. A relative perturbation of the parameters grows by a
 # factor A over the remaining steps; A is measured, not assumed: train the float64 native model from an initial
 # point perturbed by a relative 1e-8 and divide the final max-norm relative change by 1e-8. Over T steps the

@@ -1,4 +1,4 @@
-"""bnref.jax_bn: the derived backward (custom_vjp) against autodiff and the NumPy oracle, the Flax drop-in
+"""bnref.layers.jax_bn: the derived backward (custom_vjp) against autodiff and the NumPy oracle, the Flax drop-in
 against flax.linen.BatchNorm, and Flax's BN convention measured on the installed layer (flax 0.12.8, CPU).
 
 Float64. JAX computes in float32 unless 64-bit types are enabled. The float64 tests enable them only inside
@@ -26,7 +26,7 @@ import pytest
 
 from bnref import reference
 from bnref.conventions import FLAX, FLAX_TWO_PASS, KERAS, PAPER, PYTORCH, get_convention
-from bnref.jax_bn import BatchNorm, batch_norm_infer, batch_norm_plain, batch_norm_train, running_update
+from bnref.layers.jax_bn import BatchNorm, batch_norm_infer, batch_norm_plain, batch_norm_train, running_update
 from bnref.testing import (
     BOUND_C,
     channel_summaries,

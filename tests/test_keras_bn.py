@@ -1,4 +1,4 @@
-"""bnref.keras_bn: the custom-gradient function (TF gradient checker) and the drop-in Keras layer.
+"""bnref.layers.keras_bn: the custom-gradient function (TF gradient checker) and the drop-in Keras layer.
 
 TensorFlow is imported once for the module (importorskip); cases are small to keep its eager overhead low.
 
@@ -7,7 +7,7 @@ Tolerances:
   truncation ~h^2 |y'''| ~ 1e-10, rounding ~eps64 |y| / h ~ 2.2e-16 * 3 / 1e-5 ~ 7e-11, so the max-norm
   relative error of the Jacobians is below 1e-8 (GUIDE section 4).
 * float64 agreement of two implementations: C * eps64 * (1 + sqrt(m)) times the absolute scale of the
-  quantity (bnref.agreement's bound, C = 4), as in tests/test_torch_bn.py.
+  quantity (bnref.check.agreement's bound, C = 4), as in tests/test_torch_bn.py.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ keras = pytest.importorskip("keras")
 
 import bnref  # noqa: E402
 from bnref import KERAS  # noqa: E402
-from bnref.keras_bn import (  # noqa: E402
+from bnref.layers.keras_bn import (  # noqa: E402
     BatchNormalization,
     batch_norm_inference,
     batch_norm_train,
@@ -208,7 +208,7 @@ def test_trainable_false_forces_inference_even_with_training_true(cls):
     assert layer.moving_mean.numpy().tolist() == [0.0] * 3
     layer.trainable = True
     y = np.asarray(layer(x, training=True))
-    # batch-normalised: mean 0 up to the y bound C eps32 (1 + sqrt(m)) (r + X) of bnref.agreement, with
+    # batch-normalised: mean 0 up to the y bound C eps32 (1 + sqrt(m)) (r + X) of bnref.check.agreement, with
     # r = |mean|/std ~ 5/2 and X = max|x_hat| <= sqrt(m - 1)
     m = 8
     tol = BOUND_C * 1.2e-7 * (1 + math.sqrt(m)) * (2.5 + math.sqrt(m - 1))
@@ -301,7 +301,7 @@ def test_masked_positions_stay_out_of_the_statistics(cls, mask_value):
     assert mask.sum() == 20  # the two padded steps of every sequence are masked
     layer = cls(momentum=0.0)
     y = np.asarray(layer(x, training=True, mask=mask))
-    # float32 means of 20 values of size <= 5: C eps32 (1 + sqrt(20)) * 5 (bnref.agreement's bound)
+    # float32 means of 20 values of size <= 5: C eps32 (1 + sqrt(20)) * 5 (bnref.check.agreement's bound)
     tol = BOUND_C * 1.2e-7 * (1 + math.sqrt(20)) * 5
     np.testing.assert_allclose(layer.moving_mean.numpy(), [1.5, 5.0], rtol=0, atol=tol)
     np.testing.assert_allclose(layer.moving_variance.numpy(), [0.25, 0.0], rtol=0, atol=tol * 5)

@@ -1,4 +1,4 @@
-"""bnref.models, bnref.training and the bnref.train command line, on tiny synthetic data (no MNIST)."""
+"""bnref.mnist.models, bnref.mnist.training and the bnref.mnist.cli command line, on tiny synthetic data (no MNIST)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from bnref import keras_bn, keras_training, models, torch_bn, torch_training, training
-from bnref.models import build_keras_model, build_torch_model, initial_weights
+from bnref.layers import keras_bn, torch_bn
+from bnref.mnist import keras_training, models, torch_training, training
+from bnref.mnist.models import build_keras_model, build_torch_model, initial_weights
 from bnref.records import load_experiment
 
 U32 = 2.0**-24  # unit roundoff of float32 (half of eps = 1.19e-7)
@@ -426,7 +427,7 @@ def test_load_records_reads_runs_and_skips_other_json(tmp_path):
 
 
 def test_cli_help_explains_itself(capsys):
-    from bnref import train
+    from bnref.mnist import cli as train
 
     with pytest.raises(SystemExit) as info:
         train.main(["--help"])
@@ -443,7 +444,7 @@ def test_cli_help_explains_itself(capsys):
 
 
 def test_cli_trains_and_writes(tmp_path, capsys):
-    from bnref import train
+    from bnref.mnist import cli as train
 
     rng = np.random.default_rng(0)
     mnist = tmp_path / "mini.npz"
@@ -482,7 +483,7 @@ def test_cli_trains_and_writes(tmp_path, capsys):
 
 
 def test_cli_reports_missing_data(tmp_path, capsys):
-    from bnref import train
+    from bnref.mnist import cli as train
 
     rc = train.main(["--data", str(tmp_path / "absent.npz"), "--no-progress"])
     assert rc == 2
@@ -592,9 +593,9 @@ def test_import_bnref_and_training_stay_framework_free():
     import sys
 
     code = (
-        "import sys, bnref, bnref.training, bnref.records, bnref.models, bnref.data\n"
+        "import sys, bnref, bnref.mnist.training, bnref.records, bnref.mnist.models, bnref.mnist.data\n"
         "print(sorted(m for m in ('torch', 'keras', 'tensorflow', 'jax') if m in sys.modules))\n"
-        "bnref.training.train_torch\n"
+        "bnref.mnist.training.train_torch\n"
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -617,7 +618,7 @@ def test_import_keras_quietly_silences_the_import_only():
     import sys
 
     code = (
-        "import os, bnref.training as t\n"
+        "import os, bnref.mnist.training as t\n"
         "k = t.import_keras_quietly()\n"
         "os.write(2, b'after\\n')\n"
         "print(k.__name__, 'tensorflow' in __import__('sys').modules)"
@@ -679,7 +680,7 @@ def test_keras_on_another_device_than_the_experiment_is_refused(monkeypatch):
 
 
 def test_cli_experiment_writes_a_record(tmp_path, capsys):
-    from bnref import train
+    from bnref.mnist import cli as train
 
     rng = np.random.default_rng(0)
     mnist = tmp_path / "mini.npz"

@@ -5,7 +5,7 @@ Nothing of the frameworks' test code is copied here; both suites are read from t
 * Keras: the test module that ships in the Keras wheel,
   ``keras/src/layers/normalization/batch_normalization_test.py`` (33 tests in Keras 3.15.1), run with
   ``unittest`` as it is, and once more with ``keras.src.layers.BatchNormalization`` (the name that module
-  calls) replaced by ``bnref.keras_bn.BatchNormalization``.
+  calls) replaced by ``bnref.layers.keras_bn.BatchNormalization``.
 * PyTorch: ``torch.testing._internal.common_modules.module_db`` ships in the wheel and describes, for
   ``nn.BatchNorm1d/2d/3d``, the constructor arguments and inputs PyTorch's generic module tests use
   (``module_inputs_func``), the error cases (``module_error_inputs_func``) and whether training and
@@ -14,7 +14,7 @@ Nothing of the frameworks' test code is copied here; both suites are read from t
   over every module input as PyTorch's driver does; ``_NN_CHECKS`` adds the ``test_nn.py``-style BN tests
   (empty batch, gradient penalty, version-1 state dicts, ``assign=True`` on the meta device, rank checks,
   ``convert_sync_batchnorm``, eps = 0 in inference, mis-sized buffers, ...). Every check runs on the native
-  classes and on ``bnref.torch_bn.BatchNorm1d/2d/3d``.
+  classes and on ``bnref.layers.torch_bn.BatchNorm1d/2d/3d``.
 
 The oracle of the value checks is ``bnref``'s NumPy reference in float64, for the native control as for
 bnref, so the control is not a comparison of the native layer with itself. Tolerances follow the book's
@@ -82,7 +82,7 @@ def run_keras_suite(impl: str) -> dict[str, str | None]:
     keras_test = pytest.importorskip("keras.src.layers.normalization.batch_normalization_test")
     from keras.src import layers as keras_layers
 
-    from bnref.keras_bn import BatchNormalization
+    from bnref.layers.keras_bn import BatchNormalization
 
     native = keras_layers.BatchNormalization
     keras_layers.BatchNormalization = native if impl == "native" else BatchNormalization
@@ -114,7 +114,7 @@ def test_keras_suite(impl, capsys):
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from bnref import torch_bn  # noqa: E402
+from bnref.layers import torch_bn  # noqa: E402
 
 NATIVE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 BNREF = {

@@ -626,14 +626,14 @@ def _renorm_layer(keras, kind: str, dtype: str, c: int):
     )
     if kind == "keras":
         return keras.layers.BatchNormalization(**kwargs)
-    from bnref import keras_bn
+    from bnref.layers import keras_bn
 
     return keras_bn.BatchNormalization(**kwargs)
 
 
 @pytest.mark.parametrize("seed", RNG_SEEDS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("kind", ["keras", "bnref.keras_bn"])
+@pytest.mark.parametrize("kind", ["keras", "bnref.layers.keras_bn"])
 def test_batch_renorm_agrees_with_keras_over_training_steps_with_the_schedule(tf_keras, seed, dtype, kind):
     """Eight training steps of Keras' BatchNormalization(renorm=True) with r_max, d_max set by the paper's schedule
     (scaled: plain BN for 2 steps, r_max = 3 at step 7, d_max = 5 at step 5), batches whose mean and spread drift

@@ -1,4 +1,4 @@
-"""Tests of bnref.precise_bn: precise BN statistics against the population statistics of each BN layer's inputs.
+"""Tests of bnref.layers.precise_bn: precise BN statistics against the population statistics of each BN layer's inputs.
 
 The reference is independent of the helper: forward pre-hooks collect every value each BN layer sees over the
 same batches (training mode), and NumPy computes their mean and unbiased variance in float64 over all of them at
@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from bnref import dynamics as dyn
-from bnref.precise_bn import bn_layers, pooled_statistics, precise_bn
+from bnref.experiments import dynamics as dyn
+from bnref.layers.precise_bn import bn_layers, pooled_statistics, precise_bn
 from bnref.testing import reduction_error, unit_roundoff
 
 

@@ -1,4 +1,4 @@
-"""The |mean|/std sweep of ``bnref.precision`` (book, frameworks chapter, section sec-fw-precision).
+"""The |mean|/std sweep of ``bnref.check.precision`` (book, frameworks chapter, section sec-fw-precision).
 
 The verdict of every in-process implementation is asserted as measured (PyTorch 2.13, TensorFlow 2.21 /
 Keras 3.15.1, JAX 0.10.2 / Flax 0.12.8, CPU); the Keras layer on its three backends is tested in
@@ -19,17 +19,17 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import bnref  # noqa: E402
-from bnref import precision  # noqa: E402
+from bnref.check import precision  # noqa: E402
 from bnref.testing import machine_eps, reduction_error, unit_roundoff  # noqa: E402
 
 EXPECTED = {
     "numpy reference (bnref)": "two-pass",
     "torch nn.BatchNorm1d": "two-pass",
-    "torch scratch (bnref.torch_bn)": "two-pass",
-    "keras scratch (bnref.keras_bn)": "two-pass",
+    "torch scratch (bnref.layers.torch_bn)": "two-pass",
+    "keras scratch (bnref.layers.keras_bn)": "two-pass",
     "flax BatchNorm, fast variance": "one-pass",  # use_fast_variance=True, Flax's default
     "flax BatchNorm, two-pass": "two-pass",
-    "jax scratch (bnref.jax_bn)": "two-pass",
+    "jax scratch (bnref.layers.jax_bn)": "two-pass",
 }
 
 

@@ -221,3 +221,11 @@ def test_code_version_outside_a_repository_is_unknown(tmp_path):
 def test_cpu_name_and_now():
     assert records.cpu_name().endswith("logical CPUs)")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", records.now_utc())
+
+
+def test_run_config_default_model_is_the_article_network():
+    """RunConfig names the article's network without importing the model module; the two must agree."""
+    from bnref.mnist.models import HIDDEN, INPUT_DIM, NUM_CLASSES
+
+    expected = f"mlp {INPUT_DIM}-{'-'.join(map(str, HIDDEN))}-{NUM_CLASSES}"
+    assert records.RunConfig(bn="none", placement="after", epochs=1, batch_size=1, lr=0.1).model == expected

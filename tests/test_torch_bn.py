@@ -1,4 +1,4 @@
-"""bnref.torch_bn: the derived backward (gradcheck), the functional form and the drop-in module.
+"""bnref.layers.torch_bn: the derived backward (gradcheck), the functional form and the drop-in module.
 
 Tolerances (GUIDE section 4):
 * float64 gradient checks: central differences with h = 1e-6 have truncation error ~h^2 |y'''| ~ 1e-12 and
@@ -7,7 +7,7 @@ Tolerances (GUIDE section 4):
   checker (h = 1e-5: truncation ~1e-10, rounding ~1e-10) the max-norm relative error is below 1e-8.
 * float64 agreement between two implementations of the same formula: every output is a sum over m terms
   plus a few elementwise operations, so its error is at most C * eps64 * (1 + sqrt(m)) times the sum of
-  absolute values it is computed from (bnref.agreement's bound, C = 4); the tests below use that bound via
+  absolute values it is computed from (bnref.check.agreement's bound, C = 4); the tests below use that bound via
   ``_f64_tol`` for O(1) data.
 """
 
@@ -23,8 +23,8 @@ torch = pytest.importorskip("torch")
 
 import bnref  # noqa: E402
 from bnref import PYTORCH  # noqa: E402
+from bnref.layers.torch_bn import BatchNorm, BatchNormFunction, batch_norm, compute_dtype  # noqa: E402
 from bnref.testing import BOUND_C  # noqa: E402
-from bnref.torch_bn import BatchNorm, BatchNormFunction, batch_norm, compute_dtype  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 EPS64 = float(np.finfo(np.float64).eps)
@@ -37,7 +37,7 @@ def _f64_tol(m: int, scale: float = 1.0) -> float:
 
 
 def _scales(x: torch.Tensor, dy: torch.Tensor, m: int) -> tuple[float, float, float, float]:
-    """Absolute condition scales of y, dx, dgamma, dbeta for gamma = 1, beta = 0 (bnref.agreement)."""
+    """Absolute condition scales of y, dx, dgamma, dbeta for gamma = 1, beta = 0 (bnref.check.agreement)."""
     dims = tuple(d for d in range(x.dim()) if d != 1)
     b = [-1 if d == 1 else 1 for d in range(x.dim())]
     mean, sigma = x.mean(dims), torch.sqrt(x.var(dims, unbiased=False) + PYTORCH.eps)
@@ -239,7 +239,7 @@ def test_module_tracks_native_in_float64(device, momentum, shape):
             y.backward(dy)
             outs.append((y, xr.grad, mod.weight.grad.clone(), mod.bias.grad.clone()))
             mod.weight.grad = mod.bias.grad = None
-        # condition scales of bnref.agreement (gamma 1, beta 0): y ~ r + X, dbeta ~ sum|dy|,
+        # condition scales of bnref.check.agreement (gamma 1, beta 0): y ~ r + X, dbeta ~ sum|dy|,
         # dgamma ~ sum|dy| (|x_hat| + r), dx ~ (max|dy| + (sum|dy| + (r + X)|dgamma| + X sum|dy|(|x_hat| + r))/m)/sigma
         for a, b, scale in zip(outs[0], outs[1], _scales(x, dy, m), strict=True):
             assert torch.max(torch.abs(a - b)) <= _f64_tol(m, scale)
@@ -283,7 +283,7 @@ def test_train_and_eval_semantics():
     bn.train()
     y_train = bn(x)
     assert int(bn.num_batches_tracked) == 1
-    # batch-normalised: mean 0 up to the y bound e (r + X) (bnref.agreement), r = |mean|/std ~ 2/3 and
+    # batch-normalised: mean 0 up to the y bound e (r + X) (bnref.check.agreement), r = |mean|/std ~ 2/3 and
     # X = max|x_hat| <= sqrt(m - 1) for m values (gamma 1, beta 0)
     m, r = 16, 2 / 3
     tol = BOUND_C * EPS32 * (1 + math.sqrt(m)) * (r + math.sqrt(m - 1))
@@ -343,7 +343,7 @@ def test_half_precision_inputs_use_float32_statistics(dtype):
 def test_two_pass_variance_survives_mean_over_std_1e3_in_float32(device):
     """|mean|/std = 1e3 in float32: the two-pass variance keeps float32 precision, the one-pass loses all.
 
-    Two-pass error: C eps32 (1+sqrt(m)) var + (C eps32 (1+sqrt(m)) |mean|)^2 (bnref.agreement); with
+    Two-pass error: C eps32 (1+sqrt(m)) var + (C eps32 (1+sqrt(m)) |mean|)^2 (bnref.check.agreement); with
     m = 256, |mean| = 1e3, std = 1: 4 * 1.19e-7 * 17 + (8.1e-6 * 1e3)^2 ~ 8e-6 + 6.6e-5 < 1e-4 relative.
     One-pass E[x^2] - E[x]^2 rounds E[x^2] ~ 1e6 to float32 spacing 0.06: relative error ~ 0.06 / 1 >> 1e-4.
     """
@@ -388,7 +388,7 @@ def test_update_rule_is_built_once_and_follows_a_momentum_change():
 def test_classes_are_native_batchnorm_subclasses_with_their_rank_checks():
     from torch.nn.modules.batchnorm import _BatchNorm
 
-    from bnref.torch_bn import BatchNorm1d, BatchNorm2d, BatchNorm3d
+    from bnref.layers.torch_bn import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
     for cls, ranks in ((BatchNorm, {2, 3, 4, 5}), (BatchNorm1d, {2, 3}), (BatchNorm2d, {4}), (BatchNorm3d, {5})):
         assert issubclass(cls, _BatchNorm)
@@ -402,7 +402,7 @@ def test_classes_are_native_batchnorm_subclasses_with_their_rank_checks():
 
 
 def test_shape_mismatch_is_both_value_error_and_runtime_error():
-    from bnref.torch_bn import ShapeMismatchError
+    from bnref.layers.torch_bn import ShapeMismatchError
 
     bn = BatchNorm(3)
     bn.running_var = torch.ones(4)

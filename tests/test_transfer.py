@@ -1,4 +1,4 @@
-"""Weight transfer between PyTorch and Keras BN layers (``bnref.transfer``), both ways, native and from scratch.
+"""Weight transfer between PyTorch and Keras BN layers (``bnref.layers.transfer``), both ways, native and from scratch.
 
 Tolerances come from the error model of ``bnref.testing`` (derived in the book's appendix "How the checks
 are bounded", ``ch-bounds``): an inference output is a handful of elementwise roundings, so each side is
@@ -18,10 +18,11 @@ torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
 
 import bnref  # noqa: E402
-from bnref import KERAS, PYTORCH, transfer  # noqa: E402
-from bnref.keras_bn import BatchNormalization  # noqa: E402
+from bnref import KERAS, PYTORCH  # noqa: E402
+from bnref.layers import transfer  # noqa: E402
+from bnref.layers.keras_bn import BatchNormalization  # noqa: E402
+from bnref.layers.torch_bn import BatchNorm  # noqa: E402
 from bnref.testing import inference_bound, reduction_error  # noqa: E402
-from bnref.torch_bn import BatchNorm  # noqa: E402
 
 
 def _trained_torch(cls, x: np.ndarray):

@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from bnref.data import as_labeled
-from bnref.models import build_torch_model, check_choice
+from bnref.mnist.data import as_labeled
+from bnref.mnist.models import build_torch_model, check_choice
+from bnref.mnist.training import check_training_args, prepare_data, progress_bar
 from bnref.records import EpochRecord, RunConfig, RunRecord, cpu_name, machine_info, now_utc
-from bnref.training import check_training_args, prepare_data, progress_bar
 
 __all__ = [
     "select_device",
@@ -111,7 +111,7 @@ def as_tensors(
     """Features ``float32 (n, d)`` and labels ``int64 (n,)`` as tensors on ``device``.
 
     ``x`` may be images ``(n, 28, 28)`` or features ``(n, d)``; both are checked and coerced by
-    :func:`bnref.data.as_labeled` (ValueError on a mismatch).
+    :func:`bnref.mnist.data.as_labeled` (ValueError on a mismatch).
     """
     xf, yl = as_labeled(x, y, num_classes=num_classes)
     return torch.from_numpy(xf).to(device), torch.from_numpy(yl).to(device)
@@ -347,15 +347,15 @@ def train_torch(
     Parameters
     ----------
     data : (x_train, y_train, x_test, y_test)
-        MNIST as :func:`bnref.data.load_mnist` returns it (uint8 images ``(n, 28, 28)``), or float
+        MNIST as :func:`bnref.mnist.data.load_mnist` returns it (uint8 images ``(n, 28, 28)``), or float
         features ``(n, d)`` with integer labels ``(n,)`` in 0..9.
     bn, placement : str
-        See :func:`bnref.models.build_torch_model`.
+        See :func:`bnref.mnist.models.build_torch_model`.
     epochs, batch_size, lr : int, int, float
         Adam with this learning rate (betas 0.9, 0.999 and eps 1e-8, PyTorch's defaults); the last
         batch of an epoch is smaller when ``batch_size`` does not divide n, as in Keras.
     seed : int
-        Seeds the initial weights (:func:`bnref.models.initial_weights`), ``torch.manual_seed`` and
+        Seeds the initial weights (:func:`bnref.mnist.models.initial_weights`), ``torch.manual_seed`` and
         the shuffling. Two CPU runs with the same seed give identical records (timings aside).
     device : str
         ``"auto"`` (cuda, then mps, then cpu) or a device name.

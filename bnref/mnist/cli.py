@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from bnref.models import BN_CHOICES, PLACEMENTS
+from bnref.mnist.models import BN_CHOICES, PLACEMENTS
 
 DESCRIPTION = """\
 Train the model of the Batch Normalization article on MNIST, once, and save what happened.
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 EXPERIMENT_DESCRIPTION = """\
-Run the book's MNIST experiment, defined once in bnref.training.MNIST: the article's model trained in
+Run the book's MNIST experiment, defined once in bnref.mnist.training.MNIST: the article's model trained in
 PyTorch (bnref's fast loop) and in Keras (model.fit, on the backend named by KERAS_BACKEND), with the
 framework's own BN and without BN, 10 epochs, batch 128, Adam 1e-3, once per seed. Writes one experiment
 record (JSON, schema bnref.experiment/1) holding the definition, the code version, the machine, the
@@ -164,8 +164,8 @@ def run_experiment_command(argv: Sequence[str]) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import dataclasses
 
-    from bnref import training
-    from bnref.data import MnistError, load_mnist
+    from bnref.mnist import training
+    from bnref.mnist.data import MnistError, load_mnist
     from bnref.records import device_slug
 
     try:
@@ -205,8 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.framework == "keras":
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from bnref import training
-    from bnref.data import MnistError, load_mnist
+    from bnref.mnist import training
+    from bnref.mnist.data import MnistError, load_mnist
 
     try:
         data = load_mnist(args.data, verify=not args.no_verify)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .conventions import PYTORCH, Convention
+from bnref.conventions import PYTORCH, Convention
 
 __all__ = [
     "BatchNormFunction",
@@ -127,7 +127,7 @@ def input_gradient(
     """``dx = gamma * inv_std / m * (m * dy - dbeta - x_hat * dgamma)`` (eq. ``eq-dx-compact``).
 
     ``dbeta = sum(dy)`` and ``dgamma = sum(dy * x_hat)`` are per-channel sums over all ``m`` values of the
-    channel: over the batch here, over every rank's shard in ``bnref.distributed``. ``m = 0`` (an empty
+    channel: over the batch here, over every rank's shard in ``bnref.experiments.distributed``. ``m = 0`` (an empty
     batch) gives an empty ``dx``.
     """
     scale = inv_std if weight is None else weight.to(dy.dtype) * inv_std

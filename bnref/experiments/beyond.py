@@ -3,12 +3,12 @@
 The chapter ``beyond`` compares five normalisations in a LeNet-style network trained on MNIST with
 batches of 2 to 128 examples. The experiment is defined once here and run in full by::
 
-    python -m bnref.beyond run beyond-small-batch --out book/results/
-    python -m bnref.beyond run beyond-small-batch --seeds 3 --device cuda --out /tmp/records
+    python -m bnref.experiments.beyond run beyond-small-batch --out book/results/
+    python -m bnref.experiments.beyond run beyond-small-batch --seeds 3 --device cuda --out /tmp/records
 
 which writes one :class:`bnref.records.ExperimentRecord` (``beyond-small-batch.cpu.json``). The chapter
 shows the committed record and runs a reduced configuration live (:func:`run_experiment` with
-``overrides``), checked against the record's spread with :func:`bnref.claims.within_spread`;
+``overrides``), checked against the record's spread with :func:`bnref.experiments.claims.within_spread`;
 :func:`check_record` fails when the record's configuration no longer matches the definition here.
 
 What is here
@@ -19,12 +19,12 @@ What is here
 * :class:`BatchRenorm`: Batch Renormalization (Ioffe 2017) with ``r`` and ``d`` held constant in the
   gradient, the torch twin of :func:`bnref.normalization.batch_renorm_forward` and
   :func:`~bnref.normalization.batch_renorm_running_update`.
-* :func:`norm_layer` and :func:`build_norm_lenet`: the LeNet of :func:`bnref.dynamics.build_lenet` with
+* :func:`norm_layer` and :func:`build_norm_lenet`: the LeNet of :func:`bnref.experiments.dynamics.build_lenet` with
   a pluggable normalisation after each convolution and hidden linear layer.
 * :func:`renorm_schedule`: the ``(r_max, d_max)`` schedule of a run, by
   :func:`bnref.normalization.batch_renorm_clipping` with its step counts scaled to the run's length.
 * :func:`verdicts` and :func:`winners`: the rule that turns the record's seeds into the chapter's verdicts
-  (:func:`bnref.claims.compare_paired`: the same sign for every seed and a mean difference beyond two
+  (:func:`bnref.experiments.claims.compare_paired`: the same sign for every seed and a mean difference beyond two
   standard errors).
 
 PyTorch is imported at the top of this module; ``import bnref`` does not import it.
@@ -43,8 +43,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bnref import experiments as ex
-from bnref.claims import (
+from bnref.experiments import probes as ex
+from bnref.experiments.claims import (
     Data,
     Experiment,
     check_definition,
@@ -53,11 +53,11 @@ from bnref.claims import (
     load_claims_record,
     run_definition,
 )
-from bnref.dynamics import train_steps
+from bnref.experiments.dynamics import train_steps
+from bnref.layers.precise_bn import precise_bn
+from bnref.mnist.torch_training import evaluate
 from bnref.normalization import batch_renorm_clipping
-from bnref.precise_bn import precise_bn
 from bnref.records import ExperimentRecord
-from bnref.torch_training import evaluate
 
 __all__ = [
     "METHODS",
@@ -82,8 +82,8 @@ __all__ = [
 #: The normalisations compared, in the chapter's order, with what each one is in torch.
 METHODS: dict[str, str] = {
     "bn": "Batch Normalization: nn.BatchNorm2d / nn.BatchNorm1d",
-    "ghost": "Ghost Batch Normalization: bnref.beyond.GhostBatchNorm",
-    "renorm": "Batch Renormalization: bnref.beyond.BatchRenorm",
+    "ghost": "Ghost Batch Normalization: bnref.experiments.beyond.GhostBatchNorm",
+    "renorm": "Batch Renormalization: bnref.experiments.beyond.BatchRenorm",
     "gn": "Group Normalization: nn.GroupNorm(G, C)",
     "ln": "Layer Normalization over (C, H, W): nn.GroupNorm(1, C)",
 }
@@ -114,7 +114,7 @@ class GhostBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     A batch that ``ghost_batch_size`` does not divide, or one smaller than it, raises ValueError (the rule
     of :func:`bnref.normalization.ghost_batch_norm_forward`). Input ``(N, C)``, ``(N, C, L)`` or
-    ``(N, C, H, W)``; a subclass of PyTorch's ``_BatchNorm``, so :func:`bnref.precise_bn.precise_bn`
+    ``(N, C, H, W)``; a subclass of PyTorch's ``_BatchNorm``, so :func:`bnref.layers.precise_bn.precise_bn`
     treats it as a BN layer.
     """
 
@@ -247,7 +247,7 @@ def norm_layer(method: str, channels: int, *, groups: int = 1, ghost_batch_size:
 def build_norm_lenet(
     method: str, *, seed: int = 0, gn_groups: Sequence[int] = (3, 4, 4, 4), ghost_batch_size: int = 16
 ) -> nn.Sequential:
-    """:func:`bnref.dynamics.build_lenet` with the normalisation ``method`` where that network has BN.
+    """:func:`bnref.experiments.dynamics.build_lenet` with the normalisation ``method`` where that network has BN.
 
     ``conv 5x5, 6 -> norm -> ReLU -> max-pool -> conv 5x5, 16 -> norm -> ReLU -> max-pool -> Linear 400->120
     -> norm -> ReLU -> Linear 120->84 -> norm -> ReLU -> Linear 84->10``; the layers before a normalisation
@@ -411,7 +411,7 @@ def get_experiment(name: str) -> Experiment:
 
 
 def run_experiment(name: str, **options: Any) -> ExperimentRecord:
-    """Run one experiment over its seeds (:func:`bnref.claims.run_definition`: ``seeds``, ``device``,
+    """Run one experiment over its seeds (:func:`bnref.experiments.claims.run_definition`: ``seeds``, ``device``,
     ``overrides``, ``out``, ``data``) and return its record."""
     return run_definition(get_experiment(name), **options)
 
@@ -438,7 +438,7 @@ def accuracies(record: ExperimentRecord, key: str = "test_acc") -> dict[str, dic
 
 def verdicts(acc: dict[str, dict[int, np.ndarray]], baseline: str = "bn") -> dict[int, dict[str, str]]:
     """Each method against ``baseline`` at each batch size: ``"higher"``, ``"lower"`` or ``"no measurable
-    difference"`` by :func:`bnref.claims.compare_paired` (per-seed paired differences: the same sign for
+    difference"`` by :func:`bnref.experiments.claims.compare_paired` (per-seed paired differences: the same sign for
     every seed and a mean beyond two standard errors)."""
     if baseline not in acc:
         raise ValueError(f"no method {baseline!r} in the accuracies; have {sorted(acc)}")
@@ -451,7 +451,7 @@ def verdicts(acc: dict[str, dict[int, np.ndarray]], baseline: str = "bn") -> dic
 def winners(acc: dict[str, dict[int, np.ndarray]], batch_size: int, methods: Sequence[str] | None = None) -> list[str]:
     """The methods that no other method beats at ``batch_size`` by the paired rule, best mean first.
 
-    One name: that method is higher than every other (by :func:`bnref.claims.compare_paired`), or at
+    One name: that method is higher than every other (by :func:`bnref.experiments.claims.compare_paired`), or at
     least not beaten by any while all the others are. Several names: no measurable difference among them.
     """
     methods = list(acc if methods is None else methods)
@@ -524,8 +524,8 @@ def folded_copy(model: nn.Sequential) -> nn.Sequential:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bnref.beyond run NAME [--seeds N] [--device cpu|cuda] --out DIR``, or ``list``."""
-    return experiments_cli("bnref.beyond", EXPERIMENTS, run_experiment, argv)
+    """``python -m bnref.experiments.beyond run NAME [--seeds N] [--device cpu|cuda] --out DIR``, or ``list``."""
+    return experiments_cli("bnref.experiments.beyond", EXPERIMENTS, run_experiment, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ The network (the article's ``simple_model``) takes 784 pixel values in [0, 1] an
 ``bn`` chooses the normalisation layer: ``"native"`` (``keras.layers.BatchNormalization`` /
 ``torch.nn.BatchNorm1d``, each with its framework's defaults: eps 1e-3 and momentum 0.99 in Keras,
 eps 1e-5 and momentum 0.1 in PyTorch), ``"scratch"`` (bnref's from-scratch layers,
-``bnref.keras_bn.BatchNormalization`` and ``bnref.torch_bn.BatchNorm``, drop-in replacements with
+``bnref.layers.keras_bn.BatchNormalization`` and ``bnref.layers.torch_bn.BatchNorm``, drop-in replacements with
 the same defaults) or ``"none"``.
 
 Initialisation, identical in both frameworks: Keras' default for ``Dense``, i.e. Glorot-uniform
@@ -168,14 +168,14 @@ def _keras_bn_layer(bn: str, name: str) -> Any:
         return keras.layers.BatchNormalization(name=name)
     if keras.backend.backend() != "tensorflow":
         raise ValueError(
-            "bn='scratch' in Keras uses bnref.keras_bn, which is written with TensorFlow "
+            "bn='scratch' in Keras uses bnref.layers.keras_bn, which is written with TensorFlow "
             f"(tf.custom_gradient); the Keras backend here is {keras.backend.backend()!r}. "
             "Use bn='native', or run with KERAS_BACKEND=tensorflow."
         )
     try:
-        from bnref.keras_bn import BatchNormalization
+        from bnref.layers.keras_bn import BatchNormalization
     except ImportError as e:
-        raise ValueError(f"bn='scratch' needs bnref.keras_bn, which cannot be imported: {e}") from e
+        raise ValueError(f"bn='scratch' needs bnref.layers.keras_bn, which cannot be imported: {e}") from e
     return BatchNormalization(name=name)
 
 
@@ -193,7 +193,7 @@ def build_keras_model(
     Parameters
     ----------
     bn : {"native", "scratch", "none"}
-        Which BN layer: ``keras.layers.BatchNormalization``, ``bnref.keras_bn.BatchNormalization``
+        Which BN layer: ``keras.layers.BatchNormalization``, ``bnref.layers.keras_bn.BatchNormalization``
         (TensorFlow backend only), or none.
     placement : {"after", "before"}
         BN after the ReLU (the article) or between a bias-free Dense and its ReLU (the paper).
@@ -277,9 +277,9 @@ def _torch_bn_layer(bn: str, width: int) -> torch.nn.Module:
     if bn == "native":
         return torch.nn.BatchNorm1d(width)
     try:
-        from bnref.torch_bn import BatchNorm
+        from bnref.layers.torch_bn import BatchNorm
     except ImportError as e:
-        raise ValueError(f"bn='scratch' needs bnref.torch_bn, which cannot be imported: {e}") from e
+        raise ValueError(f"bn='scratch' needs bnref.layers.torch_bn, which cannot be imported: {e}") from e
     return BatchNorm(width)
 
 
@@ -295,7 +295,7 @@ def build_torch_model(
     """The article's model as a ``torch.nn.Sequential`` on the CPU: input ``(batch, 784)``, logits ``(batch, 10)``.
 
     Train it with ``nn.CrossEntropyLoss`` (softmax + categorical cross-entropy in one stable step).
-    Arguments as in :func:`build_keras_model`; ``bn="scratch"`` uses ``bnref.torch_bn.BatchNorm``.
+    Arguments as in :func:`build_keras_model`; ``bn="scratch"`` uses ``bnref.layers.torch_bn.BatchNorm``.
     The Linear layers get the same Glorot-uniform weights and zero biases as the Keras model built
     with the same seed (``weight = W.T``).
     """

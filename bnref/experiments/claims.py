@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bnref import experiments as ex
+from bnref.experiments import probes as ex
 from bnref.records import ExperimentRecord, device_slug, json_ready, load_experiments
 
 if TYPE_CHECKING:
@@ -103,8 +103,8 @@ class Experiment:
 @functools.lru_cache(maxsize=1)
 def mnist_features() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """MNIST as ``(x_train, y_train, x_test, y_test)``: float32 features ``(n, 784)`` in [0, 1] and int64
-    labels, read once per process (:func:`bnref.data.load_mnist`)."""
-    from bnref.data import load_mnist, to_features
+    labels, read once per process (:func:`bnref.mnist.data.load_mnist`)."""
+    from bnref.mnist.data import load_mnist, to_features
 
     x_train, y_train, x_test, y_test = load_mnist()
     return to_features(x_train), y_train.astype(np.int64), to_features(x_test), y_test.astype(np.int64)
@@ -131,7 +131,7 @@ def _epochs(record: Any) -> dict[str, list[float]]:
 
 def _adam_runs(cfg: dict[str, Any], data: Sequence[np.ndarray], seed: int, device: torch.device, **kw: Any) -> dict:
     """The article's network, trained with the article's recipe, once per BN choice in ``cfg["bn"]``."""
-    from bnref.torch_training import train_torch
+    from bnref.mnist.torch_training import train_torch
 
     return {
         bn: train_torch(
@@ -148,7 +148,7 @@ def _run_speed(cfg: dict[str, Any], seed: int, device: torch.device, data: Data)
 
 def _sgd_runs(cfg: dict[str, Any], lrs: dict[str, list[float]], seed: int, device: torch.device, data: Data) -> dict:
     """The article's network trained by SGD at each of ``lrs[bn]``: final training loss, test accuracy, divergence."""
-    from bnref.models import build_torch_model
+    from bnref.mnist.models import build_torch_model
 
     x, y = _train_subset(data, cfg["train_size"], seed)
     out = {}
@@ -205,7 +205,7 @@ def _deep_net(cfg: dict[str, Any], net: str, seed: int, device: torch.device, ac
 
 
 def _run_gradients(cfg: dict[str, Any], seed: int, device: torch.device, data: Data) -> dict[str, Any]:
-    from bnref.torch_training import evaluate
+    from bnref.mnist.torch_training import evaluate
 
     x_b, y_b = _train_subset(data, cfg["batch"], 100 + seed)
     init: dict[str, dict[str, Any]] = {}
@@ -231,7 +231,7 @@ def _run_gradients(cfg: dict[str, Any], seed: int, device: torch.device, data: D
 
 
 def _run_cost(cfg: dict[str, Any], seed: int, device: torch.device, data: Data) -> dict[str, Any]:
-    from bnref.models import build_torch_model
+    from bnref.mnist.models import build_torch_model
 
     x, y = _train_subset(data, cfg["train_size"], seed)
     models = {bn: build_torch_model(bn, cfg["placement"], seed=seed).to(device) for bn in cfg["bn"]}
@@ -249,7 +249,7 @@ def _run_cost(cfg: dict[str, Any], seed: int, device: torch.device, data: Data) 
 
 
 def _run_ics(cfg: dict[str, Any], seed: int, device: torch.device, data: Data) -> dict[str, Any]:
-    from bnref.torch_training import evaluate
+    from bnref.mnist.torch_training import evaluate
 
     x, y = _train_subset(data, cfg["train_size"], seed)
     x_test, y_test = data[2], data[3]
@@ -501,7 +501,7 @@ def run_definition(
     seeds : sequence of int, optional
         Default: the experiment's own seeds.
     device : str
-        ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (checked by :func:`bnref.torch_training.select_device`). On the
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (checked by :func:`bnref.mnist.torch_training.select_device`). On the
         CPU, PyTorch runs on one thread during the experiment (restored afterwards): these networks are
         too small to gain from more, and one thread gives the same numbers whatever the core count.
     overrides : dict, optional
@@ -519,7 +519,7 @@ def run_definition(
     """
     import torch
 
-    from bnref.torch_training import device_name, select_device
+    from bnref.mnist.torch_training import device_name, select_device
 
     config = dict(exp.config)
     for key, value in (overrides or {}).items():
@@ -644,7 +644,7 @@ def experiments_cli(
     argv: Sequence[str] | None = None,
     list_claims: bool = False,
 ) -> int:
-    """The command line of an experiment module (``bnref.dynamics``, ``bnref.beyond``):
+    """The command line of an experiment module (``bnref.experiments.dynamics``, ``bnref.experiments.beyond``):
     ``python -m PROG run NAME|all [--seeds N] [--device cpu|cuda] --out DIR``, or ``list``.
 
     ``run(name, seeds=..., device=..., out=...)`` runs one experiment of ``experiments`` and writes its record;

@@ -2,9 +2,9 @@
 
 Two trainers, one record format:
 
-* :func:`train_torch` (in :mod:`bnref.torch_training`): bnref's fast PyTorch loop, data on the
+* :func:`train_torch` (in :mod:`bnref.mnist.torch_training`): bnref's fast PyTorch loop, data on the
   device, flat parameters with fused Adam, a CUDA graph on a GPU.
-* :func:`train_keras` (in :mod:`bnref.keras_training`): ``model.fit`` as the article uses it, with a
+* :func:`train_keras` (in :mod:`bnref.mnist.keras_training`): ``model.fit`` as the article uses it, with a
   callback that records the same numbers per epoch.
 
 Both return and optionally save a :class:`~bnref.records.RunRecord`: configuration, framework and
@@ -15,7 +15,7 @@ The record format lives in :mod:`bnref.records`; its names are re-exported here.
 
 This module itself imports neither framework: ``train_torch``, ``train_keras``, ``select_device``,
 ``device_name`` and ``flatten_parameters`` are loaded from the framework modules on first use
-(``bnref.training.train_torch(...)`` works as before). It holds what the trainers share
+(``bnref.mnist.training.train_torch(...)`` works as before). It holds what the trainers share
 (:func:`prepare_data`, :func:`check_training_args`, :func:`progress_bar`,
 :func:`import_keras_quietly`) and the book's MNIST experiment (:data:`MNIST`,
 :func:`run_mnist_experiment`, :func:`experiment_runs`).
@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bnref.data import as_labeled
-from bnref.models import NUM_CLASSES, check_choice, check_int, check_positive
+from bnref.mnist.data import as_labeled
+from bnref.mnist.models import NUM_CLASSES, check_choice, check_int, check_positive
 from bnref.records import (  # the results-record schema lives in bnref.records; re-exported here
     SCHEMA,
     EpochRecord,
@@ -48,8 +48,8 @@ from bnref.records import (  # the results-record schema lives in bnref.records;
 )
 
 if TYPE_CHECKING:  # served lazily by __getattr__ below
-    from bnref.keras_training import train_keras
-    from bnref.torch_training import device_name, flatten_parameters, select_device, train_torch
+    from bnref.mnist.keras_training import train_keras
+    from bnref.mnist.torch_training import device_name, flatten_parameters, select_device, train_torch
 
 __all__ = [
     "SCHEMA",
@@ -81,11 +81,11 @@ __all__ = [
 
 #: Names served by the framework modules, loaded when first asked for.
 _LAZY = {
-    "train_torch": "bnref.torch_training",
-    "select_device": "bnref.torch_training",
-    "device_name": "bnref.torch_training",
-    "flatten_parameters": "bnref.torch_training",
-    "train_keras": "bnref.keras_training",
+    "train_torch": "bnref.mnist.torch_training",
+    "select_device": "bnref.mnist.torch_training",
+    "device_name": "bnref.mnist.torch_training",
+    "flatten_parameters": "bnref.mnist.torch_training",
+    "train_keras": "bnref.mnist.keras_training",
 }
 
 
@@ -104,7 +104,7 @@ def prepare_data(data: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np
     """``(x_train, y_train, x_test, y_test)`` -> float32 features ``(n, d)`` and int64 labels ``(n,)``.
 
     Images ``uint8 (n, 28, 28)`` are flattened and scaled to [0, 1]; 2-D float inputs are used as
-    they are (tests feed small synthetic problems this way). See :func:`bnref.data.as_labeled`.
+    they are (tests feed small synthetic problems this way). See :func:`bnref.mnist.data.as_labeled`.
     """
     if len(data) != 4:
         raise ValueError(f"data must be (x_train, y_train, x_test, y_test); got {len(data)} items")
@@ -180,7 +180,7 @@ class MnistExperiment:
         ``"torch"`` (:func:`train_torch`) and ``"keras"`` (:func:`train_keras`, on the backend named by
         ``KERAS_BACKEND``).
     bn : tuple of str
-        :data:`bnref.models.BN_CHOICES` entries; ``"native"`` is each framework's own BN layer.
+        :data:`bnref.mnist.models.BN_CHOICES` entries; ``"native"`` is each framework's own BN layer.
     placement, epochs, batch_size, lr
         As in :func:`train_torch`.
     """
@@ -213,8 +213,8 @@ class MnistExperiment:
             "batch_size": self.batch_size,
             "lr": self.lr,
             "optimizer": "adam",
-            "data": "MNIST, all 60000 training and 10000 test images (bnref.data.load_mnist)",
-            "init": "glorot-uniform weights, zero biases (bnref.models.initial_weights)",
+            "data": "MNIST, all 60000 training and 10000 test images (bnref.mnist.data.load_mnist)",
+            "init": "glorot-uniform weights, zero biases (bnref.mnist.models.initial_weights)",
         }
 
     def runs(self) -> list[str]:
@@ -267,7 +267,7 @@ def run_mnist_experiment(
     Parameters
     ----------
     data : (x_train, y_train, x_test, y_test)
-        MNIST as :func:`bnref.data.load_mnist` returns it.
+        MNIST as :func:`bnref.mnist.data.load_mnist` returns it.
     experiment : MnistExperiment
     seeds : sequence of int
         Distinct seeds; each seeds the initial weights and the shuffling of every run.
@@ -290,10 +290,10 @@ def run_mnist_experiment(
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct integers, at least one; got {seeds!r}")
-    from bnref.torch_training import device_name, select_device, train_torch
+    from bnref.mnist.torch_training import device_name, select_device, train_torch
 
     if "keras" in experiment.frameworks:
-        from bnref.keras_training import train_keras
+        from bnref.mnist.keras_training import train_keras
     dev = select_device(device)
     dev_info = {"type": dev.type, "name": device_name(dev)}
     common = dict(

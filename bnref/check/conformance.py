@@ -51,7 +51,7 @@ exact in the dtype given to ``create``; return anything NumPy, torch, TensorFlow
 
 Optional: ``set_params(gamma, beta)`` and ``backward(x, dy) -> (dx, dgamma, dbeta)``; a ``convention`` to be
 held to. The shipped adapters (PyTorch, Keras on any backend, Flax, the from-scratch layers) live in
-``bnref.conformance_adapters``; ``adapter_for(name)`` builds one and ``run(name)`` checks it, Keras in a
+``bnref.check.adapters``; ``adapter_for(name)`` builds one and ``run(name)`` checks it, Keras in a
 subprocess with ``KERAS_BACKEND`` set. Planted faults for demonstration: ``PlantedFault``.
 
 Command line: ``python -m bnref.conformance torch|keras-tensorflow|keras-jax|keras-torch|flax|flax-exact|
@@ -72,11 +72,11 @@ from typing import Any
 
 import numpy as np
 
-from .agreement import Batches, Case, Trace, compare_trace, make_batches
-from .agreement import _round_to as _round
-from .conventions import PYTORCH, Convention
-from .reference import batch_norm_backward, batch_norm_forward
-from .testing import (
+from bnref.check.agreement import Batches, Case, Trace, compare_trace, make_batches
+from bnref.check.agreement import _round_to as _round
+from bnref.conventions import PYTORCH, Convention
+from bnref.reference import batch_norm_backward, batch_norm_forward
+from bnref.testing import (
     BOUND_C,
     channel_summaries,
     machine_eps,
@@ -106,7 +106,7 @@ __all__ = [
 RATIOS: tuple[float, ...] = (1.0, 3.0, 100.0, 1e3, 1e4)
 #: Seeds behind every accuracy verdict (the project's rule: at least three).
 SEEDS: tuple[int, ...] = (0, 1, 2)
-#: The implementations the command line knows (adapters in ``bnref.conformance_adapters``).
+#: The implementations the command line knows (adapters in ``bnref.check.adapters``).
 NAMES: tuple[str, ...] = (
     "torch",
     "keras-tensorflow",
@@ -374,7 +374,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema": "bnref.conformance/1",
+            "schema": "bnref.check.conformance/1",
             "implementation": self.implementation,
             "header": self.header,
             "passed": self.passed,
@@ -387,8 +387,8 @@ class Report:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Report:
-        if d.get("schema") != "bnref.conformance/1":
-            raise ValueError(f"not a bnref.conformance/1 report: schema {d.get('schema')!r}")
+        if d.get("schema") != "bnref.check.conformance/1":
+            raise ValueError(f"not a bnref.check.conformance/1 report: schema {d.get('schema')!r}")
         lines = tuple(Line(**li) for li in d["lines"])
         return cls(d["implementation"], d["header"], lines, d.get("convention", {}))
 
@@ -1002,7 +1002,7 @@ def check(
     """
     for method in ("create", "train_forward", "infer_forward", "running_stats"):
         if not callable(getattr(adapter, method, None)):
-            raise ValueError(f"the adapter must have a method {method}(); see bnref.conformance.Adapter")
+            raise ValueError(f"the adapter must have a method {method}(); see bnref.check.conformance.Adapter")
     if len(seeds) < 1 or not ratios or list(ratios) != sorted(ratios):
         raise ValueError("seeds must be non-empty and ratios non-empty and increasing")
     if adapter.layout is not None:
@@ -1070,7 +1070,7 @@ class PlantedFault(Adapter):
         self.name = f"planted fault: {fault}" if fault else "planted fault: none (the control)"
 
     def describe(self) -> str:
-        return f"NumPy {np.__version__}: bnref.conformance.PlantedFault({self.fault!r}), float32, layout NC"
+        return f"NumPy {np.__version__}: bnref.check.conformance.PlantedFault({self.fault!r}), float32, layout NC"
 
     def create(self, num_features: int, dtype: str) -> None:
         if dtype not in ("float16", "float32", "float64"):
@@ -1157,7 +1157,7 @@ def adapter_for(name: str) -> Adapter:
         adapter = PlantedFault(None if fault == "none" else fault)
         adapter.name = name
         return adapter
-    from . import conformance_adapters
+    from bnref.check import adapters as conformance_adapters
 
     return conformance_adapters.make(name)
 
@@ -1211,7 +1211,7 @@ def run_many(names: Sequence[str], **kwargs: Any) -> dict[str, Report]:
     with tempfile.TemporaryDirectory() as tmp:
         for backend, group in groups.items():
             path = os.path.join(tmp, f"{backend}.json")
-            cmd = [sys.executable, "-m", "bnref.conformance", *group, "--in-process", "--quiet", "--json", path]
+            cmd = [sys.executable, "-m", "bnref.check.conformance", *group, "--in-process", "--quiet", "--json", path]
             cmd += ["--options", json.dumps({k: list(v) for k, v in kwargs.items()})]
             env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
             log = open(os.path.join(tmp, f"{backend}.log"), "w+")  # a file: a full pipe would stall the child
@@ -1267,6 +1267,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     import sys
 
-    from bnref.conformance import main as _main  # the module's own copy, not __main__'s
+    from bnref.check.conformance import main as _main  # the module's own copy, not __main__'s
 
     sys.exit(_main())

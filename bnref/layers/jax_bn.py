@@ -89,7 +89,7 @@ from flax.linen import dtypes as flax_dtypes
 from jax import lax
 from jax.experimental import checkify
 
-from .conventions import FLAX, Convention, get_convention
+from bnref.conventions import FLAX, Convention, get_convention
 
 __all__ = [
     "BatchNorm",

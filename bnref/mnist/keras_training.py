@@ -7,7 +7,7 @@ backend picks.
 
 This module imports Keras (and so its backend) at the top; ``import bnref`` never imports it. To
 import it without TensorFlow's C++ start-up lines on stderr, call
-:func:`bnref.training.import_keras_quietly` first.
+:func:`bnref.mnist.training.import_keras_quietly` first.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from bnref.data import one_hot
-from bnref.models import NUM_CLASSES, build_keras_model, check_choice
+from bnref.mnist.data import one_hot
+from bnref.mnist.models import NUM_CLASSES, build_keras_model, check_choice
+from bnref.mnist.training import check_training_args, prepare_data, progress_bar
 from bnref.records import EpochRecord, RunConfig, RunRecord, cpu_device, machine_info, now_utc
-from bnref.training import check_training_args, prepare_data, progress_bar
 
 __all__ = ["EpochRecorder", "keras_device", "backend_version", "train_keras"]
 
@@ -140,7 +140,7 @@ def train_keras(
     0.999, epsilon 1e-7), categorical cross-entropy on one-hot labels and accuracy; ``fit`` runs
     with ``validation_data=(x_test, y_test)``, ``shuffle=True`` and ``verbose=0``. Runs on whatever
     backend Keras was started with (``KERAS_BACKEND``) and on the device that backend picks.
-    Arguments as in :func:`bnref.torch_training.train_torch`; ``keras.utils.set_random_seed(seed)``
+    Arguments as in :func:`bnref.mnist.torch_training.train_torch`; ``keras.utils.set_random_seed(seed)``
     fixes the shuffling.
     """
     check_choice(bn, placement)

@@ -1,17 +1,18 @@
 """What BN does to training: the experiments behind the chapters ``why`` and ``dynamics``.
 
-Each experiment is defined once here, as a :class:`bnref.claims.Experiment` (name, section, summary,
+Each experiment is defined once here, as a :class:`bnref.experiments.claims.Experiment` (name, section, summary,
 full configuration, seeds, runner), and run in full by one command that writes one
 :class:`bnref.records.ExperimentRecord` per experiment::
 
-    python -m bnref.dynamics run all --seeds 3 --out book/results/
-    python -m bnref.dynamics run dynamics-lenet --device cuda --out /tmp/records
+    python -m bnref.experiments.dynamics run all --seeds 3 --out book/results/
+    python -m bnref.experiments.dynamics run dynamics-lenet --device cuda --out /tmp/records
 
 The chapters draw their figures and verdicts from the committed records and run a reduced
 configuration live (:func:`run_experiment` with ``overrides``), checked against the records' spread
-with :func:`bnref.claims.within_spread`. :func:`check_record` fails when a record's configuration no
-longer matches its definition here. Running, loading and checking are :mod:`bnref.claims`'
-(:func:`~bnref.claims.run_definition`, :func:`~bnref.claims.check_definition`), shared by both chapters.
+with :func:`bnref.experiments.claims.within_spread`. :func:`check_record` fails when a record's configuration no
+longer matches its definition here. Running, loading and checking are :mod:`bnref.experiments.claims`'
+(:func:`~bnref.experiments.claims.run_definition`,
+:func:`~bnref.experiments.claims.check_definition`), shared by both chapters.
 
 What is here
 ------------
@@ -43,9 +44,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from bnref import experiments as ex
-from bnref.claims import Data, Experiment, check_definition, experiments_cli, load_claims_record, run_definition
-from bnref.models import (
+from bnref.experiments import probes as ex
+from bnref.experiments.claims import (
+    Data,
+    Experiment,
+    check_definition,
+    experiments_cli,
+    load_claims_record,
+    run_definition,
+)
+from bnref.mnist.models import (
     build_torch_model,
     check_int,
     check_positive,
@@ -53,8 +61,8 @@ from bnref.models import (
     linear_layers,
     load_linear_weights,
 )
+from bnref.mnist.torch_training import as_tensors, evaluate, kept_buffers
 from bnref.records import ExperimentRecord
-from bnref.torch_training import as_tensors, evaluate, kept_buffers
 
 __all__ = [
     "EXPERIMENTS",
@@ -138,9 +146,9 @@ def build_resnet(
 ) -> nn.Sequential:
     """A residual MLP: ``Linear -> BN -> ReLU``, then ``blocks`` :class:`ResidualBlock` s, then a Linear output.
 
-    It has ``2 * blocks + 2`` Linear layers, as many as ``bnref.experiments.build_mlp(2 * blocks + 1,
+    It has ``2 * blocks + 2`` Linear layers, as many as ``bnref.experiments.probes.build_mlp(2 * blocks + 1,
     width, bn=True)``, and the same He-uniform weights drawn from ``seed``
-    (:func:`bnref.models.initial_weights`), so the two differ only by the skip connections and
+    (:func:`bnref.mnist.models.initial_weights`), so the two differ only by the skip connections and
     ``last_gamma``.
     """
     check_int("blocks", blocks)
@@ -637,7 +645,7 @@ def get_experiment(name: str) -> Experiment:
 def run_experiment(name: str, **options: Any) -> ExperimentRecord:
     """Run one experiment of :data:`EXPERIMENTS` over its seeds and return (with ``out``, write) its record.
 
-    :func:`bnref.claims.run_definition` does the running, with the same keyword options: ``seeds``
+    :func:`bnref.experiments.claims.run_definition` does the running, with the same keyword options: ``seeds``
     (default: the definition's), ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``; one PyTorch thread on
     the CPU, so the numbers do not depend on the core count), ``overrides`` (configuration entries
     replaced for a reduced run; the record carries the changed configuration), ``out`` (a folder; the
@@ -654,13 +662,13 @@ def load_record(name: str, folder: str | Path, device_type: str = "cpu") -> Expe
 
 def check_record(record: ExperimentRecord) -> None:
     """Raise ValueError unless ``record`` has its definition's configuration and the first ``k >= 3`` of its seeds
-    (:func:`bnref.claims.check_definition`)."""
+    (:func:`bnref.experiments.claims.check_definition`)."""
     check_definition(record, get_experiment(record.name))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bnref.dynamics run NAME|all [--seeds N] [--device cpu|cuda] --out DIR``, or ``list``."""
-    return experiments_cli("bnref.dynamics", EXPERIMENTS, run_experiment, argv, list_claims=True)
+    """``python -m bnref.experiments.dynamics run NAME|all [--seeds N] [--device cpu|cuda] --out DIR``, or ``list``."""
+    return experiments_cli("bnref.experiments.dynamics", EXPERIMENTS, run_experiment, argv, list_claims=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""The adapters ``bnref.conformance`` ships: PyTorch, Keras on any backend, Flax, and bnref's from-scratch layers.
+"""The adapters ``bnref.check.conformance`` ships: PyTorch, Keras on any backend, Flax, and bnref's from-scratch layers.
 
 Each adapter imports its framework when it is created or described, so importing this module needs NumPy only.
-``make(name)`` builds the adapter for a name of ``bnref.conformance.NAMES``:
+``make(name)`` builds the adapter for a name of ``bnref.check.conformance.NAMES``:
 
 =================  ==============================================================================
 name               implementation
@@ -12,12 +12,12 @@ keras-jax          the same layer on the JAX backend
 keras-torch        the same layer on the torch backend
 flax               ``flax.linen.BatchNorm`` with its default ``use_fast_variance=True`` (NHWC)
 flax-exact         ``flax.linen.BatchNorm(use_fast_variance=False)``
-bnref-torch        ``bnref.torch_bn.BatchNorm2d`` (from scratch, derived backward)
-bnref-keras        ``bnref.keras_bn.BatchNormalization`` (from scratch, TensorFlow backend)
-bnref-jax          ``bnref.jax_bn`` (from scratch in JAX), once it is installed
+bnref-torch        ``bnref.layers.torch_bn.BatchNorm2d`` (from scratch, derived backward)
+bnref-keras        ``bnref.layers.keras_bn.BatchNormalization`` (from scratch, TensorFlow backend)
+bnref-jax          ``bnref.layers.jax_bn`` (from scratch in JAX), once it is installed
 =================  ==============================================================================
 
-A Keras adapter runs under whichever backend Keras was imported with; ``bnref.conformance.run`` starts a
+A Keras adapter runs under whichever backend Keras was imported with; ``bnref.check.conformance.run`` starts a
 subprocess with ``KERAS_BACKEND`` set when this process has another one.
 """
 
@@ -27,14 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from .conformance import Adapter
-from .conventions import FLAX, FLAX_TWO_PASS, KERAS, PYTORCH
+from bnref.check.conformance import Adapter
+from bnref.conventions import FLAX, FLAX_TWO_PASS, KERAS, PYTORCH
 
 __all__ = ["TorchAdapter", "KerasAdapter", "FlaxAdapter", "JaxBnAdapter", "make"]
 
 
 class TorchAdapter(Adapter):
-    """``torch.nn.BatchNorm1d/2d/3d`` (``implementation="native"``) or ``bnref.torch_bn``'s (``"bnref"``)."""
+    """``torch.nn.BatchNorm1d/2d/3d`` (``implementation="native"``) or ``bnref.layers.torch_bn``'s (``"bnref"``)."""
 
     def __init__(self, implementation: str = "native", layout: str = "NCHW", **layer_kwargs: Any) -> None:
         if implementation not in ("native", "bnref"):
@@ -48,7 +48,7 @@ class TorchAdapter(Adapter):
     def _class(self) -> Any:
         import torch
 
-        from . import torch_bn
+        from bnref.layers import torch_bn
 
         suffix = {2: "1d", 3: "1d", 4: "2d", 5: "3d"}[len(self.layout)]
         module = torch.nn if self.implementation == "native" else torch_bn
@@ -97,7 +97,7 @@ class TorchAdapter(Adapter):
 
 
 class KerasAdapter(Adapter):
-    """``keras.layers.BatchNormalization`` (``"native"``) or ``bnref.keras_bn.BatchNormalization`` (``"bnref"``).
+    """``keras.layers.BatchNormalization`` (``"native"``) or ``bnref.layers.keras_bn.BatchNormalization`` (``"bnref"``).
 
     Runs under the backend Keras was imported with. Parameters and moving statistics are float32 (float64 for
     float64 inputs, through the layer's dtype policy); half-precision inputs go in as they are.
@@ -119,7 +119,7 @@ class KerasAdapter(Adapter):
 
         if self.implementation == "native":
             return keras.layers.BatchNormalization
-        from . import keras_bn
+        from bnref.layers import keras_bn
 
         return keras_bn.BatchNormalization
 
@@ -234,7 +234,7 @@ class FlaxAdapter(Adapter):
 
     def __init__(self, use_fast_variance: bool = True, layout: str = "NHWC", module: Any = None, **kwargs: Any) -> None:
         self.use_fast_variance, self.layout, self.kwargs = use_fast_variance, layout, kwargs
-        self.module = module  # a drop-in for flax.linen.BatchNorm (bnref.jax_bn's), or None for Flax's own
+        self.module = module  # a drop-in for flax.linen.BatchNorm (bnref.layers.jax_bn's), or None for Flax's own
         self.name = "flax" if use_fast_variance else "flax-exact"
         self.convention = FLAX if use_fast_variance else FLAX_TWO_PASS
 
@@ -312,10 +312,10 @@ class FlaxAdapter(Adapter):
 
 
 class JaxBnAdapter(FlaxAdapter):
-    """``bnref.jax_bn.BatchNorm``, the from-scratch drop-in for ``flax.linen.BatchNorm`` (custom_vjp backward)."""
+    """``bnref.layers.jax_bn.BatchNorm``: the from-scratch drop-in for ``flax.linen.BatchNorm`` (custom_vjp)."""
 
     def __init__(self, layout: str = "NHWC", **kwargs: Any) -> None:
-        from . import jax_bn
+        from bnref.layers import jax_bn
 
         super().__init__(use_fast_variance=False, layout=layout, module=jax_bn.BatchNorm, **kwargs)
         self.name = "bnref-jax"
@@ -323,7 +323,7 @@ class JaxBnAdapter(FlaxAdapter):
 
 
 def make(name: str) -> Adapter:
-    """The adapter of one of ``bnref.conformance.NAMES``; its ``name`` is set to ``name``."""
+    """The adapter of one of ``bnref.check.conformance.NAMES``; its ``name`` is set to ``name``."""
     makers = {
         "torch": lambda: TorchAdapter("native"),
         "bnref-torch": lambda: TorchAdapter("bnref"),

@@ -23,7 +23,7 @@ The laws they are held against are derived in the book's appendix "How the check
 
 ``verdict`` turns a sweep into one of three stable statements (the rule is in its docstring), so that a
 chapter can print it on any CPU. The Keras layer runs once per backend in its own process
-(``bnref.agreement.on_keras_backends``); PyTorch, Flax, JAX and the from-scratch layers run in this process.
+(``bnref.check.agreement.on_keras_backends``); PyTorch, Flax, JAX and the from-scratch layers run in this process.
 NumPy only at import; each implementation imports its framework when it runs.
 """
 
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .testing import channel_summaries, running_var_bound, training_bounds, unit_roundoff
+from bnref.testing import channel_summaries, running_var_bound, training_bounds, unit_roundoff
 
 __all__ = [
     "RATIOS",
@@ -84,7 +84,7 @@ def sweep_data(ratio: float, seed: int, m: int = M, channels: int = CHANNELS) ->
 
 
 def _numpy_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    from .reference import batch_norm_forward
+    from bnref.reference import batch_norm_forward
 
     c = x.shape[1]
     y, cache = batch_norm_forward(x, np.ones(c, np.float32), np.zeros(c, np.float32), 1e-5, axis=1)
@@ -95,7 +95,7 @@ def _torch(x: np.ndarray, scratch: bool) -> tuple[np.ndarray, np.ndarray, float]
     import torch
 
     if scratch:
-        from .torch_bn import BatchNorm
+        from bnref.layers.torch_bn import BatchNorm
 
         bn = BatchNorm(x.shape[1], momentum=1.0)
     else:
@@ -112,7 +112,7 @@ def _keras_layer(x: np.ndarray, scratch: bool) -> tuple[np.ndarray, np.ndarray, 
     key = ("keras", scratch, keras.backend.backend())
     if key not in _LAYERS:  # one layer serves every run: with momentum 0 a training call leaves no trace
         if scratch:
-            from .keras_bn import BatchNormalization as cls
+            from bnref.layers.keras_bn import BatchNormalization as cls
         else:
             cls = keras.layers.BatchNormalization
         _LAYERS[key] = cls(momentum=0.0)
@@ -142,7 +142,7 @@ def _jax_scratch(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     import jax
     import jax.numpy as jnp
 
-    from .jax_bn import batch_norm_train
+    from bnref.layers.jax_bn import batch_norm_train
 
     if "jax_bn" not in _LAYERS:
         _LAYERS["jax_bn"] = jax.jit(
@@ -168,11 +168,11 @@ def _versions(*modules: str) -> str:
 IMPLEMENTATIONS: dict[str, tuple[Callable[[np.ndarray], tuple], tuple[str, ...]]] = {
     "numpy reference (bnref)": (_numpy_reference, ()),
     "torch nn.BatchNorm1d": (lambda x: _torch(x, scratch=False), ("torch",)),
-    "torch scratch (bnref.torch_bn)": (lambda x: _torch(x, scratch=True), ("torch",)),
-    "keras scratch (bnref.keras_bn)": (lambda x: _keras_layer(x, scratch=True), ("keras", "tensorflow")),
+    "torch scratch (bnref.layers.torch_bn)": (lambda x: _torch(x, scratch=True), ("torch",)),
+    "keras scratch (bnref.layers.keras_bn)": (lambda x: _keras_layer(x, scratch=True), ("keras", "tensorflow")),
     "flax BatchNorm, fast variance": (lambda x: _flax(x, fast=True), ("flax", "jax")),
     "flax BatchNorm, two-pass": (lambda x: _flax(x, fast=False), ("flax", "jax")),
-    "jax scratch (bnref.jax_bn)": (_jax_scratch, ("jax",)),
+    "jax scratch (bnref.layers.jax_bn)": (_jax_scratch, ("jax",)),
 }
 
 
@@ -306,8 +306,8 @@ def keras_sweep(ratios: Sequence[float] = RATIOS, seeds: Sequence[int] = SEEDS) 
 
 
 def keras_sweep_job(ratios: Sequence[float] = RATIOS, seeds: Sequence[int] = SEEDS) -> tuple[str, dict[str, Any]]:
-    """The job of ``bnref.agreement.on_keras_backends`` that runs ``keras_sweep``."""
-    return "bnref.precision:keras_sweep", {"ratios": list(ratios), "seeds": list(seeds)}
+    """The job of ``bnref.check.agreement.on_keras_backends`` that runs ``keras_sweep``."""
+    return "bnref.check.precision:keras_sweep", {"ratios": list(ratios), "seeds": list(seeds)}
 
 
 def results_from_backend_runs(runs: dict[str, Any], job: str = "sweep") -> dict[str, SweepResult]:

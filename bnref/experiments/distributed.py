@@ -35,12 +35,12 @@ all-reduces parameter gradients, and their sum over ranks is the full-batch grad
 So a training step costs two collectives per layer, whatever the world size. Ranks may hold uneven shards, a
 single example, or none at all: an empty rank contributes ``m_r = 0`` and still joins both collectives, so no
 rank waits forever. Evaluation mode uses the running estimates and communicates nothing. Without an
-initialised process group, or with a world of one, the layer is plain BN (``bnref.torch_bn.batch_norm``).
+initialised process group, or with a world of one, the layer is plain BN (``bnref.layers.torch_bn.batch_norm``).
 
 Public API: :class:`SyncBatchNorm`, :func:`convert_sync_batchnorm`, :func:`merge_statistics`,
 :class:`SyncBatchNormFunction`, :func:`count_collectives` (a shim that records every collective and its
 bytes), :func:`launch` (run a function on ``W`` gloo processes on localhost), and the chapter's experiments
-(:func:`full_batch_comparison`, :func:`run_ddp_experiment`; command line ``python -m bnref.distributed``).
+(:func:`full_batch_comparison`, :func:`run_ddp_experiment`; command line ``python -m bnref.experiments.distributed``).
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .conventions import PYTORCH
-from .torch_bn import ShapeMismatchError, batch_norm, compute_dtype, input_gradient, scale_and_shift
+from bnref.conventions import PYTORCH
+from bnref.layers.torch_bn import ShapeMismatchError, batch_norm, compute_dtype, input_gradient, scale_and_shift
 
 __all__ = [
     "SyncBatchNorm",
@@ -403,7 +403,7 @@ def convert_sync_batchnorm(module: torch.nn.Module, process_group: Any | None = 
     """Replace every BN layer in ``module`` by :class:`SyncBatchNorm`, as ``nn.SyncBatchNorm.convert_sync_batchnorm``.
 
     Every subclass of ``torch.nn.modules.batchnorm._BatchNorm`` is converted: ``nn.BatchNorm1d/2d/3d``,
-    ``nn.SyncBatchNorm``, ``bnref.torch_bn.BatchNorm*`` (and earlier bnref ``SyncBatchNorm`` layers, given
+    ``nn.SyncBatchNorm``, ``bnref.layers.torch_bn.BatchNorm*`` (and earlier bnref ``SyncBatchNorm`` layers, given
     the new ``process_group``). The new layer takes over the old one's parameter and buffer *objects* (so an
     optimiser built before the conversion still updates them), its eps, momentum, affine and tracking
     settings, and its train/eval mode. Returns ``module`` with its children replaced, or a new layer if
@@ -607,7 +607,7 @@ def shard_bounds(sizes: Sequence[int]) -> list[tuple[int, int]]:
 #: The DDP experiment, defined once; committed records carry this as their config (a test compares them).
 DDP_EXPERIMENT: dict[str, Any] = {
     "name": "distributed-ddp-mnist",
-    "model": "bnref.models.build_torch_model(bn='native', placement='after'): "
+    "model": "bnref.mnist.models.build_torch_model(bn='native', placement='after'): "
     "Dense 64 ReLU BN, Dense 32 ReLU BN, Dense 10",
     "world_size": 2,
     "backend": "gloo",
@@ -621,7 +621,7 @@ DDP_EXPERIMENT: dict[str, Any] = {
     "variants": {
         "single": "one process, the whole global batch, nn.BatchNorm1d",
         "single-reordered": "one process, each global batch in reverse row order (equal in exact arithmetic)",
-        "sync": "DDP over world_size processes, convert_sync_batchnorm (bnref.distributed.SyncBatchNorm)",
+        "sync": "DDP over world_size processes, convert_sync_batchnorm (bnref.experiments.distributed.SyncBatchNorm)",
         "local": "DDP over world_size processes, nn.BatchNorm1d per rank (unsynchronised = Ghost BN, one ghost "
         "batch per rank), broadcast_buffers=True (DDP's default)",
     },
@@ -633,9 +633,9 @@ DDP_VARIANTS = ("single", "single-reordered", "sync", "local")
 def mnist_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """MNIST as torch tensors: train features (60000, 784) float32 in [0, 1], int64 labels, test likewise.
 
-    Read from ``$BNREF_MNIST`` or the other local places of ``bnref.data.load_mnist`` (never downloaded).
+    Read from ``$BNREF_MNIST`` or the other local places of ``bnref.mnist.data.load_mnist`` (never downloaded).
     """
-    from .data import as_features, load_mnist
+    from bnref.mnist.data import as_features, load_mnist
 
     d = load_mnist(download=False)
     xt, yt = torch.from_numpy(as_features(d.x_train)), torch.from_numpy(d.y_train.astype("int64"))
@@ -677,8 +677,8 @@ def train_variant(
     from torch import nn
     from torch.nn.parallel import DistributedDataParallel
 
-    from .models import build_torch_model
-    from .torch_training import evaluate
+    from bnref.mnist.models import build_torch_model
+    from bnref.mnist.torch_training import evaluate
 
     if variant not in DDP_VARIANTS:
         raise ValueError(f"variant must be one of {DDP_VARIANTS}, got {variant!r}")
@@ -790,7 +790,7 @@ def run_ddp_experiment(
 
 def ddp_record(seeds: Sequence[int], config: dict[str, Any] = DDP_EXPERIMENT):
     """Run the full experiment and return its :class:`bnref.records.ExperimentRecord` (name ``config["name"]``)."""
-    from .records import ExperimentRecord
+    from bnref.records import ExperimentRecord
 
     results = run_ddp_experiment(seeds, config)
     return ExperimentRecord.create(config["name"], dict(config, torch=torch.__version__), seeds, results)
@@ -962,7 +962,9 @@ def flax_sync_bn_measurements(devices: int = 4, timeout: float = 600) -> dict[st
 def _main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m bnref.distributed", description="The distributed chapter's experiment.")
+    p = argparse.ArgumentParser(
+        prog="python -m bnref.experiments.distributed", description="The distributed chapter's experiment."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the DDP experiment over seeds and write its record")
     run.add_argument("experiment", choices=["ddp"])

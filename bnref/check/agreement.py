@@ -3,8 +3,8 @@
 ``run_case(case)`` draws ``case.steps`` fresh training batches (and one inference batch), runs them through
 
 * the NumPy reference in the case dtype,
-* ``bnref.torch_bn.BatchNorm`` (from scratch) and ``torch.nn.BatchNorm1d/2d/3d`` (native),
-* ``bnref.keras_bn.BatchNormalization`` (from scratch) and ``keras.layers.BatchNormalization`` (native),
+* ``bnref.layers.torch_bn.BatchNorm`` (from scratch) and ``torch.nn.BatchNorm1d/2d/3d`` (native),
+* ``bnref.layers.keras_bn.BatchNormalization`` (from scratch) and ``keras.layers.BatchNormalization`` (native),
 
 and compares each with the NumPy reference run in float64 *under that implementation's own convention*
 (PyTorch's for the torch rows, Keras' for the Keras rows): the output ``y``, the gradients ``dx``,
@@ -15,7 +15,7 @@ say "not installed". ``cross_convention`` measures what the two frameworks' *def
 Keras on every backend. Keras fixes its backend when it is imported, so ``run_cases(cases)`` adds the rows
 "keras-tensorflow", "keras-jax" and "keras-torch": ``on_keras_backends`` starts one fresh process per
 backend, all at once, each running ``keras.layers.BatchNormalization`` on every case (``keras_backend_rows``;
-gradients by the backend's own autodiff) and any other job given to it (``bnref.precision.keras_sweep``), so
+gradients by the backend's own autodiff) and any other job given to it (``bnref.check.precision.keras_sweep``), so
 the cost is one import per backend. Each row's ``version`` names Keras and the backend, e.g. "Keras 3.15.1 on
 JAX 0.10.2". Measured on Keras 3.15.1 (``tests/test_frameworks.py``): TensorFlow passes every case; JAX and
 torch compute a float64 layer in float32 (``keras.backend.result_type`` maps float64 to float32 on every
@@ -27,7 +27,7 @@ derived in the book's appendix "How the checks are bounded" (``ch-bounds``). A c
 ``error / bound <= 1`` at every step. The bounds leave room for any summation order (CPU, GPU, another
 library), yet a convention slip fails them by orders of magnitude (``tests/test_frameworks.py``).
 
-Weight transfer between the frameworks lives in ``bnref.transfer``.
+Weight transfer between the frameworks lives in ``bnref.layers.transfer``.
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import relative_error
-from .conventions import KERAS, PYTORCH, Convention, get_convention
-from .reference import RunningStats, batch_norm_backward, batch_norm_forward, batch_norm_inference
-from .testing import (
+from bnref import relative_error
+from bnref.conventions import KERAS, PYTORCH, Convention, get_convention
+from bnref.reference import RunningStats, batch_norm_backward, batch_norm_forward, batch_norm_inference
+from bnref.testing import (
     DTYPES,
     channel_summaries,
     compute_dtype,
@@ -367,7 +367,7 @@ def _torch_trace(case: Case, conv: Convention, data: Batches, native: bool, devi
     try:
         import torch
 
-        from . import torch_bn
+        from bnref.layers import torch_bn
     except ImportError:
         raise _NotInstalled("PyTorch") from None
     tdtype = getattr(torch, case.dtype)
@@ -416,7 +416,8 @@ def _torch_trace(case: Case, conv: Convention, data: Batches, native: bool, devi
 
 
 def _keras_trace(case: Case, conv: Convention, data: Batches, native: bool) -> Trace:
-    """``keras.layers.BatchNormalization`` (native) or ``bnref.keras_bn.BatchNormalization`` (scratch), in this process.
+    """``keras.layers.BatchNormalization`` (native) or ``bnref.layers.keras_bn.BatchNormalization``
+    (scratch), in this process.
 
     The native layer runs on whichever backend Keras loaded (TensorFlow unless ``KERAS_BACKEND`` says
     otherwise); the from-scratch layer is TensorFlow code and needs the TensorFlow backend.
@@ -427,9 +428,9 @@ def _keras_trace(case: Case, conv: Convention, data: Batches, native: bool) -> T
         if native:
             cls = keras.layers.BatchNormalization
         else:
-            import tensorflow  # noqa: F401  (bnref.keras_bn is TensorFlow code)
+            import tensorflow  # noqa: F401  (bnref.layers.keras_bn is TensorFlow code)
 
-            from . import keras_bn
+            from bnref.layers import keras_bn
 
             cls = keras_bn.BatchNormalization
     except ImportError:
@@ -1104,7 +1105,7 @@ def on_keras_backends(
     ----------
     jobs : dict
         Job name -> ``("bnref.module:function", kwargs)``; the function runs in the backend process and
-        returns JSON-ready data (``keras_backend_rows`` here, ``bnref.precision.keras_sweep``; any function
+        returns JSON-ready data (``keras_backend_rows`` here, ``bnref.check.precision.keras_sweep``; any function
         of a ``bnref`` module).
     backends : sequence of str
         Values of ``KERAS_BACKEND``. Each process also gets ``TF_CPP_MIN_LOG_LEVEL=3`` and, for JAX,
@@ -1132,7 +1133,7 @@ def on_keras_backends(
         module_name = target.split(":")[0]
         if not module_name.startswith(_JOB_PACKAGE) or target.count(":") != 1:
             raise ValueError(f"job {name!r}: {target!r} is not a function of a bnref module ('bnref.module:function')")
-    code = "from bnref.agreement import _backend_process_main; _backend_process_main()"
+    code = "from bnref.check.agreement import _backend_process_main; _backend_process_main()"
     runs: dict[str, BackendRun] = {}
     with tempfile.TemporaryDirectory() as tmp:
         spec = os.path.join(tmp, "jobs.json")
@@ -1218,7 +1219,7 @@ def keras_backend_rows(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def keras_rows_job(cases: Sequence[Case]) -> tuple[str, dict[str, Any]]:
     """The job of ``on_keras_backends`` that runs ``cases`` through Keras' layer (``keras_backend_rows``)."""
-    return "bnref.agreement:keras_backend_rows", {"cases": [dataclasses.asdict(c) for c in cases]}
+    return "bnref.check.agreement:keras_backend_rows", {"cases": [dataclasses.asdict(c) for c in cases]}
 
 
 def with_keras_backend_rows(

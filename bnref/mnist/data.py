@@ -78,7 +78,7 @@ KEYS = ("x_train", "y_train", "x_test", "y_test")
 HOW_TO_PROVIDE = (
     "To provide the file, point the environment variable at a copy of the Keras MNIST file, e.g.\n"
     f"    export {ENV_VAR}=/path/to/mnist.npz\n"
-    "or pass it explicitly: bnref.data.load_mnist('/path/to/mnist.npz'). Any faithful copy works "
+    "or pass it explicitly: bnref.mnist.data.load_mnist('/path/to/mnist.npz'). Any faithful copy works "
     "(the official https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz, sha256 "
     f"{KERAS_FILE_SHA256}, or a numpy.savez_compressed rewrite of it), since the arrays are checked, "
     "not the file's bytes."

@@ -40,7 +40,7 @@ Differences from Keras, deliberate:
 * ``synchronized=True`` is accepted and stored in the config; with one replica (no ``tf.distribute``
   strategy, or a strategy with one replica) the statistics are those of the whole batch, which is what
   synchronisation would give. Under a strategy with more than one replica the layer raises ValueError
-  rather than silently using per-replica statistics (cross-replica BN is ``bnref.distributed``'s topic).
+  rather than silently using per-replica statistics (cross-replica BN is ``bnref.experiments.distributed``'s topic).
 
 This module imports TensorFlow and Keras at import time; ``import bnref`` does not import it.
 """
@@ -52,7 +52,7 @@ import math
 import keras
 import tensorflow as tf
 
-from .conventions import KERAS
+from bnref.conventions import KERAS
 
 __all__ = [
     "batch_norm_train",
@@ -406,7 +406,7 @@ class BatchNormalization(keras.layers.Layer):
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             if replicas > 1:
                 raise ValueError(
-                    f"synchronized=True across {replicas} replicas is not implemented by bnref.keras_bn; "
+                    f"synchronized=True across {replicas} replicas is not implemented by bnref.layers.keras_bn; "
                     "use keras.layers.BatchNormalization (TensorFlow backend) for cross-replica statistics"
                 )
 

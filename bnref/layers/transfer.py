@@ -16,8 +16,8 @@ PyTorch                Keras                  note
 
 ``torch_to_keras`` and ``keras_to_torch`` copy the state (and refuse a pair whose channel counts or affine
 parameters differ); ``inference_gap`` measures how far the two layers' inference outputs then are apart.
-Either side may be the framework's own layer or bnref's from-scratch one (``bnref.torch_bn.BatchNorm``,
-``bnref.keras_bn.BatchNormalization``). A framework module: it imports PyTorch at top level (the Keras layer
+Either side may be the framework's own layer or bnref's from-scratch one (``bnref.layers.torch_bn.BatchNorm``,
+``bnref.layers.keras_bn.BatchNormalization``). A framework module: it imports PyTorch at top level (the Keras layer
 is used through its attributes only), and ``bnref/__init__.py`` does not import it.
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import relative_error
+from bnref import relative_error
 
 __all__ = ["torch_to_keras", "keras_to_torch", "inference_gap"]
 

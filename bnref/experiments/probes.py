@@ -3,7 +3,7 @@
 Every function here is a plain function: it takes NumPy arrays and numbers, builds what it needs in
 PyTorch, and returns NumPy arrays, floats or dicts of them, so that a notebook can plot or tabulate the
 result and a test can check it on tiny data. PyTorch is imported inside the functions
-(``import bnref.experiments`` costs nothing).
+(``import bnref.experiments.probes`` costs nothing).
 
 What is here
 ------------
@@ -21,14 +21,15 @@ What is here
 * :func:`lr_sweep`: :func:`train_sgd` over a list of learning rates.
 * :func:`step_seconds`: wall time of one training step, interleaving the models compared.
 
-What is not here, because it has one home elsewhere: coercing inputs (:func:`bnref.data.as_labeled`,
-:func:`bnref.torch_training.as_tensors`), initial weights and loading them (:func:`bnref.models.initial_weights`,
-:func:`bnref.models.load_linear_weights`, :func:`bnref.models.linear_layers`), argument checks
-(:func:`bnref.models.check_int`, :func:`bnref.models.check_positive`), evaluation in inference mode
-(:func:`bnref.torch_training.evaluate`) and putting state back (:func:`bnref.torch_training.snapshot`,
-:func:`~bnref.torch_training.restore`, :func:`~bnref.torch_training.kept_buffers`). The experiments
-themselves, with their configurations and records, are defined in :mod:`bnref.claims`; ``python -m
-bnref.experiments`` runs them (:func:`main`).
+What is not here, because it has one home elsewhere: coercing inputs (:func:`bnref.mnist.data.as_labeled`,
+:func:`bnref.mnist.torch_training.as_tensors`), initial weights and loading them
+(:func:`bnref.mnist.models.initial_weights`,
+:func:`bnref.mnist.models.load_linear_weights`, :func:`bnref.mnist.models.linear_layers`), argument checks
+(:func:`bnref.mnist.models.check_int`, :func:`bnref.mnist.models.check_positive`), evaluation in inference mode
+(:func:`bnref.mnist.torch_training.evaluate`) and putting state back (:func:`bnref.mnist.torch_training.snapshot`,
+:func:`~bnref.mnist.torch_training.restore`, :func:`~bnref.mnist.torch_training.kept_buffers`). The experiments
+themselves, with their configurations and records, are defined in :mod:`bnref.experiments.claims`; ``python -m
+bnref.experiments.probes`` runs them (:func:`main`).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bnref.data import as_labeled
-from bnref.models import INITS, check_int, check_positive, initial_weights, linear_layers, load_linear_weights
+from bnref.mnist.data import as_labeled
+from bnref.mnist.models import INITS, check_int, check_positive, initial_weights, linear_layers, load_linear_weights
 
 if TYPE_CHECKING:
     import torch
@@ -75,7 +76,7 @@ def take_subset(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> tuple[np.nda
     Parameters
     ----------
     x : ndarray, shape (N, 28, 28) uint8 or (N, d)
-        Images are flattened and scaled to [0, 1] (:func:`bnref.data.to_features`); features are
+        Images are flattened and scaled to [0, 1] (:func:`bnref.mnist.data.to_features`); features are
         cast to float32.
     y : ndarray, shape (N,)
         Integer labels.
@@ -168,7 +169,7 @@ def build_mlp(
         Insert ``torch.nn.BatchNorm1d`` (eps 1e-5, momentum 0.1) before each activation.
     activation : {"relu", "tanh", "linear"}
     init : {"glorot", "he"}
-        Weights drawn with NumPy from ``seed`` by :func:`bnref.models.initial_weights`: Glorot-uniform
+        Weights drawn with NumPy from ``seed`` by :func:`bnref.mnist.models.initial_weights`: Glorot-uniform
         (Keras' default, the article's model) or He-uniform; biases zero.
     seed : int
     input_dim, num_classes : int
@@ -178,7 +179,7 @@ def build_mlp(
     Returns
     -------
     torch.nn.Sequential
-        On the CPU, float32. Its Linear layers are listed by :func:`bnref.models.linear_layers`.
+        On the CPU, float32. Its Linear layers are listed by :func:`bnref.mnist.models.linear_layers`.
     """
     from torch import nn
 
@@ -239,7 +240,7 @@ def weight_gradient_norms(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) 
     """
     import torch
 
-    from bnref.torch_training import as_tensors
+    from bnref.mnist.torch_training import as_tensors
 
     xb, yb = as_tensors(x, y, device=_device_of(model), num_classes=None)
     model.train()
@@ -339,7 +340,7 @@ def _layer_input_stats(model: torch.nn.Module, layer: torch.nn.Module, x: torch.
     """
     import torch
 
-    from bnref.torch_training import kept_buffers
+    from bnref.mnist.torch_training import kept_buffers
 
     captured: list[torch.Tensor] = []
     handle = layer.register_forward_pre_hook(lambda mod, args: captured.append(args[0].detach()))
@@ -362,7 +363,7 @@ def _gradient_ics(model, params_before, layer_index: int, xb, yb, grad_before, r
     """
     import torch
 
-    from bnref.torch_training import kept_buffers, restore, snapshot
+    from bnref.mnist.torch_training import kept_buffers, restore, snapshot
 
     lins = linear_layers(model)
     params = list(model.parameters())
@@ -451,7 +452,7 @@ def train_sgd(
         Seeds the batch order and ``torch.manual_seed`` (dropout-like layers, shift noise).
     probe : ndarray, shape (p, d), optional
         A fixed batch on which to measure the input statistics of the Linear layer ``probe_layer``
-        (index into :func:`bnref.models.linear_layers`) every ``record_every`` steps.
+        (index into :func:`bnref.mnist.models.linear_layers`) every ``record_every`` steps.
     ics_layer : int, optional
         Index of a Linear layer whose gradient-based internal covariate shift (Santurkar et al.) is
         measured every ``record_every`` steps (costs one more forward and backward pass).
@@ -471,7 +472,7 @@ def train_sgd(
     """
     import torch
 
-    from bnref.torch_training import as_tensors, snapshot
+    from bnref.mnist.torch_training import as_tensors, snapshot
 
     dev = _device_of(model)
     xb_all, yb_all = as_tensors(x, y, device=dev, num_classes=None)
@@ -584,7 +585,7 @@ def lr_sweep(
         ``test_acc`` (inference mode after training; ``nan`` if diverged);
         ``diverged`` (bool).
     """
-    from bnref.torch_training import evaluate
+    from bnref.mnist.torch_training import evaluate
 
     if not len(lrs):
         raise ValueError("lrs must be a non-empty list of positive learning rates; got none")
@@ -635,7 +636,7 @@ def step_seconds(
     """
     import torch
 
-    from bnref.torch_training import as_tensors, synchronize
+    from bnref.mnist.torch_training import as_tensors, synchronize
 
     if not models:
         raise ValueError("models must name at least one model")
@@ -686,7 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import argparse
 
-    from bnref import claims
+    from bnref.experiments import claims
 
     parser = argparse.ArgumentParser(prog="python -m bnref.experiments", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

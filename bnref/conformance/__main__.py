@@ -1,0 +1,7 @@
+"""``python -m bnref.conformance``: see ``python -m bnref.conformance --help``."""
+
+import sys
+
+from bnref.check.conformance import main
+
+sys.exit(main())
