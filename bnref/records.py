@@ -530,3 +530,52 @@ def code_version() -> str:
     except Exception:  # no git, not a repository, not tracked, timeout: the version is unknown
         return "unknown"
     return f"{sha}+dirty" if dirty else sha
+
+
+#: Modules that moved when the package was split into layers (commit 5ee3ea0): old dotted name -> new one. Records
+#: written before the move name the old modules in their descriptive config strings; they stay as written (a record
+#: says what ran), and :func:`with_current_module_names` maps them when a record is compared with its definition.
+MOVED_MODULES: dict[str, str] = {
+    "bnref.torch_bn": "bnref.layers.torch_bn",
+    "bnref.keras_bn": "bnref.layers.keras_bn",
+    "bnref.jax_bn": "bnref.layers.jax_bn",
+    "bnref.transfer": "bnref.layers.transfer",
+    "bnref.precise_bn": "bnref.layers.precise_bn",
+    "bnref.agreement": "bnref.check.agreement",
+    "bnref.precision": "bnref.check.precision",
+    "bnref.conformance_adapters": "bnref.check.adapters",
+    "bnref.data": "bnref.mnist.data",
+    "bnref.models": "bnref.mnist.models",
+    "bnref.training": "bnref.mnist.training",
+    "bnref.torch_training": "bnref.mnist.torch_training",
+    "bnref.keras_training": "bnref.mnist.keras_training",
+    "bnref.experiments": "bnref.experiments.probes",
+    "bnref.claims": "bnref.experiments.claims",
+    "bnref.dynamics": "bnref.experiments.dynamics",
+    "bnref.beyond": "bnref.experiments.beyond",
+    "bnref.distributed": "bnref.experiments.distributed",
+}
+
+
+def with_current_module_names(value: Any) -> Any:
+    """``value`` (a record's config: nested dicts, lists, strings) with every moved module named as it is now.
+
+    Only whole dotted names of :data:`MOVED_MODULES` are replaced, in one pass (``bnref.models.initial_weights`` ->
+    ``bnref.mnist.models.initial_weights``), so a config written after the move comes back unchanged.
+    """
+    if isinstance(value, str):
+        return MOVED_PATTERN.sub(lambda m: MOVED_MODULES[m.group(0)], value)
+    if isinstance(value, dict):
+        return {k: with_current_module_names(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(with_current_module_names(v) for v in value)
+    return value
+
+
+#: An old module name as a whole dotted name; ``bnref.experiments`` only where it is not already the package of
+#: one of its new modules (``bnref.experiments.claims`` stays).
+MOVED_PATTERN = re.compile(
+    r"\bbnref\.(?:"
+    + "|".join(re.escape(old[len("bnref.") :]) for old in sorted(MOVED_MODULES, key=len, reverse=True))
+    + r")\b(?!\.(?:probes|claims|dynamics|beyond|distributed|survey)\b)"
+)

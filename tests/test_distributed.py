@@ -425,12 +425,13 @@ def test_committed_ddp_record_matches_the_experiment_definition():
     from pathlib import Path
 
     from bnref.experiments.distributed import DDP_EXPERIMENT, DDP_VARIANTS
-    from bnref.records import load_experiment
+    from bnref.records import load_experiment, with_current_module_names
 
     path = Path(__file__).resolve().parents[1] / "book" / "results" / "distributed-ddp-mnist-cpu.json"
     record = load_experiment(path)
     assert record.name == DDP_EXPERIMENT["name"]
-    assert {k: v for k, v in record.config.items() if k != "torch"} == DDP_EXPERIMENT
+    config = with_current_module_names(record.config)
+    assert {k: v for k, v in config.items() if k != "torch"} == DDP_EXPERIMENT
     assert len(record.seeds) >= 3
     for _, result in record.per_seed():
         assert set(result) == set(DDP_VARIANTS)

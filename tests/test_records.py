@@ -202,9 +202,8 @@ def test_code_version_outside_a_repository_is_unknown(tmp_path):
     pkg = tmp_path / "bnref"
     pkg.mkdir()
     src = Path(records.__file__).resolve().parent
-    for name in ("__init__.py", "records.py", "models.py"):
-        (pkg / name).write_text((src / name).read_text())
-    (pkg / "__init__.py").write_text("")  # the copy needs only records and models
+    (pkg / "records.py").write_text((src / "records.py").read_text())
+    (pkg / "__init__.py").write_text("")  # records needs nothing else of the package
     code = "import bnref.records as r; print(r.code_version())"
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -229,3 +228,13 @@ def test_run_config_default_model_is_the_article_network():
 
     expected = f"mlp {INPUT_DIM}-{'-'.join(map(str, HIDDEN))}-{NUM_CLASSES}"
     assert records.RunConfig(bn="none", placement="after", epochs=1, batch_size=1, lr=0.1).model == expected
+
+
+def test_moved_module_names_are_mapped_once():
+    """Records written before the package moved into layers name the old modules; the map renames whole names only."""
+    w = records.with_current_module_names
+    assert w("glorot (bnref.models.initial_weights)") == "glorot (bnref.mnist.models.initial_weights)"
+    assert w({"a": ["bnref.distributed.SyncBatchNorm"]}) == {"a": ["bnref.experiments.distributed.SyncBatchNorm"]}
+    assert w("bnref.experiments.train_sgd") == "bnref.experiments.probes.train_sgd"
+    for current in ("bnref.experiments.claims.run", "bnref.mnist.models.x", "bnref.modelsX", "bnref.reference"):
+        assert w(current) == current

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bnref.experiments import probes as ex
-from bnref.records import ExperimentRecord, device_slug, json_ready, load_experiments
+from bnref.records import ExperimentRecord, device_slug, json_ready, load_experiments, with_current_module_names
 
 if TYPE_CHECKING:
     import torch
@@ -571,8 +571,9 @@ def check_definition(record: ExperimentRecord, exp: Experiment) -> None:
     if record.name != exp.name:
         raise ValueError(f"the record is of {record.name!r}, the definition of {exp.name!r}")
     expected = json_ready(exp.config)
-    if record.config != expected:
-        keys = sorted(k for k in set(expected) | set(record.config) if record.config.get(k) != expected.get(k))
+    config = with_current_module_names(record.config)
+    if config != expected:
+        keys = sorted(k for k in set(expected) | set(config) if config.get(k) != expected.get(k))
         raise ValueError(
             f"{record.name}: the record's config differs from its definition at {keys}; "
             "run the experiment again (python -m bnref.experiments run ...) or restore the definition"

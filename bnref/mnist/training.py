@@ -45,6 +45,7 @@ from bnref.records import (  # the results-record schema lives in bnref.records;
     load_records,
     machine_info,
     now_utc,
+    with_current_module_names,
 )
 
 if TYPE_CHECKING:  # served lazily by __getattr__ below
@@ -228,10 +229,9 @@ class MnistExperiment:
         where = f"experiment record {record.name!r} ({record.device.get('name')}, {record.created_utc})"
         if record.name != self.name:
             raise ValueError(f"{where}: name {record.name!r}, expected {self.name!r}")
-        if record.config != self.config():
-            changed = sorted(
-                k for k in set(record.config) | set(self.config()) if record.config.get(k) != self.config().get(k)
-            )
+        config = with_current_module_names(record.config)
+        if config != self.config():
+            changed = sorted(k for k in set(config) | set(self.config()) if config.get(k) != self.config().get(k))
             raise ValueError(f"{where}: config differs from the definition in {changed}; run the experiment again")
         if len(record.seeds) < MIN_SEEDS:
             raise ValueError(f"{where}: {len(record.seeds)} seeds, a verdict needs at least {MIN_SEEDS}")
