@@ -21,6 +21,10 @@ build Chinese too), so the Chinese edition is a second build, by ``sphinx-build`
    whose paths, relative to the repository in ``_config.yml``, are made absolute so that ``sphinx-build -c``
    can read it from another folder.
 
+Both editions link to the repository in force (``tools/repository.py``: ``$BNREF_REPOSITORY``, else ``repository:
+url:`` of ``_config.yml``): ``book_config`` writes it into the configuration of each (the English one is passed to
+``jupyter-book build --config``), so the repository, issues, Binder and Colab buttons follow one setting.
+
 The catalogs (``book/locales/zh_CN/LC_MESSAGES/book/<page>.po``) are copied into the build folder and compiled there
 by Sphinx (``.mo`` files, only when a ``.po`` changed), so private builds running at the same time never write into
 the repository. Both builds use ``-W -n --keep-going``: a warning, such as a translated message that drops a
@@ -45,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from repository import repository_url
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -121,12 +126,28 @@ def check(process: subprocess.Popen[bytes], what: str) -> None:
         sys.exit(f"{what} failed (exit status {process.returncode})")
 
 
+def book_config() -> dict[str, Any]:
+    """``_config.yml`` with the repository in force (``tools/repository.py``: ``$BNREF_REPOSITORY`` or the default),
+    and the local extensions' folders made absolute (Jupyter Book resolves them against the configuration's folder)."""
+    config = yaml.safe_load((REPO / "_config.yml").read_text(encoding="utf-8"))
+    config.setdefault("repository", {})["url"] = repository_url()
+    sphinx = config.setdefault("sphinx", {})
+    sphinx["local_extensions"] = {name: str(EXTENSIONS) for name in sphinx.get("local_extensions") or {}}
+    return config
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
 def generate_conf(folder: Path, language: str | None, locales: Path | None = None) -> Path:
     """Write ``folder/conf.py`` for the edition in ``language`` (None: the English book as ``_config.yml`` says),
     reading the compiled catalogs from ``locales``. ``folder`` must lie inside the repository (Jupyter Book accepts
     only a table of contents inside the book's folder)."""
     folder.mkdir(parents=True, exist_ok=True)
-    config = yaml.safe_load((REPO / "_config.yml").read_text(encoding="utf-8"))
+    config = book_config()
     toc = yaml.safe_load((REPO / "_toc.yml").read_text(encoding="utf-8"))
     sphinx = config.setdefault("sphinx", {})
     sphinx_config = sphinx.setdefault("config", {})
@@ -152,10 +173,8 @@ def generate_conf(folder: Path, language: str | None, locales: Path | None = Non
             terms.write_text("".join(f"{term}\n" for term in glossary_terms()), encoding="utf-8")
             sphinx_config["html_search_options"] = {"dict": str(terms)}
         toc, _ = translated_toc(toc, settings["toc_captions"])
-    # Local extensions by absolute path: Jupyter Book resolves them against the folder of the configuration file.
-    sphinx["local_extensions"] = {name: str(EXTENSIONS) for name in sphinx.get("local_extensions") or {}}
-    (folder / "_config.yml").write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    (folder / "_toc.yml").write_text(yaml.safe_dump(toc, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    write_yaml(folder / "_config.yml", config)
+    write_yaml(folder / "_toc.yml", toc)
     conf = folder / "conf.py"
     conf.unlink(missing_ok=True)
     jupyter_book = [BIN / "jupyter-book", "config", "sphinx", ".", "--config", folder / "_config.yml"]
@@ -215,11 +234,13 @@ def start_translated(language: str, out: Path) -> subprocess.Popen[bytes]:
     return run(command, log=out / "build.log")
 
 
-def start_english(out: Path) -> subprocess.Popen[bytes]:
-    """Start ``jupyter-book build`` of the English book into ``out/_build/html`` (its log: ``out/build.log``)."""
+def start_english(out: Path, builder: str = "html") -> subprocess.Popen[bytes]:
+    """Start ``jupyter-book build`` of the English book into ``out/_build/<builder>`` (its log: ``out/build.log``),
+    with ``_config.yml`` as ``book_config`` completes it (``out/conf/_config.yml``: the repository in force)."""
     out.mkdir(parents=True, exist_ok=True)
-    command = [BIN / "jupyter-book", "build", ".", "--builder", "html", "--path-output", out, *STRICT]
-    return run(command, log=out / "build.log")
+    config = write_yaml(out / "conf" / "_config.yml", book_config())
+    command = [BIN / "jupyter-book", "build", ".", "--builder", builder, "--path-output", out, "--config", config]
+    return run([*command, *STRICT], log=out / "build.log")
 
 
 def finish(process: subprocess.Popen[bytes], log: Path, what: str, started: float) -> bool:
