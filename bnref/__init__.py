@@ -36,6 +36,7 @@ from .normalization import (
     GhostBatchNormCache,
     GroupNormCache,
     LayerNormCache,
+    RMSNormCache,
     batch_renorm_backward,
     batch_renorm_clipping,
     batch_renorm_forward,
@@ -49,6 +50,8 @@ from .normalization import (
     instance_norm_forward,
     layer_norm_backward,
     layer_norm_forward,
+    rms_norm_backward,
+    rms_norm_forward,
 )
 from .reference import (
     BatchNormCache,
@@ -80,6 +83,7 @@ __all__ = [
     "PAPER",
     "PYTORCH",
     "PYTORCH_CUMULATIVE",
+    "RMSNormCache",
     "RunningStats",
     "batch_mean_var",
     "batch_norm_backward",
@@ -106,6 +110,8 @@ __all__ = [
     "layer_norm_forward",
     "numerical_gradients",
     "relative_error",
+    "rms_norm_backward",
+    "rms_norm_forward",
     "running_update",
     "update_running_stats",
 ]

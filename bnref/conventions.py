@@ -31,6 +31,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from . import validation as v
+
 __all__ = [
     "Convention",
     "PYTORCH",
@@ -67,7 +69,7 @@ class Convention:
     axis : int
         The default channel axis: 1 for NCHW / (N, C) layouts, -1 for channels-last.
     init_mean, init_var : float
-        Initial running mean and variance (0 and 1 in every convention here).
+        Initial running mean and variance (0 and 1 in every convention here); finite, ``init_var >= 0``.
     var_method : {"two-pass", "one-pass"}
         How the batch variance (used to normalise, and fed to the running estimate) is computed.
         ``"two-pass"``: the mean first, then ``mean((x - mean)^2)`` (eq. ``eq-batch-var``; Welford-type
@@ -88,16 +90,20 @@ class Convention:
     var_method: Literal["two-pass", "one-pass"] = "two-pass"
 
     def __post_init__(self) -> None:
-        if not (self.eps > 0 and math.isfinite(self.eps)):
-            raise ValueError(f"eps must be > 0 and finite, got {self.eps!r}")
-        if self.momentum is not None and not (0.0 <= self.momentum <= 1.0):
-            raise ValueError(f"momentum must lie in [0, 1] or be None, got {self.momentum!r}")
-        if self.momentum_weights not in ("new", "old"):
-            raise ValueError(f"momentum_weights must be 'new' or 'old', got {self.momentum_weights!r}")
-        if self.running_var not in ("unbiased", "biased"):
-            raise ValueError(f"running_var must be 'unbiased' or 'biased', got {self.running_var!r}")
-        if self.var_method not in ("two-pass", "one-pass"):
-            raise ValueError(f"var_method must be 'two-pass' or 'one-pass', got {self.var_method!r}")
+        if not isinstance(self.name, str):
+            raise TypeError(f"name must be a string; got {self.name!r} ({type(self.name).__name__})")
+        v.check_eps(self.eps)
+        if self.momentum is not None and not 0.0 <= v.check_real(self.momentum, "momentum") <= 1.0:
+            raise ValueError(f"momentum must lie in [0, 1] or be None (the cumulative average); got {self.momentum!r}")
+        v.check_choice(self.momentum_weights, "momentum_weights", ("new", "old"))
+        v.check_choice(self.running_var, "running_var", ("unbiased", "biased"))
+        v.check_int(self.axis, "axis")
+        if not math.isfinite(v.check_real(self.init_mean, "init_mean")):
+            raise ValueError(f"init_mean must be finite; got {self.init_mean!r}")
+        init_var = v.check_real(self.init_var, "init_var")
+        if not (init_var >= 0 and math.isfinite(init_var)):
+            raise ValueError(f"init_var must be a finite number >= 0 (a variance); got {self.init_var!r}")
+        v.check_choice(self.var_method, "var_method", ("two-pass", "one-pass"))
 
     def new_value_weight(self, step: int) -> float:
         """Weight ``w_k`` of the new batch statistic in the running update at 1-based step ``k``.
@@ -119,8 +125,9 @@ class Convention:
         [1.0, 0.5, 0.25]
         """
         if self.momentum is None:
+            step = v.check_int(step, "step")
             if step < 1:
-                raise ValueError(f"the cumulative average needs step >= 1, got {step}")
+                raise ValueError(f"the cumulative average needs step >= 1; got {step}")
             return 1.0 / step
         return self.momentum if self.momentum_weights == "new" else 1.0 - self.momentum
 
@@ -168,10 +175,11 @@ CONVENTIONS: dict[str, Convention] = {
 
 def get_convention(name: str | Convention) -> Convention:
     """Look a convention up by name (``"pytorch"``, ``"pytorch-cumulative"``, ``"keras"``, ``"paper"``,
-    ``"flax"``, ``"flax-two-pass"``)."""
+    ``"flax"``, ``"flax-two-pass"``); a ``Convention`` is returned as it is."""
     if isinstance(name, Convention):
         return name
-    try:
-        return CONVENTIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown convention {name!r}; known: {', '.join(sorted(CONVENTIONS))}") from None
+    if not isinstance(name, str):
+        raise TypeError(f"convention must be a Convention or the name of one; got {name!r} ({type(name).__name__})")
+    if name not in CONVENTIONS:
+        raise ValueError(f"unknown convention {name!r}; known: {', '.join(sorted(CONVENTIONS))}")
+    return CONVENTIONS[name]

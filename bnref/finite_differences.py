@@ -24,13 +24,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from . import validation as v
+
 __all__ = ["numerical_gradients", "relative_error", "gradcheck"]
 
 
 def _as_float64(a: object, name: str) -> np.ndarray:
-    arr = np.asarray(a)
-    if arr.dtype.kind != "f":
-        raise ValueError(f"{name} must be floating point, got dtype {arr.dtype}")
+    arr = v.as_float_array(a, name)
     if arr.dtype != np.float64:
         raise ValueError(
             f"{name} must be float64 for a finite-difference check (float32 rounding would swamp the "
@@ -55,13 +55,16 @@ def numerical_gradients(
         Points at which to differentiate; they are not modified.
     dy : float64 ndarray
         Upstream gradient.
-    h : float
+    h : float, > 0
         Relative step; the step for entry ``x_i`` is ``h * max(1, |x_i|)``.
 
     Returns
     -------
     list of ndarray, one gradient per input, each of that input's shape
     """
+    if not callable(f):
+        raise TypeError(f"f must be a function of the inputs; got {type(f).__name__}")
+    h = v.check_positive(h, "h", "the relative step of the central difference")
     dy = _as_float64(dy, "dy")
     points = [_as_float64(x, f"inputs[{k}]").copy() for k, x in enumerate(inputs)]
 

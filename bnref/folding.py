@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import validation as v
 from .reference import fold_into_preceding, inference_affine
 
 __all__ = ["OUT_CHANNEL_AXIS", "fold_batch_norm"]
@@ -72,7 +73,6 @@ def fold_batch_norm(
     >>> wf[:, 0].round(6).tolist(), bf.round(6).tolist()
     ([1.0, 0.5], [-1.0, 0.0])
     """
-    if layer not in OUT_CHANNEL_AXIS:
-        raise ValueError(f"unknown layer {layer!r}; known: {', '.join(OUT_CHANNEL_AXIS)}")
+    v.check_choice(layer, "layer", tuple(OUT_CHANNEL_AXIS))
     scale, shift = inference_affine(gamma, beta, running_mean, running_var, eps)
     return fold_into_preceding(weight, bias, scale, shift, out_axis=OUT_CHANNEL_AXIS[layer])

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from . import validation as v
+
 __all__ = [
     "EXPERIMENT_SCHEMA",
     "SCHEMA",
@@ -349,7 +351,7 @@ class ExperimentRecord:
                 raise ValueError(f"{source}: field 'device' needs a string {key!r}; got {self.device!r}")
         if not (isinstance(self.seeds, list) and self.seeds):
             raise ValueError(f"{source}: field 'seeds' must be a non-empty list of integers; got {self.seeds!r}")
-        if not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
+        if not all(v.is_int(s) for s in self.seeds):
             raise ValueError(f"{source}: field 'seeds' must hold integers only; got {self.seeds!r}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"{source}: field 'seeds' repeats a seed: {self.seeds!r}")

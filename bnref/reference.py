@@ -27,17 +27,18 @@ and float64 are computed in their own precision. The variance is the two-pass on
 the one-pass ``mean(x**2) - mu**2`` (eq-fwd-one-pass) is available from ``batch_mean_var`` to show how it
 fails when ``|mean| >> std``.
 
-Every function validates its input and raises ``ValueError`` naming the problem; no framework is imported.
+Every function checks its input (``bnref.validation``): ``TypeError`` for an argument of the wrong type,
+``ValueError`` for a wrong value, each naming the problem. No framework is imported.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
+from . import validation as v
 from .conventions import Convention, get_convention
 
 __all__ = [
@@ -50,106 +51,10 @@ __all__ = [
     "batch_norm_inference",
     "fold_into_preceding",
     "inference_affine",
+    "mean_and_centred",
     "running_update",
     "update_running_stats",
 ]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Input validation and shapes
-# ----------------------------------------------------------------------------------------------------
-
-
-def _as_float_array(x: object, name: str) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.dtype.kind == "c":
-        raise ValueError(f"{name} must be real floating point; got complex dtype {arr.dtype}")
-    if arr.dtype.kind != "f":
-        raise ValueError(
-            f"{name} must be a floating-point array (float16, float32 or float64); got dtype {arr.dtype}. "
-            f"Convert it explicitly, e.g. {name}.astype(np.float32)."
-        )
-    return arr
-
-
-def _channel_axis(shape: tuple[int, ...], axis: object) -> int:
-    """The channel axis as an index ``0 <= axis < ndim``, after checking it."""
-    ndim = len(shape)
-    if ndim < 2:
-        raise ValueError(f"x must have at least 2 dimensions (batch and channels), got shape {shape}")
-    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
-        raise ValueError(f"axis must be an integer, got {axis!r}")
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"axis {axis} is out of range for an input with {ndim} dimensions {shape}")
-    return int(axis) % ndim
-
-
-def _values_per_channel(shape: tuple[int, ...], axis: int) -> int:
-    """``m``: the number of values each channel holds, the product of all axes but the channel axis."""
-    return math.prod(n for d, n in enumerate(shape) if d != axis)
-
-
-def _other_axes(ndim: int, axis: int) -> tuple[int, ...]:
-    """The axes a per-channel statistic reduces: all but the channel axis."""
-    return tuple(d for d in range(ndim) if d != axis)
-
-
-def _broadcast_shape(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
-    """The shape that broadcasts a per-channel vector against x: ``(1, C, 1, 1)`` for NCHW."""
-    return tuple(n if d == axis else 1 for d, n in enumerate(shape))
-
-
-def _compute_dtype(dtype: np.dtype) -> np.dtype:
-    """float16 is computed in float32 (as both frameworks do); float32 and float64 in their own dtype."""
-    return np.result_type(dtype, np.float32)
-
-
-def _fmt_channels(idx: np.ndarray, limit: int = 10) -> str:
-    shown = ", ".join(str(int(i)) for i in idx[:limit])
-    more = f" and {idx.size - limit} more" if idx.size > limit else ""
-    return f"[{shown}]{more}"
-
-
-def _channel_param(p: object, name: str, shape: tuple[int, ...], axis: int, dtype: np.dtype) -> np.ndarray:
-    """A per-channel parameter as a new array of shape ``(C,)`` in ``dtype``, after checking it."""
-    arr = np.asarray(p)
-    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
-        raise ValueError(f"{name} must be a real numeric array; got dtype {arr.dtype}")
-    channels = shape[axis]
-    if arr.shape != (channels,):
-        raise ValueError(
-            f"{name} must have shape ({channels},) to match the {channels} channels on axis {axis} "
-            f"of x with shape {shape}; got shape {arr.shape}"
-        )
-    arr = np.array(arr, dtype=dtype)  # a copy: nothing computed here aliases the caller's array
-    bad = np.flatnonzero(~np.isfinite(arr))
-    if bad.size:
-        raise ValueError(f"{name} has non-finite values at channels {_fmt_channels(bad)}")
-    return arr
-
-
-def _check_eps(eps: object) -> float:
-    try:
-        eps = float(eps)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"eps must be a positive number, got {eps!r}") from None
-    if not (eps > 0 and np.isfinite(eps)):
-        raise ValueError(f"eps must be a positive finite number (it keeps sqrt(var + eps) > 0), got {eps!r}")
-    return eps
-
-
-def _raise_non_finite(values: np.ndarray, axes: tuple[int, ...], bad: np.ndarray, what: str) -> None:
-    """Explain the non-finite statistics of channels ``bad``: non-finite values in ``what``, or overflow."""
-    with_non_finite_values = np.flatnonzero(~np.all(np.isfinite(values), axis=axes))
-    if with_non_finite_values.size:
-        raise ValueError(
-            f"{what} has non-finite values (nan or inf) in channels {_fmt_channels(with_non_finite_values)}; "
-            "pass check_finite=False to let them propagate as the frameworks do"
-        )
-    raise ValueError(
-        f"the statistics of channels {_fmt_channels(bad)} overflow in {values.dtype} although {what} is finite; "
-        "rescale the input or compute in float64"
-    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -198,12 +103,12 @@ class BatchNormCache:
     @property
     def reduce_axes(self) -> tuple[int, ...]:
         """The axes every per-channel sum runs over: all but ``axis``."""
-        return _other_axes(self.x.ndim, self.axis)
+        return v.reduce_axes(self.x.ndim, self.axis)
 
     @property
     def bshape(self) -> tuple[int, ...]:
         """The shape that broadcasts a per-channel vector against ``x``, e.g. ``(1, C, 1, 1)`` for NCHW."""
-        return _broadcast_shape(self.x.shape, self.axis)
+        return v.broadcast_shape(self.x.shape, self.axis)
 
     @property
     def unbiased_var(self) -> np.ndarray:
@@ -211,7 +116,7 @@ class BatchNormCache:
         return self.var * (self.m / (self.m - 1))
 
 
-def _mean_and_centred(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def mean_and_centred(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """The batch mean ``mu`` (eq. ``eq-batch-mean``) and the centred input ``x - mu`` (eq. ``eq-bw-xc``).
 
     Both have ``keepdims`` shape. In exact arithmetic this is ``mu = mean(x)``, ``x - mu``. In floating
@@ -220,6 +125,10 @@ def _mean_and_centred(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray,
     centred values themselves reveal that error: their mean is exactly it, and is computed to order
     ``eps * std``. Subtracting it once more (the correction of Chan, Golub & LeVeque's corrected two-pass
     algorithm) leaves centred values, and a ``mu``, accurate whatever ``|mu| / std``.
+
+    Every standardisation of the package centres with it: Batch Normalization (``axes`` all but the
+    channel axis) and, in ``bnref.normalization``, Layer and Group Normalization (an example's last axes, a
+    group). ``x`` is in the compute dtype; the statistics run over ``axes``.
     """
     mu = np.mean(x, axis=axes, keepdims=True)
     x_centred = x - mu
@@ -232,6 +141,8 @@ def batch_mean_var(
     x: np.ndarray,
     axis: int = 1,
     method: Literal["two-pass", "one-pass"] = "two-pass",
+    *,
+    check_finite: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel batch mean and biased variance, eqs. ``eq-batch-mean`` and ``eq-batch-var``.
 
@@ -247,23 +158,26 @@ def batch_mean_var(
         ``"two-pass"`` (default): the mean first, then the mean squared deviation from it; accurate whatever
         ``|mean| / std``. ``"one-pass"``: ``mean(x**2) - mean(x)**2`` (eq. ``eq-fwd-one-pass``) in the
         compute dtype; it is here only to show, in the book and a test, how it loses every digit when
-        ``|mean| >> std``.
+        ``|mean| >> std``, and for the conventions that feed it to the running variance (``RunningStats``).
+    check_finite : bool
+        If True (default), non-finite inputs raise a ValueError naming the channels.
 
     Returns
     -------
     mean, var : ndarray, shape (C,)
     """
-    x = _as_float_array(x, "x")
-    axis = _channel_axis(x.shape, axis)
-    if _values_per_channel(x.shape, axis) < 1:
-        raise ValueError(f"x with shape {x.shape} has no values per channel")
-    if method not in ("two-pass", "one-pass"):
-        raise ValueError(f"method must be 'two-pass' or 'one-pass', got {method!r}")
-    x = x.astype(_compute_dtype(x.dtype), copy=False)
-    axes = _other_axes(x.ndim, axis)
+    x = v.as_float_array(x, "x")
+    axis = v.channel_axis(x.shape, axis)
+    if v.values_per_channel(x.shape, axis) < 1:
+        raise ValueError(f"x must have at least one value per channel; got shape {x.shape}")
+    v.check_choice(method, "method", ("two-pass", "one-pass"))
+    x = x.astype(v.compute_dtype(x.dtype), copy=False)
+    axes = v.reduce_axes(x.ndim, axis)
+    if check_finite:
+        v.check_finite_channels(x, axes, "x")
     with np.errstate(invalid="ignore", over="ignore"):
         if method == "two-pass":
-            mu, x_centred = _mean_and_centred(x, axes)
+            mu, x_centred = mean_and_centred(x, axes)
             var = np.mean(x_centred**2, axis=axes, keepdims=True)
         else:
             mu = np.mean(x, axis=axes, keepdims=True)
@@ -311,30 +225,30 @@ def batch_norm_forward(
         Copies of ``x`` and ``gamma``, and ``x_hat``, ``mean``, ``var``, ``inv_std``: what the backward
         passes need.
     """
-    x = _as_float_array(x, "x")
-    axis = _channel_axis(x.shape, axis)
-    m = _values_per_channel(x.shape, axis)
+    x = v.as_float_array(x, "x")
+    axis = v.channel_axis(x.shape, axis)
+    m = v.values_per_channel(x.shape, axis)
     if m < 2:
         raise ValueError(
             f"training-mode batch norm needs at least 2 values per channel to estimate a variance; "
             f"x with shape {x.shape} has {m} per channel (axis {axis}). "
             "Use a larger batch, or batch_norm_inference with running statistics."
         )
-    dtype = _compute_dtype(x.dtype)
-    gamma = _channel_param(gamma, "gamma", x.shape, axis, dtype)
-    beta = _channel_param(beta, "beta", x.shape, axis, dtype)
-    eps = _check_eps(eps)
+    dtype = v.compute_dtype(x.dtype)
+    gamma = v.channel_param(gamma, "gamma", x.shape, axis, dtype)
+    beta = v.channel_param(beta, "beta", x.shape, axis, dtype)
+    eps = v.check_eps(eps)
     x_in = np.array(x, dtype=dtype)  # a copy: the cache must not change when the caller's x does
-    axes = _other_axes(x.ndim, axis)
-    b = _broadcast_shape(x.shape, axis)
+    axes = v.reduce_axes(x.ndim, axis)
+    b = v.broadcast_shape(x.shape, axis)
 
     with np.errstate(invalid="ignore", over="ignore"):  # non-finite values are reported below, by channel
-        mu, x_centred = _mean_and_centred(x_in, axes)  # eq-batch-mean, x - mu
+        mu, x_centred = mean_and_centred(x_in, axes)  # eq-batch-mean, x - mu
         var = np.mean(x_centred**2, axis=axes, keepdims=True)  # eq-batch-var
         if check_finite:
             bad = np.flatnonzero(~(np.isfinite(mu) & np.isfinite(var)))
             if bad.size:
-                _raise_non_finite(x_in, axes, bad, "x")
+                v.raise_non_finite(x_in, axes, bad, "x")
         inv_std = 1.0 / np.sqrt(var + eps)  # eq-bw-inv-std
         x_hat = x_centred * inv_std  # eq-x-hat
         y = gamma.reshape(b) * x_hat + beta.reshape(b)  # eq-scale-shift
@@ -356,15 +270,6 @@ def batch_norm_forward(
 # ----------------------------------------------------------------------------------------------------
 # Backward
 # ----------------------------------------------------------------------------------------------------
-
-
-def _check_dy(dy: object, cache: object) -> np.ndarray:
-    if not isinstance(cache, BatchNormCache):
-        raise ValueError(f"cache must be the BatchNormCache returned by batch_norm_forward, got {type(cache).__name__}")
-    dy = _as_float_array(dy, "dy")
-    if dy.shape != cache.x.shape:
-        raise ValueError(f"dy must have the forward input's shape {cache.x.shape}; got {dy.shape}")
-    return dy.astype(cache.x.dtype, copy=False)
 
 
 def batch_norm_backward(
@@ -392,7 +297,8 @@ def batch_norm_backward(
     dx : ndarray, same shape as dy, in the compute dtype (float32 for float16)
     dgamma, dbeta : ndarray, shape (C,)
     """
-    dy = _check_dy(dy, cache)
+    v.check_cache(cache, BatchNormCache, "batch_norm_forward")
+    dy = v.as_dy(dy, cache.x.shape, cache.x.dtype)
     axes, b, m = cache.reduce_axes, cache.bshape, cache.m
     x_hat = cache.x_hat
     gamma, inv_std = cache.gamma.reshape(b), cache.inv_std.reshape(b)
@@ -403,7 +309,7 @@ def batch_norm_backward(
         if check_finite:
             bad = np.flatnonzero(~(np.isfinite(dbeta) & np.isfinite(dgamma)))
             if bad.size:
-                _raise_non_finite(dy, axes, bad, "dy")
+                v.raise_non_finite(dy, axes, bad, "dy")
         dx = gamma * inv_std / m * (m * dy - dbeta - x_hat * dgamma)  # eq-dx-compact
     return dx, dgamma.reshape(-1), dbeta.reshape(-1)
 
@@ -429,7 +335,8 @@ def batch_norm_backward_staged(
 
     Parameters and returns as in ``batch_norm_backward``.
     """
-    dy = _check_dy(dy, cache)
+    v.check_cache(cache, BatchNormCache, "batch_norm_forward")
+    dy = v.as_dy(dy, cache.x.shape, cache.x.dtype)
     axes, b, m = cache.reduce_axes, cache.bshape, cache.m
     x_hat = cache.x_hat
     mu, gamma, inv_std = cache.mean.reshape(b), cache.gamma.reshape(b), cache.inv_std.reshape(b)
@@ -442,7 +349,7 @@ def batch_norm_backward_staged(
         if check_finite:
             bad = np.flatnonzero(~(np.isfinite(dbeta) & np.isfinite(dgamma)))
             if bad.size:
-                _raise_non_finite(dy, axes, bad, "dy")
+                v.raise_non_finite(dy, axes, bad, "dy")
         dx_hat = gamma * dy  # eq-bw-dxhat
         # x_hat = xc * inv_std: two parents, xc (one per value) and inv_std (one per channel)
         dinv_std = np.sum(dx_hat * xc, axis=axes, keepdims=True)  # eq-bw-dinv-std
@@ -465,11 +372,9 @@ def batch_norm_backward_staged(
 def _running_params(
     running_mean: object, running_var: object, shape: tuple[int, ...], axis: int, dtype: np.dtype
 ) -> tuple[np.ndarray, np.ndarray]:
-    running_mean = _channel_param(running_mean, "running_mean", shape, axis, dtype)
-    running_var = _channel_param(running_var, "running_var", shape, axis, dtype)
-    negative = np.flatnonzero(running_var < 0)
-    if negative.size:
-        raise ValueError(f"running_var must be >= 0; it is negative at channels {_fmt_channels(negative)}")
+    running_mean = v.channel_param(running_mean, "running_mean", shape, axis, dtype)
+    running_var = v.channel_param(running_var, "running_var", shape, axis, dtype)
+    v.check_non_negative(running_var, "running_var")
     return running_mean, running_var
 
 
@@ -494,15 +399,16 @@ def inference_affine(
     -------
     scale, shift : ndarray, shape (C,), float64 unless all inputs are float32 (or narrower)
     """
-    g = np.asarray(gamma)
-    if g.ndim != 1:
-        raise ValueError(f"gamma must be a vector of shape (C,), got shape {g.shape}")
-    shape, axis = (1, g.shape[0]), 1  # the parameters of a (1, C) input
-    dtype = np.result_type(*(np.asarray(a).dtype for a in (gamma, beta, running_mean, running_var)), np.float32)
-    gamma = _channel_param(gamma, "gamma", shape, axis, dtype)
-    beta = _channel_param(beta, "beta", shape, axis, dtype)
-    running_mean, running_var = _running_params(running_mean, running_var, shape, axis, dtype)
-    scale = gamma / np.sqrt(running_var + _check_eps(eps))
+    params = {"gamma": gamma, "beta": beta, "running_mean": running_mean, "running_var": running_var}
+    params = {name: v.as_real_array(p, name) for name, p in params.items()}
+    if params["gamma"].ndim != 1:
+        raise ValueError(f"gamma must be a vector of shape (C,); got shape {params['gamma'].shape}")
+    shape, axis = (1, params["gamma"].shape[0]), 1  # the parameters of a (1, C) input
+    dtype = np.result_type(*(p.dtype for p in params.values()), np.float32)
+    gamma = v.channel_param(params["gamma"], "gamma", shape, axis, dtype)
+    beta = v.channel_param(params["beta"], "beta", shape, axis, dtype)
+    running_mean, running_var = _running_params(params["running_mean"], params["running_var"], shape, axis, dtype)
+    scale = gamma / np.sqrt(running_var + v.check_eps(eps))
     shift = beta - scale * running_mean
     return scale, shift
 
@@ -540,18 +446,17 @@ def batch_norm_inference(
     --------
     inference_affine : the same map folded into ``scale * x + shift``.
     """
-    x = _as_float_array(x, "x")
-    axis = _channel_axis(x.shape, axis)
-    dtype = _compute_dtype(x.dtype)
-    gamma = _channel_param(gamma, "gamma", x.shape, axis, dtype)
-    beta = _channel_param(beta, "beta", x.shape, axis, dtype)
+    x = v.as_float_array(x, "x")
+    axis = v.channel_axis(x.shape, axis)
+    dtype = v.compute_dtype(x.dtype)
+    gamma = v.channel_param(gamma, "gamma", x.shape, axis, dtype)
+    beta = v.channel_param(beta, "beta", x.shape, axis, dtype)
     running_mean, running_var = _running_params(running_mean, running_var, x.shape, axis, dtype)
-    eps = _check_eps(eps)
+    eps = v.check_eps(eps)
     x_in = x.astype(dtype, copy=False)
-    axes = _other_axes(x.ndim, axis)
-    if check_finite and not np.all(np.isfinite(x_in)):
-        _raise_non_finite(x_in, axes, np.flatnonzero(~np.all(np.isfinite(x_in), axis=axes)), "x")
-    b = _broadcast_shape(x.shape, axis)
+    if check_finite:
+        v.check_finite_channels(x_in, v.reduce_axes(x.ndim, axis), "x")
+    b = v.broadcast_shape(x.shape, axis)
     with np.errstate(invalid="ignore", over="ignore"):
         x_hat = (x_in - running_mean.reshape(b)) / np.sqrt(running_var.reshape(b) + eps)
         y = gamma.reshape(b) * x_hat + beta.reshape(b)  # eq-inference
@@ -585,20 +490,19 @@ def fold_into_preceding(
     -------
     weight_folded, bias_folded : ndarray
     """
-    weight = np.asarray(weight)
+    weight = v.as_real_array(weight, "weight")
+    out_axis = v.check_int(out_axis, "out_axis")
     if not -weight.ndim <= out_axis < weight.ndim:
         raise ValueError(f"out_axis {out_axis} is out of range for a weight of shape {weight.shape}")
+    v.check_finite(weight, "weight")
     c = weight.shape[out_axis]
-    scale, shift = np.asarray(scale), np.asarray(shift)
-    if scale.shape != (c,) or shift.shape != (c,):
-        raise ValueError(
-            f"scale and shift must have shape ({c},) to match axis {out_axis} of the weight {weight.shape}; "
-            f"got {scale.shape} and {shift.shape}"
-        )
-    bias = np.zeros(c, dtype=scale.dtype) if bias is None else np.asarray(bias)
-    if bias.shape != (c,):
-        raise ValueError(f"bias must have shape ({c},), got {bias.shape}")
-    b = _broadcast_shape(weight.shape, out_axis % weight.ndim)
+    what = f"to match axis {out_axis} of the weight {weight.shape}"
+    scale, shift = v.as_real_array(scale, "scale"), v.as_real_array(shift, "shift")
+    scale = v.as_param(scale, "scale", (c,), scale.dtype, what)
+    shift = v.as_param(shift, "shift", (c,), shift.dtype, what)
+    bias = np.zeros(c, dtype=scale.dtype) if bias is None else v.as_real_array(bias, "bias")
+    bias = v.as_param(bias, "bias", (c,), bias.dtype, what)
+    b = v.broadcast_shape(weight.shape, out_axis % weight.ndim)
     return weight * scale.reshape(b), bias * scale + shift
 
 
@@ -612,14 +516,15 @@ def running_update(running: np.ndarray, batch_value: np.ndarray, weight: float) 
 
     ``r_new = (1 - w) * r + w * b``; ``w`` comes from ``Convention.new_value_weight(step)``.
     """
-    running = np.asarray(running)
-    batch_value = np.asarray(batch_value)
+    running = v.as_real_array(running, "running value")
+    batch_value = v.as_real_array(batch_value, "batch value")
     if running.shape != batch_value.shape:
         raise ValueError(
             f"running value and batch value must have the same shape; got {running.shape} and {batch_value.shape}"
         )
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"the weight of the new value must lie in [0, 1], got {weight}")
+    v.check_finite(running, "running value")
+    v.check_finite(batch_value, "batch value")
+    weight = v.check_unit_interval(weight, "the weight of the new value")
     return (1.0 - weight) * running + weight * batch_value
 
 
@@ -641,9 +546,9 @@ def update_running_stats(
     Parameters
     ----------
     running_mean, running_var : ndarray, shape (C,)
-        The estimates before this batch.
+        The estimates before this batch; ``running_var >= 0``.
     batch_mean, batch_var : ndarray, shape (C,)
-        The batch mean and the *biased* batch variance (``cache.mean``, ``cache.var``).
+        The batch mean and the *biased* batch variance (``cache.mean``, ``cache.var``); ``batch_var >= 0``.
     m : int
         Values per channel in the batch; the unbiased conventions multiply ``batch_var`` by m/(m-1).
     step : int
@@ -656,10 +561,22 @@ def update_running_stats(
     new_mean, new_var : ndarray, shape (C,)
     """
     conv = get_convention(convention)
+    m = v.check_int(m, "m", minimum=1)
+    step = v.check_int(step, "step", minimum=0)
+    running_mean = v.as_real_array(running_mean, "running_mean")
+    if running_mean.ndim != 1:
+        raise ValueError(f"running_mean must be a vector of shape (C,); got shape {running_mean.shape}")
+    shape, what = running_mean.shape, "to match running_mean"
+    v.check_finite(running_mean, "running_mean", "channels")
+    running_var = v.as_param(running_var, "running_var", shape, None, what)
+    batch_mean = v.as_param(batch_mean, "batch_mean", shape, None, what)
+    batch_var = v.as_param(batch_var, "batch_var", shape, None, what)
+    v.check_non_negative(running_var, "running_var")
+    v.check_non_negative(batch_var, "batch_var")
     if conv.running_var == "unbiased":
         if m < 2:
-            raise ValueError(f"the unbiased variance needs at least 2 values per channel, got m={m}")
-        batch_var = np.asarray(batch_var) * (m / (m - 1))
+            raise ValueError(f"the unbiased variance needs at least 2 values per channel; got m={m}")
+        batch_var = batch_var * (m / (m - 1))
     w = conv.new_value_weight(step)
     return running_update(running_mean, batch_mean, w), running_update(running_var, batch_var, w)
 
@@ -667,11 +584,17 @@ def update_running_stats(
 class RunningStats:
     """Running mean and variance under one convention, updated from forward caches.
 
+    The batch variance fed to the running estimate is the convention's (``Convention.var_method``): the
+    two-pass variance of the forward pass (``cache.var``), or for a one-pass convention (``FLAX``) the
+    one-pass ``mean(x^2) - mean(x)^2`` of the batch (eq. ``eq-fwd-one-pass``), clipped at 0 as
+    ``flax.linen.BatchNorm`` clips it. The one-pass variance, and with it the running variance, loses about
+    ``2 log10(|mean| / std)`` digits, as Flax's does.
+
     Parameters
     ----------
-    channels : int
+    channels : int, >= 1
     convention : Convention or name
-    dtype : numpy dtype of the estimates (float64 by default)
+    dtype : numpy floating-point dtype of the estimates (float64 by default)
 
     Examples
     --------
@@ -686,18 +609,28 @@ class RunningStats:
     """
 
     def __init__(self, channels: int, convention: Convention | str, dtype: np.dtype = np.float64) -> None:
+        channels = v.check_int(channels, "channels", minimum=1)
         self.convention = get_convention(convention)
+        if np.dtype(dtype).kind != "f":
+            raise TypeError(f"dtype must be a floating-point dtype; got {np.dtype(dtype)}")
         self.mean = np.full(channels, self.convention.init_mean, dtype=dtype)
         self.var = np.full(channels, self.convention.init_var, dtype=dtype)
         self.num_batches_tracked = 0
 
     def update(self, cache: BatchNormCache) -> None:
-        """Fold one training batch's statistics into the running estimates."""
+        """Fold one training batch's statistics (from ``batch_norm_forward``) into the running estimates."""
+        v.check_cache(cache, BatchNormCache, "batch_norm_forward")
         if cache.mean.shape != self.mean.shape:
-            raise ValueError(f"cache has {cache.mean.shape[0]} channels, these statistics have {self.mean.shape[0]}")
+            raise ValueError(
+                f"cache must hold {self.mean.shape[0]} channels, as these statistics do; got {cache.mean.shape[0]}"
+            )
+        mean, var = cache.mean, cache.var
+        if self.convention.var_method == "one-pass":
+            mean, var = batch_mean_var(cache.x, cache.axis, method="one-pass")  # eq-fwd-one-pass
+            var = np.maximum(var, 0.0)  # as flax.linen.BatchNorm clips it
         self.num_batches_tracked += 1
         mean, var = update_running_stats(
-            self.mean, self.var, cache.mean, cache.var, cache.m, self.num_batches_tracked, self.convention
+            self.mean, self.var, mean, var, cache.m, self.num_batches_tracked, self.convention
         )
         self.mean = mean.astype(self.mean.dtype, copy=False)
         self.var = var.astype(self.var.dtype, copy=False)

@@ -38,6 +38,8 @@ from typing import Literal
 
 import numpy as np
 
+from . import validation as v
+
 __all__ = [
     "BOUND_C",
     "DTYPES",
@@ -102,19 +104,14 @@ def compute_dtype(dtype: object) -> str:
     return "float32" if name in _HALF else name
 
 
-def _check_m(m: int) -> int:
-    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
-        raise ValueError(f"m, the reduction length, must be an int >= 1; got {m!r}")
-    return int(m)
-
-
 def reduction_error(dtype: object, m: int) -> float:
     """``e = C eps (1 + sqrt(m))`` (eq-bound-unit), with ``eps`` of the compute dtype (float32 for halves).
 
     Multiply by a condition scale (the sum of absolute values a result is computed from) to get an
     absolute bound.
     """
-    return BOUND_C * machine_eps(compute_dtype(dtype)) * (1.0 + math.sqrt(_check_m(m)))
+    m = v.check_int(m, "m, the reduction length,", minimum=1)
+    return BOUND_C * machine_eps(compute_dtype(dtype)) * (1.0 + math.sqrt(m))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -228,15 +225,17 @@ def check_close(
     ValueError
         On different shapes, an unknown dtype, ``m < 1``, ``cond < 1`` or non-finite ``cond``, a non-finite
         ``expected``, or an unknown ``show``.
+    TypeError
+        On ``m`` not an integer, ``cond`` not a number, or a masked array.
     """
     name = _dtype_name(dtype)
-    m = _check_m(m)
+    m = v.check_int(m, "m, the reduction length,", minimum=1)
+    cond = v.check_real(cond, "cond, the condition factor,")
     if not (math.isfinite(cond) and cond >= 1.0):
         raise ValueError(f"cond, the condition factor, must be finite and >= 1; got {cond!r}")
-    if show not in ("verdict", "full", "none"):
-        raise ValueError(f"show must be 'verdict', 'full' or 'none'; got {show!r}")
-    a = np.asarray(actual, dtype=np.float64)
-    b = np.asarray(expected, dtype=np.float64)
+    v.check_choice(show, "show", ("verdict", "full", "none"))
+    a = np.asarray(v.as_array(actual, "actual"), dtype=np.float64)
+    b = np.asarray(v.as_array(expected, "expected"), dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"{what}: shapes differ: actual {a.shape}, expected {b.shape}")
     if not np.all(np.isfinite(b)):

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import EPS64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,9 +22,6 @@ from bnref import (
     get_convention,
     running_update,
 )
-
-EPS64 = float(np.finfo(np.float64).eps)
-
 
 # ----------------------------------------------------------------------------------------------------
 # The data (measured in the frameworks chapter, book/frameworks.ipynb)
@@ -79,7 +77,7 @@ def test_new_value_weights():
 
 @pytest.mark.parametrize("step", [0, -1])
 def test_cumulative_weight_needs_a_positive_step(step):
-    with pytest.raises(ValueError, match=f"cumulative average needs step >= 1, got {step}"):
+    with pytest.raises(ValueError, match=f"cumulative average needs step >= 1; got {step}"):
         PYTORCH_CUMULATIVE.new_value_weight(step)
 
 
@@ -126,7 +124,7 @@ def make(**changes):
 
 @pytest.mark.parametrize("eps", [0.0, -1e-5, float("nan")])
 def test_eps_must_be_positive(eps):
-    with pytest.raises(ValueError, match="eps must be > 0"):
+    with pytest.raises(ValueError, match="eps must be a positive finite number"):
         make(eps=eps)
 
 
@@ -147,9 +145,9 @@ def test_momentum_endpoints_are_allowed():
 
 
 def test_momentum_weights_and_running_var_are_checked():
-    with pytest.raises(ValueError, match="momentum_weights must be 'new' or 'old', got 'both'"):
+    with pytest.raises(ValueError, match="momentum_weights must be 'new' or 'old'; got 'both'"):
         make(momentum_weights="both")
-    with pytest.raises(ValueError, match="running_var must be 'unbiased' or 'biased', got 'sample'"):
+    with pytest.raises(ValueError, match="running_var must be 'unbiased' or 'biased'; got 'sample'"):
         make(running_var="sample")
 
 
@@ -158,7 +156,7 @@ def test_conventions_are_immutable_and_replace_validates():
         PYTORCH.eps = 1e-3  # type: ignore[misc]
     changed = PYTORCH.replace(eps=1e-3)
     assert changed.eps == 1e-3 and PYTORCH.eps == 1e-5
-    with pytest.raises(ValueError, match="eps must be > 0"):
+    with pytest.raises(ValueError, match="eps must be a positive finite number"):
         PYTORCH.replace(eps=0.0)
 
 
@@ -233,3 +231,50 @@ def test_var_method_defaults_to_two_pass_and_is_checked():
     assert make(var_method="one-pass").var_method == "one-pass"
     with pytest.raises(ValueError, match="var_method must be 'two-pass' or 'one-pass'"):
         make(var_method="welford")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Named errors: TypeError for a wrong type, ValueError for a wrong value
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("init_var", [-1, -1e-12, float("inf"), float("nan")])
+def test_init_var_must_be_a_finite_variance(init_var):
+    with pytest.raises(ValueError, match=r"init_var must be a finite number >= 0 \(a variance\); got"):
+        make(init_var=init_var)
+    with pytest.raises(ValueError, match="init_var must be a finite number >= 0"):
+        PYTORCH.replace(init_var=init_var)
+
+
+def test_init_mean_must_be_finite():
+    with pytest.raises(ValueError, match="init_mean must be finite; got nan"):
+        make(init_mean=float("nan"))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("eps", True, r"eps must be a real number; got True \(bool\)"),
+        ("eps", "1e-5", r"eps must be a real number; got '1e-5' \(str\)"),
+        ("momentum", True, r"momentum must be a real number; got True \(bool\)"),
+        ("momentum", "0.1", r"momentum must be a real number; got '0.1'"),
+        ("axis", 1.0, r"axis must be an integer; got 1.0 \(float\)"),
+        ("init_var", "1", r"init_var must be a real number; got '1'"),
+        ("name", 3, r"name must be a string; got 3 \(int\)"),
+        ("running_var", None, r"running_var must be 'unbiased' or 'biased'; got None \(NoneType\)"),
+    ],
+)
+def test_wrong_types_are_type_errors(field, value, message):
+    with pytest.raises(TypeError, match=message):
+        make(**{field: value})
+
+
+@pytest.mark.parametrize("name", [["pytorch"], None, 1, PYTORCH.__dict__])
+def test_get_convention_of_something_else_than_a_name_is_a_type_error(name):
+    with pytest.raises(TypeError, match="convention must be a Convention or the name of one; got"):
+        get_convention(name)
+
+
+def test_step_of_the_cumulative_weight_must_be_an_integer():
+    with pytest.raises(TypeError, match=r"step must be an integer; got 1.5 \(float\)"):
+        PYTORCH_CUMULATIVE.new_value_weight(1.5)

@@ -10,24 +10,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import cond
 
 import bnref
 from bnref.folding import OUT_CHANNEL_AXIS, fold_batch_norm
 from bnref.testing import check_close
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
-fusion = pytest.importorskip("torch.nn.utils.fusion")
-
 SEEDS = (0, 1, 2)
 
 
-def _cond(scale, expected) -> float:
-    top = float(np.max(np.abs(expected)))
-    return max(1.0, float(np.max(scale)) / top) if top > 0 else 1.0
-
-
 def _random_bn(bn, rng: np.random.Generator) -> None:
+    import torch
+
     c = bn.num_features
     with torch.no_grad():
         bn.weight.copy_(torch.tensor(rng.normal(size=c)))
@@ -45,41 +39,31 @@ def _bn_args(bn):
     return _np(bn.weight), _np(bn.bias), _np(bn.running_mean), _np(bn.running_var), bn.eps
 
 
+#: name -> (layer from torch.nn, its BN from torch.nn, input shape, layout of fold_batch_norm)
 CASES = {
-    "Linear": (lambda: torch.nn.Linear(12, 5), lambda: torch.nn.BatchNorm1d(5), (7, 12), "torch.Linear", F.linear),
-    "Linear-no-bias": (
-        lambda: torch.nn.Linear(12, 5, bias=False),
-        lambda: torch.nn.BatchNorm1d(5),
-        (7, 12),
-        "torch.Linear",
-        F.linear,
-    ),
-    "Conv2d": (
-        lambda: torch.nn.Conv2d(3, 4, 3, padding=1),
-        lambda: torch.nn.BatchNorm2d(4),
-        (2, 3, 6, 6),
-        "torch.Conv",
-        F.conv2d,
-    ),
+    "Linear": (lambda nn: nn.Linear(12, 5), lambda nn: nn.BatchNorm1d(5), (7, 12), "torch.Linear"),
+    "Linear-no-bias": (lambda nn: nn.Linear(12, 5, bias=False), lambda nn: nn.BatchNorm1d(5), (7, 12), "torch.Linear"),
+    "Conv2d": (lambda nn: nn.Conv2d(3, 4, 3, padding=1), lambda nn: nn.BatchNorm2d(4), (2, 3, 6, 6), "torch.Conv"),
     "Conv2d-groups": (
-        lambda: torch.nn.Conv2d(4, 6, 3, groups=2, bias=False),
-        lambda: torch.nn.BatchNorm2d(6),
+        lambda nn: nn.Conv2d(4, 6, 3, groups=2, bias=False),
+        lambda nn: nn.BatchNorm2d(6),
         (2, 4, 5, 5),
         "torch.Conv",
-        None,
     ),
     "ConvTranspose2d": (
-        lambda: torch.nn.ConvTranspose2d(3, 4, 3, stride=2),
-        lambda: torch.nn.BatchNorm2d(4),
+        lambda nn: nn.ConvTranspose2d(3, 4, 3, stride=2),
+        lambda nn: nn.BatchNorm2d(4),
         (2, 3, 4, 4),
         "torch.ConvTranspose",
-        F.conv_transpose2d,
     ),
 }
 
 
 def _apply(layer_module, x64: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The layer's own operation in float64 with weight w and bias b (stride, padding, groups kept)."""
+    import torch
+
+    F = torch.nn.functional
     m = layer_module
     xt, wt, bt = torch.tensor(x64), torch.tensor(w), torch.tensor(b)
     if isinstance(m, torch.nn.Linear):
@@ -91,11 +75,13 @@ def _apply(layer_module, x64: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.nd
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_fold_agrees_with_torch_fusion_and_with_the_unfused_layers(seed, case):
-    make_layer, make_bn, shape, layout, _ = CASES[case]
+def test_fold_agrees_with_torch_fusion_and_with_the_unfused_layers(torch, seed, case):
+    from torch.nn.utils import fusion
+
+    make_layer, make_bn, shape, layout = CASES[case]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    layer, bn = make_layer(), make_bn()
+    layer, bn = make_layer(torch.nn), make_bn(torch.nn)
     _random_bn(bn, rng)
     layer.eval()
     if isinstance(layer, torch.nn.Linear):
@@ -112,7 +98,7 @@ def test_fold_agrees_with_torch_fusion_and_with_the_unfused_layers(seed, case):
     b_in = np.zeros_like(bf) if b64 is None else b64
     s_bias = (np.abs(b_in) + np.abs(_np(bn.running_mean))) * np.abs(scale) + np.abs(_np(bn.bias))
     assert check_close(_np(fused.weight), wf, dtype="float32", m=1, what="weight", show="none")
-    assert check_close(_np(fused.bias), bf, dtype="float32", m=1, cond=_cond(s_bias, bf), what="bias", show="none")
+    assert check_close(_np(fused.bias), bf, dtype="float32", m=1, cond=cond(s_bias, bf), what="bias", show="none")
 
     # outputs: the fused torch module and the unfused pair (both float32) against the folded float64 layer
     x64 = rng.normal(size=shape)
@@ -130,12 +116,14 @@ def test_fold_agrees_with_torch_fusion_and_with_the_unfused_layers(seed, case):
         np.abs(_np(bn.running_mean)) * np.abs(scale) + np.abs(_np(bn.bias))
     ).reshape(b_shape)
     m = fan_in + 1
-    assert check_close(fused_y, expected, dtype="float32", m=m, cond=_cond(s_out, expected), what="fused")
-    assert check_close(unfused_y, expected, dtype="float32", m=m, cond=_cond(s_unfused, expected), what="unfused")
+    assert check_close(fused_y, expected, dtype="float32", m=m, cond=cond(s_out, expected), what="fused")
+    assert check_close(unfused_y, expected, dtype="float32", m=m, cond=cond(s_unfused, expected), what="unfused")
 
 
-def test_planted_fault_wrong_axis_or_eps_is_caught():
+def test_planted_fault_wrong_axis_or_eps_is_caught(torch):
     """Folding along the wrong axis, or with Keras' eps for a PyTorch layer, fails the same bound."""
+    from torch.nn.utils import fusion
+
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     conv, bn = torch.nn.ConvTranspose2d(4, 4, 3), torch.nn.BatchNorm2d(4)
@@ -155,15 +143,21 @@ def test_planted_fault_wrong_axis_or_eps_is_caught():
     assert not check_close(_np(fused.weight), wrong_eps, **kw).passed
 
 
-def test_bad_input_raises_named_value_errors():
+def test_bad_input_raises_named_errors():
     g = np.ones(4)
-    with pytest.raises(ValueError, match="unknown layer 'torch.Dense'"):
+    with pytest.raises(
+        ValueError, match="layer must be 'torch.Linear', .* or 'keras.ConvTranspose'; got 'torch.Dense'"
+    ):
         fold_batch_norm(np.ones((4, 3)), None, g, 0 * g, 0 * g, g, layer="torch.Dense")
-    with pytest.raises(ValueError, match=r"scale and shift must have shape \(2,\)"):
+    with pytest.raises(ValueError, match=r"scale must have shape \(2,\) to match axis 1 of the weight \(4, 2, 3, 3\)"):
         # a grouped transposed convolution: weight (in, out / groups, kh, kw) has 2 of the 4 channels on axis 1
         fold_batch_norm(np.ones((4, 2, 3, 3)), None, g, 0 * g, 0 * g, g, layer="torch.ConvTranspose")
-    with pytest.raises(ValueError, match="running_var must be >= 0"):
+    with pytest.raises(ValueError, match=r"running_var must be >= 0; it is negative at channels \[0, 1, 2, 3\]"):
         fold_batch_norm(np.ones((4, 3)), None, g, 0 * g, 0 * g, -g, layer="torch.Linear")
+    with pytest.raises(ValueError, match=r"running_mean has non-finite values \(nan or inf\) at channels \[2\]"):
+        fold_batch_norm(np.ones((4, 3)), None, g, 0 * g, np.array([0, 0, np.nan, 0]), g, layer="torch.Linear")
+    with pytest.raises(TypeError, match="layer must be 'torch.Linear', .*; got \\['torch.Linear'\\]"):
+        fold_batch_norm(np.ones((4, 3)), None, g, 0 * g, 0 * g, g, layer=["torch.Linear"])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -216,8 +210,8 @@ def test_fold_agrees_with_an_unfused_keras_model(seed, kind):
     folded64.layers[0].set_weights([np.abs(kernel), np.abs(bias)])
     s_unfused = np.asarray(folded64(np.abs(x).astype(np.float64))) * scale + np.abs(mu) * scale + np.abs(b)
     m = fan_in + 1
-    assert check_close(unfused_y, expected, dtype="float32", m=m, cond=_cond(s_unfused, expected), what="unfused")
-    assert check_close(folded_y, expected, dtype="float32", m=m, cond=_cond(s_out, expected), what="folded")
+    assert check_close(unfused_y, expected, dtype="float32", m=m, cond=cond(s_unfused, expected), what="unfused")
+    assert check_close(folded_y, expected, dtype="float32", m=m, cond=cond(s_out, expected), what="folded")
 
 
 def test_docstring_examples_run():
@@ -235,6 +229,8 @@ def test_docstring_examples_run():
 
 
 def _small_nets():
+    import torch
+
     conv = torch.nn.Sequential(
         torch.nn.Conv2d(1, 4, 3),
         torch.nn.BatchNorm2d(4),
@@ -258,6 +254,9 @@ def _folded_reference(net, x64: np.ndarray, absolute: bool = False) -> np.ndarra
 
     With ``absolute``, every weight, bias and input is replaced by its absolute value and ReLU by the identity:
     the condition scale ``|W| |x| + |b|`` of the whole net (appendix ch-bounds)."""
+    import torch
+
+    F = torch.nn.functional
     mods = list(net)
     h = torch.tensor(np.abs(x64) if absolute else x64)
     i = 0
@@ -287,7 +286,7 @@ def _folded_reference(net, x64: np.ndarray, absolute: bool = False) -> np.ndarra
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("name", ["conv", "mlp"])
-def test_onnx_runtime_folds_conv_bn_and_agrees_with_the_folded_reference(tmp_path, seed, name):
+def test_onnx_runtime_folds_conv_bn_and_agrees_with_the_folded_reference(torch, tmp_path, seed, name):
     """Exported with BN kept as a node; ONNX Runtime's basic graph optimisations remove it after a Conv (measured
     with onnxruntime 1.32.0: Gemm + BatchNormalization is left unfused). With optimisations off and on, the
     outputs agree with the folded float64 reference within the float32 bound of the two layers."""
@@ -330,5 +329,5 @@ def test_onnx_runtime_folds_conv_bn_and_agrees_with_the_folded_reference(tmp_pat
         ops = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
         folded_away = "BatchNormalization" not in ops
         assert folded_away == (label == "basic" and name == "conv"), (label, ops)
-        result = check_close(y, expected, dtype="float32", m=m, cond=2 * _cond(scale, expected), what=f"ort {label}")
+        result = check_close(y, expected, dtype="float32", m=m, cond=2 * cond(scale, expected), what=f"ort {label}")
         assert result.passed, str(result)

@@ -9,14 +9,12 @@ import types
 
 import numpy as np
 import pytest
+from conftest import EPS64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bnref
 from bnref import batch_norm_backward, batch_norm_forward, gradcheck, numerical_gradients, relative_error
-
-EPS64 = float(np.finfo(np.float64).eps)
-
 
 # ----------------------------------------------------------------------------------------------------
 # numerical_gradients
@@ -106,8 +104,27 @@ def test_rejects_low_precision_inputs(dtype):
 
 @pytest.mark.parametrize("bad", [np.ones(3, dtype=int), np.ones(3, dtype=bool), np.ones(3, dtype=complex)])
 def test_rejects_non_float_inputs(bad):
-    with pytest.raises(ValueError, match=r"inputs\[0\] must be floating point, got dtype"):
+    with pytest.raises(TypeError, match=r"inputs\[0\] must be a real floating-point array.*got dtype"):
         numerical_gradients(lambda a: a, [bad], np.ones(3))
+
+
+@pytest.mark.parametrize("h", [0.0, -1e-5, float("nan"), float("inf")])
+def test_the_step_must_be_positive_and_finite(h):
+    with pytest.raises(ValueError, match=r"h must be a positive finite number \(the relative step.*\); got"):
+        numerical_gradients(lambda a: a, [np.ones(3)], np.ones(3), h=h)
+    with pytest.raises(ValueError, match="h must be a positive finite number"):
+        gradcheck(lambda a: a, [np.ones(3)], [np.ones(3)], np.ones(3), h=h)
+
+
+@pytest.mark.parametrize("h", [True, "1e-5", None])
+def test_the_step_must_be_a_number(h):
+    with pytest.raises(TypeError, match="h must be a real number; got"):
+        numerical_gradients(lambda a: a, [np.ones(3)], np.ones(3), h=h)
+
+
+def test_f_must_be_callable():
+    with pytest.raises(TypeError, match="f must be a function of the inputs; got ndarray"):
+        numerical_gradients(np.ones(3), [np.ones(3)], np.ones(3))
 
 
 # ----------------------------------------------------------------------------------------------------

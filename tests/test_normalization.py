@@ -1,4 +1,5 @@
-"""Tests of bnref.normalization: Layer, Group, Instance, Batch Renormalization and Ghost Batch Normalization.
+"""Tests of bnref.normalization: Layer, Group, Instance Normalization, RMSNorm, and (bnref.batch_variants)
+Batch Renormalization and Ghost Batch Normalization.
 
 Three kinds of check:
 * every backward pass against float64 central differences (bnref.gradcheck), relative error below 1e-8;
@@ -14,12 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import cond
 
 import bnref
 from bnref import normalization as nrm
-from bnref.testing import check_close
-
-torch = pytest.importorskip("torch")
+from bnref.testing import check_close, unit_roundoff
 
 RNG_SEEDS = (0, 1, 2)
 
@@ -31,12 +31,6 @@ def _rng(seed: int) -> np.random.Generator:
 # ----------------------------------------------------------------------------------------------------
 # Condition factors (appendix ch-bounds: the condition scale S over the size of the result)
 # ----------------------------------------------------------------------------------------------------
-
-
-def _cond(scale: np.ndarray, expected: np.ndarray) -> float:
-    """``max S / max |expected|``, at least 1: the cond of check_close for a result with condition scale S."""
-    top = float(np.max(np.abs(expected)))
-    return max(1.0, float(np.max(scale)) / top) if top > 0 else 1.0
 
 
 def _standardised_terms(x: np.ndarray, axes: tuple[int, ...], eps: float):
@@ -69,8 +63,8 @@ def _check_standardisation(actual, expected, x, dy, gamma_b, beta_b, axes, param
         )
     )
     results = [
-        check_close(y, y_ref, dtype=dtype, m=m, cond=_cond(s_y, y_ref), what=f"{what} y", show="none"),
-        check_close(dx, dx_ref, dtype=dtype, m=m, cond=_cond(s_dx, dx_ref), what=f"{what} dx", show="none"),
+        check_close(y, y_ref, dtype=dtype, m=m, cond=cond(s_y, y_ref), what=f"{what} y", show="none"),
+        check_close(dx, dx_ref, dtype=dtype, m=m, cond=cond(s_dx, dx_ref), what=f"{what} dx", show="none"),
     ]
     if param_axes is not None:
         dgamma, dbeta = (np.asarray(a, np.float64) for a in actual[2:])
@@ -84,7 +78,7 @@ def _check_standardisation(actual, expected, x, dy, gamma_b, beta_b, axes, param
                 dgamma_ref,
                 dtype=dtype,
                 m=m_param,
-                cond=_cond(s_dgamma, dgamma_ref),
+                cond=cond(s_dgamma, dgamma_ref),
                 what=f"{what} dgamma",
                 show="none",
             ),
@@ -93,7 +87,7 @@ def _check_standardisation(actual, expected, x, dy, gamma_b, beta_b, axes, param
                 dbeta_ref,
                 dtype=dtype,
                 m=m_param,
-                cond=_cond(s_dbeta, dbeta_ref),
+                cond=cond(s_dbeta, dbeta_ref),
                 what=f"{what} dbeta",
                 show="none",
             ),
@@ -293,7 +287,7 @@ def test_ghost_batch_norm_running_update_is_one_update_per_ghost_batch():
 
 
 # ----------------------------------------------------------------------------------------------------
-# Bad input: named ValueErrors
+# Bad input: a named TypeError for a wrong type, a named ValueError for a wrong value
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -302,36 +296,43 @@ def test_bad_input_raises_named_value_errors():
     g6, b6 = np.ones(6), np.zeros(6)
     with pytest.raises(ValueError, match="groups=4 does not divide the 6 channels"):
         nrm.group_norm_forward(x, g6, b6, 4)
-    with pytest.raises(ValueError, match="groups must be an integer >= 1"):
+    with pytest.raises(ValueError, match="groups must be an integer >= 1; got 0"):
         nrm.group_norm_forward(x, g6, b6, 0)
-    with pytest.raises(ValueError, match=r"gamma must have shape \(6,\)"):
+    with pytest.raises(ValueError, match=r"gamma must have shape \(6,\) to match the 6 channels on axis 1"):
         nrm.group_norm_forward(x, np.ones(3), b6, 2)
-    with pytest.raises(ValueError, match=r"gamma must have shape \(6, 3\)"):
+    with pytest.raises(ValueError, match=r"gamma must have shape \(6, 3\) to match the last 2 axes of x"):
         nrm.layer_norm_forward(x, g6, b6, normalized_ndim=2)
-    with pytest.raises(ValueError, match="normalized_ndim=4 exceeds"):
+    with pytest.raises(ValueError, match=r"normalized_ndim must be at most the 3 dimensions of x \(4, 6, 3\); got 4"):
         nrm.layer_norm_forward(x, np.ones((4, 6, 3)), np.zeros((4, 6, 3)), normalized_ndim=4)
     bad = x.copy()
     bad[0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match="x has non-finite values"):
+    with pytest.raises(ValueError, match=r"x has non-finite values \(nan or inf\) at flat positions \[0\]"):
         nrm.layer_norm_forward(bad, np.ones(3), np.zeros(3))
     with pytest.raises(ValueError, match="x has non-finite values"):
         nrm.group_norm_forward(bad, g6, b6, 2)
-    with pytest.raises(ValueError, match="must be a floating-point array"):
-        nrm.layer_norm_forward(np.ones((2, 3), dtype=int), np.ones(3), np.zeros(3))
+    with pytest.raises(ValueError, match="gamma has non-finite values"):
+        nrm.layer_norm_forward(x, np.array([1.0, np.inf, 1.0]), np.zeros(3))
     with pytest.raises(ValueError, match="instance normalisation needs spatial axes"):
         nrm.instance_norm_forward(np.ones((2, 3)), np.ones(3), np.zeros(3))
+    with pytest.raises(ValueError, match="eps must be a positive finite number"):
+        nrm.layer_norm_forward(x, np.ones(3), np.zeros(3), eps=0.0)
 
     xb, g3, b3 = np.random.default_rng(0).normal(size=(4, 3)), np.ones(3), np.zeros(3)
     with pytest.raises(ValueError, match="r_max must be a finite number >= 1"):
         nrm.batch_renorm_forward(xb, g3, b3, b3, g3, 0.5, 1.0)
     with pytest.raises(ValueError, match="d_max must be a finite number >= 0"):
         nrm.batch_renorm_forward(xb, g3, b3, b3, g3, 2.0, -1.0)
-    with pytest.raises(ValueError, match="running_var must be >= 0"):
+    with pytest.raises(ValueError, match=r"running_var must be >= 0; it is negative at channels \[0, 1, 2\]"):
         nrm.batch_renorm_forward(xb, g3, b3, b3, -g3, 2.0, 1.0)
     with pytest.raises(ValueError, match="at least 2 values per channel"):
         nrm.batch_renorm_forward(xb[:1], g3, b3, b3, g3, 2.0, 1.0)
     with pytest.raises(ValueError, match="must exceed warmup_steps"):
         nrm.batch_renorm_clipping(10, warmup_steps=100, r_max_steps=50)
+    _, renorm_cache = nrm.batch_renorm_forward(xb, g3, b3, b3, g3, 2.0, 1.0)
+    with pytest.raises(ValueError, match=r"momentum must lie in \[0, 1\]; got 1.5"):
+        nrm.batch_renorm_running_update(b3, g3, renorm_cache, momentum=1.5)
+    with pytest.raises(ValueError, match=r"running_var must be >= 0"):
+        nrm.batch_renorm_running_update(b3, -g3, renorm_cache)
 
     with pytest.raises(ValueError, match="ghost_batch_size=8 is larger than the batch of 4"):
         nrm.ghost_batch_norm_forward(xb, g3, b3, 8)
@@ -343,10 +344,45 @@ def test_bad_input_raises_named_value_errors():
         nrm.ghost_batch_norm_forward(xb, np.ones(4), np.zeros(4), 2, axis=0)
 
     _, cache = nrm.layer_norm_forward(xb, g3, b3)
-    with pytest.raises(ValueError, match="dy must have the forward input's shape"):
+    with pytest.raises(ValueError, match=r"dy must have the forward input's shape \(4, 3\); got \(4, 2\)"):
         nrm.layer_norm_backward(np.ones((4, 2)), cache)
-    with pytest.raises(ValueError, match="cache must be the GroupNormCache"):
-        nrm.group_norm_backward(np.ones((4, 3)), cache)
+    dy = np.ones((4, 3))
+    dy[1, 1] = np.inf
+    with pytest.raises(ValueError, match=r"dy has non-finite values \(nan or inf\) at flat positions \[4\]"):
+        nrm.layer_norm_backward(dy, cache)
+
+
+def test_wrong_types_raise_named_type_errors():
+    x, g3, b3 = np.random.default_rng(0).normal(size=(4, 3)), np.ones(3), np.zeros(3)
+    with pytest.raises(TypeError, match=r"x must be a real floating-point array.*got dtype int64.*astype"):
+        nrm.layer_norm_forward(np.ones((2, 3), dtype=np.int64), g3, b3)
+    with pytest.raises(TypeError, match="gamma must be a real numeric array; got dtype <U1"):
+        nrm.layer_norm_forward(x, np.array(["a", "b", "c"]), b3)
+    with pytest.raises(TypeError, match=r"groups must be an integer; got 3.0 \(float\)"):
+        nrm.group_norm_forward(x, g3, b3, 3.0)
+    with pytest.raises(TypeError, match=r"normalized_ndim must be an integer; got True \(bool\)"):
+        nrm.layer_norm_forward(x, g3, b3, normalized_ndim=True)
+    with pytest.raises(TypeError, match=r"eps must be a real number; got True \(bool\)"):
+        nrm.layer_norm_forward(x, g3, b3, eps=True)
+    with pytest.raises(TypeError, match="x must be a plain array; got a NumPy masked array"):
+        nrm.layer_norm_forward(np.ma.masked_less(x, 0.0), g3, b3)
+    with pytest.raises(TypeError, match=r"ghost_batch_size must be an integer; got 2.0"):
+        nrm.ghost_batch_norm_forward(x, g3, b3, 2.0)
+    with pytest.raises(TypeError, match=r"r_max must be a real number; got '3'"):
+        nrm.batch_renorm_forward(x, g3, b3, b3, g3, "3", 1.0)
+    _, ln_cache = nrm.layer_norm_forward(x, g3, b3)
+    for backward, expected in (
+        (nrm.group_norm_backward, "GroupNormCache returned by group_norm_forward"),
+        (nrm.rms_norm_backward, "RMSNormCache returned by rms_norm_forward"),
+        (nrm.batch_renorm_backward, "BatchRenormCache returned by batch_renorm_forward"),
+        (nrm.ghost_batch_norm_backward, "GhostBatchNormCache returned by ghost_batch_norm_forward"),
+    ):
+        with pytest.raises(TypeError, match=f"cache must be the {expected}; got LayerNormCache"):
+            backward(np.ones((4, 3)), ln_cache)
+    with pytest.raises(TypeError, match="cache must be the BatchRenormCache"):
+        nrm.batch_renorm_running_update(b3, g3, ln_cache)
+    with pytest.raises(TypeError, match="cache must be the GhostBatchNormCache"):
+        nrm.ghost_batch_norm_running_update(b3, g3, ln_cache, step=0)
 
 
 def test_cache_does_not_alias_inputs():
@@ -367,6 +403,8 @@ def test_cache_does_not_alias_inputs():
 
 
 def _torch_run(module, x: np.ndarray, dy: np.ndarray, dtype):
+    import torch
+
     xt = torch.tensor(x, dtype=dtype, requires_grad=True)
     y = module(xt)
     y.backward(torch.tensor(dy, dtype=dtype))
@@ -381,7 +419,7 @@ def _case(seed: int, shape, loc=0.0):
 @pytest.mark.parametrize("seed", RNG_SEEDS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape,k,loc", [((16, 32), 1, 0.0), ((4, 8, 16), 2, 3.0), ((8, 5, 7), 1, 0.0)])
-def test_layer_norm_agrees_with_torch(seed, dtype, shape, k, loc):
+def test_layer_norm_agrees_with_torch(torch, seed, dtype, shape, k, loc):
     x, dy = _case(seed, shape, loc)
     rng = _rng(seed + 100)
     gamma, beta = rng.normal(size=shape[-k:]), rng.normal(size=shape[-k:])
@@ -403,7 +441,7 @@ def test_layer_norm_agrees_with_torch(seed, dtype, shape, k, loc):
 @pytest.mark.parametrize(
     "shape,groups", [((8, 6), 3), ((4, 8, 10), 4), ((2, 6, 5, 5), 2), ((2, 6, 5, 5), 6), ((2, 4, 3, 3), 1)]
 )
-def test_group_norm_agrees_with_torch(seed, dtype, shape, groups):
+def test_group_norm_agrees_with_torch(torch, seed, dtype, shape, groups):
     x, dy = _case(seed, shape, 1.0)
     rng = _rng(seed + 100)
     c = shape[1]
@@ -439,7 +477,7 @@ def test_group_norm_agrees_with_torch(seed, dtype, shape, groups):
 
 @pytest.mark.parametrize("seed", RNG_SEEDS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_instance_norm_agrees_with_torch_instance_norm2d(seed, dtype):
+def test_instance_norm_agrees_with_torch_instance_norm2d(torch, seed, dtype):
     shape = (3, 4, 6, 5)
     x, dy = _case(seed, shape, 2.0)
     rng = _rng(seed + 100)
@@ -460,7 +498,7 @@ def test_instance_norm_agrees_with_torch_instance_norm2d(seed, dtype):
 @pytest.mark.parametrize("seed", RNG_SEEDS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape,gb", [((12, 3), 4), ((8, 3, 4, 4), 2)])
-def test_ghost_batch_norm_agrees_with_torch_batch_norm_run_on_each_sub_batch(seed, dtype, shape, gb):
+def test_ghost_batch_norm_agrees_with_torch_batch_norm_run_on_each_sub_batch(torch, seed, dtype, shape, gb):
     """One nn.BatchNorm layer called on each ghost batch in turn: outputs, gradients and running statistics."""
     x, dy = _case(seed, shape, 1.0)
     rng = _rng(seed + 100)
@@ -501,8 +539,8 @@ def test_ghost_batch_norm_agrees_with_torch_batch_norm_run_on_each_sub_batch(see
     r = np.repeat(np.abs(cache.means) / sigma, m_ghost, axis=0)
     s_dgamma = np.sum(np.abs(dy_all) * (np.abs(x_hat) + r), axis=0)
     s_dbeta = np.sum(np.abs(dy_all), axis=0)
-    assert check_close(actual[2], expected[2], dtype=dtype, m=m_all, cond=_cond(s_dgamma, expected[2]), show="none")
-    assert check_close(actual[3], expected[3], dtype=dtype, m=m_all, cond=_cond(s_dbeta, expected[3]), show="none")
+    assert check_close(actual[2], expected[2], dtype=dtype, m=m_all, cond=cond(s_dgamma, expected[2]), show="none")
+    assert check_close(actual[3], expected[3], dtype=dtype, m=m_all, cond=cond(s_dbeta, expected[3]), show="none")
     # running statistics (eq-bound-running): each ghost mean sums |x| <= |mean| + sigma X over one ghost batch;
     # each update mixes the old value and the new one, so the scale is the larger of them
     s_mean = np.maximum(np.abs(cache.means) + sigma * np.max(np.abs(x_hat)), 0.0).max(axis=0)
@@ -511,13 +549,13 @@ def test_ghost_batch_norm_agrees_with_torch_batch_norm_run_on_each_sub_batch(see
         mean,
         dtype=dtype,
         m=m_ghost,
-        cond=_cond(s_mean, mean),
+        cond=cond(s_mean, mean),
         what="running_mean",
         show="none",
     )
     s_var = np.maximum(cache.variances.max(axis=0) * m_ghost / (m_ghost - 1), 1.0)
     assert check_close(
-        layer.running_var.numpy(), var, dtype=dtype, m=m_ghost, cond=_cond(s_var, var), what="running_var", show="none"
+        layer.running_var.numpy(), var, dtype=dtype, m=m_ghost, cond=cond(s_var, var), what="running_var", show="none"
     )
 
 
@@ -681,20 +719,20 @@ def test_batch_renorm_agrees_with_keras_over_training_steps_with_the_schedule(tf
         s_dx = bn.inv_std / m * (m * dxh + dxh.sum(0) + (np.abs(xh2) + rr) * (dxh * (np.abs(xh2) + rr)).sum(0))
         checks = [
             check_close(
-                actual[0].reshape(-1, c), y.reshape(-1, c), dtype=dtype, m=m, cond=_cond(s_y, y), what="y", show="none"
+                actual[0].reshape(-1, c), y.reshape(-1, c), dtype=dtype, m=m, cond=cond(s_y, y), what="y", show="none"
             ),
             check_close(
                 actual[1].reshape(-1, c),
                 dx.reshape(-1, c),
                 dtype=dtype,
                 m=m,
-                cond=_cond(s_dx, dx),
+                cond=cond(s_dx, dx),
                 what="dx",
                 show="none",
             ),
-            check_close(actual[2], dgamma, dtype=dtype, m=m, cond=_cond(s_dgamma, dgamma), what="dgamma", show="none"),
+            check_close(actual[2], dgamma, dtype=dtype, m=m, cond=cond(s_dgamma, dgamma), what="dgamma", show="none"),
             check_close(
-                actual[3], dbeta, dtype=dtype, m=m, cond=_cond(np.abs(dy2).sum(0), dbeta), what="dbeta", show="none"
+                actual[3], dbeta, dtype=dtype, m=m, cond=cond(np.abs(dy2).sum(0), dbeta), what="dbeta", show="none"
             ),
         ]
         # the running statistics: means sum |x| <= |mu_B| + sigma_B X; std from the variance (relative e / 2)
@@ -713,7 +751,7 @@ def test_batch_renorm_agrees_with_keras_over_training_steps_with_the_schedule(tf
                     new_mean,
                     dtype=dtype,
                     m=m,
-                    cond=_cond(s_mean, new_mean),
+                    cond=cond(s_mean, new_mean),
                     what=f"{prefix}_mean",
                     show="none",
                 ),
@@ -722,7 +760,7 @@ def test_batch_renorm_agrees_with_keras_over_training_steps_with_the_schedule(tf
                     new_std,
                     dtype=dtype,
                     m=m,
-                    cond=_cond(s_std, new_std),
+                    cond=cond(s_std, new_std),
                     what=std_name,
                     show="none",
                 ),
@@ -746,7 +784,7 @@ def test_planted_fault_renorm_with_variance_average_disagrees_with_keras(tf_kera
     assert not result.passed
 
 
-def test_planted_fault_wrong_groups_or_eps_fail_the_torch_bound():
+def test_planted_fault_wrong_groups_or_eps_fail_the_torch_bound(torch):
     """The float32 bounds are tight enough to see a wrong group count and a wrong eps."""
     x, _ = _case(0, (4, 8, 6), 1.0)
     gamma, beta = np.ones(8), np.zeros(8)
@@ -757,16 +795,188 @@ def test_planted_fault_wrong_groups_or_eps_fail_the_torch_bound():
     y_eps_torch = layer(torch.tensor((x * 1e-2).astype("float32"))).detach().numpy()
     y_right, _ = nrm.group_norm_forward(x, gamma, beta, 4)
     x_hat, _, r = _standardised_terms(x.reshape(4, 4, 12), (2,), 1e-5)  # eq-bound-y: cond = max(|x_hat| + r)
-    kw = dict(dtype="float32", m=12, cond=_cond(np.abs(x_hat) + r, y_right), show="none")
+    kw = dict(dtype="float32", m=12, cond=cond(np.abs(x_hat) + r, y_right), show="none")
     assert check_close(y_torch, y_right, **kw).passed
     assert not check_close(y_torch, y_wrong_groups, **kw).passed
     assert not check_close(y_eps_torch, y_wrong_eps, **kw).passed
 
 
-def test_docstring_examples_run():
+# ----------------------------------------------------------------------------------------------------
+# Precision at |mean|/std = 1e4: Layer and Group Normalization centre as the reference does
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["layer", "group"])
+def test_float32_standardisation_keeps_x_hat_accurate_at_mean_over_std_1e4(kind):
+    """LN and GN centre with the reference's corrected two-pass (``bnref.reference.mean_and_centred``): in float32
+    at |mean|/std = 1e4 their x_hat meets the bound Batch Normalization's does, (XHAT) of tests/test_reference.py,
+    ``(2 m + 4) u max|x_hat|``, independent of |mean|/std. The plain two-pass (the mean, then x - mean) misses it:
+    its mean is rounded to the float32 grid at 1e4 (spacing 2**-10), which shifts every x_hat of an example."""
+    rng = np.random.default_rng(22)
+    if kind == "layer":
+        x = (1e4 + rng.normal(size=(64, 512))).astype(np.float32)
+        _, cache = nrm.layer_norm_forward(x, np.ones(512, np.float32), np.zeros(512, np.float32))
+        grouped, axes = x, (1,)
+    else:
+        x = (1e4 + rng.normal(size=(16, 8, 8, 8))).astype(np.float32)
+        _, cache = nrm.group_norm_forward(x, np.ones(8, np.float32), np.zeros(8, np.float32), groups=2)
+        grouped, axes = x.reshape(16, 2, 4, 8, 8), (2, 3, 4)
+    m = int(np.prod([grouped.shape[a] for a in axes]))
+    x64 = grouped.astype(np.float64)  # the float32 values, exactly
+    mu64 = x64.mean(axis=axes, keepdims=True)
+    x_hat_true = (x64 - mu64) / np.sqrt(((x64 - mu64) ** 2).mean(axis=axes, keepdims=True) + 1e-5)
+    bound = (2 * m + 4) * unit_roundoff("float32") * np.max(np.abs(x_hat_true))
+    assert np.max(np.abs(cache.x_hat - x_hat_true)) <= bound
+
+    mu = np.mean(grouped, axis=axes, keepdims=True)  # the plain two-pass, in float32
+    x_hat_plain = (grouped - mu) / np.sqrt(np.mean((grouped - mu) ** 2, axis=axes, keepdims=True) + np.float32(1e-5))
+    assert np.max(np.abs(x_hat_plain - x_hat_true)) > bound
+
+
+# ----------------------------------------------------------------------------------------------------
+# RMSNorm
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+@pytest.mark.parametrize("shape,k", [((4, 5), 1), ((3, 4, 5), 1), ((3, 4, 5), 2), ((2, 3, 2, 2), 3)])
+def test_rms_norm_gradcheck(seed, shape, k):
+    rng = _rng(seed)
+    x, dy, gamma = rng.normal(loc=0.5, size=shape), rng.normal(size=shape), rng.normal(size=shape[-k:])
+    _, cache = nrm.rms_norm_forward(x, gamma, normalized_ndim=k)
+    grads = nrm.rms_norm_backward(dy, cache)
+    f = lambda x, g: nrm.rms_norm_forward(x, g, normalized_ndim=k)[0]  # noqa: E731
+    assert bnref.gradcheck(f, [x, gamma], grads, dy) < 1e-8
+
+
+def test_rms_norm_is_layer_norm_of_centred_rows_without_shift():
+    """On rows of mean zero, RMS = std: RMSNorm and Layer Normalization (beta = 0) agree to rounding."""
+    rng = _rng(3)
+    x = rng.normal(size=(6, 7))
+    x -= x.mean(axis=1, keepdims=True)
+    gamma = rng.normal(size=7)
+    y_rms, _ = nrm.rms_norm_forward(x, gamma, eps=1e-5)
+    y_ln, _ = nrm.layer_norm_forward(x, gamma, np.zeros(7), eps=1e-5)
+    assert check_close(y_rms, y_ln, dtype="float64", m=7, show="none").passed
+    y = nrm.rms_norm_forward(x, np.ones(7), eps=1e-12)[0]  # root mean square 1 per row
+    np.testing.assert_allclose(np.sqrt(np.mean(y**2, axis=1)), 1.0, rtol=1e-10)
+
+
+def _rms_bounds_and_check(actual, expected, x, dy, gamma, eps, k, dtype):
+    """y, dx, dgamma of RMSNorm within check_close's bound (appendix ch-bounds).
+
+    Condition scales, with x_hat and inv_rms from float64: ``y = gamma x_hat`` is a product of roundings of a sum
+    of squares (no cancellation, S = |y|); ``dx = inv_rms / m (m dx_hat - x_hat sum(dx_hat x_hat))`` has
+    ``S = inv_rms / m (m |dx_hat| + |x_hat| sum|dx_hat x_hat|)``; ``dgamma`` sums ``dy x_hat`` over the examples,
+    whose x_hat each carry the error of their own sum of squares: two reductions, so twice ``sum|dy x_hat|``."""
+    axes = tuple(range(x.ndim - k, x.ndim))
+    param_axes = tuple(range(x.ndim - k))
+    inv_rms = 1.0 / np.sqrt(np.mean(x**2, axis=axes, keepdims=True) + eps)
+    x_hat = x * inv_rms
+    m, m_param = int(np.prod(x.shape[-k:])), int(np.prod(x.shape[:-k]))
+    dx_hat = np.abs(dy * gamma)
+    s_dx = inv_rms / m * (m * dx_hat + np.abs(x_hat) * np.sum(dx_hat * np.abs(x_hat), axis=axes, keepdims=True))
+    s_dgamma = 2 * np.sum(np.abs(dy * x_hat), axis=param_axes)
+    y, dx, dgamma = (np.asarray(a, np.float64) for a in actual)
+    y_ref, dx_ref, dgamma_ref = expected
+    for result in (
+        check_close(y, y_ref, dtype=dtype, m=m, cond=cond(np.abs(gamma * x_hat), y_ref), what="y", show="none"),
+        check_close(dx, dx_ref, dtype=dtype, m=m, cond=cond(s_dx, dx_ref), what="dx", show="none"),
+        check_close(
+            dgamma,
+            dgamma_ref,
+            dtype=dtype,
+            m=max(m, m_param),
+            cond=cond(s_dgamma, dgamma_ref),
+            what="dgamma",
+            show="none",
+        ),
+    ):
+        assert result.passed, str(result)
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape,k,loc", [((16, 32), 1, 0.0), ((4, 8, 16), 2, 3.0), ((8, 5, 7), 1, 0.0)])
+def test_rms_norm_agrees_with_torch(torch, seed, dtype, shape, k, loc):
+    """torch.nn.RMSNorm (torch 2.13) forward and backward, float32 and float64, eps 1e-6 given explicitly."""
+    x, dy = _case(seed, shape, loc)
+    gamma = _rng(seed + 100).normal(size=shape[-k:])
+    tdtype = getattr(torch, dtype)
+    layer = torch.nn.RMSNorm(shape[-k:], eps=1e-6, dtype=tdtype)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(gamma))
+    xt = torch.tensor(x.astype(dtype), requires_grad=True)
+    yt = layer(xt)
+    yt.backward(torch.tensor(dy.astype(dtype)))
+    actual = (yt.detach().numpy(), xt.grad.numpy(), layer.weight.grad.numpy())
+    y, cache = nrm.rms_norm_forward(x, gamma, eps=1e-6, normalized_ndim=k)
+    expected = (y, *nrm.rms_norm_backward(dy, cache))
+    _rms_bounds_and_check(actual, expected, x, dy, gamma, 1e-6, k, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rms_norm_default_eps_of_torch_is_the_machine_epsilon_of_its_compute_type(torch, dtype):
+    """torch.nn.RMSNorm(eps=None) adds torch.finfo(compute type).eps: our eps=np.finfo(dtype).eps reproduces it,
+    on rows small enough (|x| ~ 1e-4, mean square ~ 1e-8) for eps to matter in float32."""
+    x, dy = _case(0, (6, 16))
+    x = x * 1e-4
+    gamma = _rng(1).normal(size=16)
+    layer = torch.nn.RMSNorm(16, dtype=getattr(torch, dtype))
+    assert layer.eps is None
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(gamma))
+    xt = torch.tensor(x.astype(dtype), requires_grad=True)
+    yt = layer(xt)
+    yt.backward(torch.tensor(dy.astype(dtype)))
+    actual = (yt.detach().numpy(), xt.grad.numpy(), layer.weight.grad.numpy())
+    eps = float(np.finfo(dtype).eps)
+    y, cache = nrm.rms_norm_forward(x, gamma, eps=eps)
+    expected = (y, *nrm.rms_norm_backward(dy, cache))
+    _rms_bounds_and_check(actual, expected, x, dy, gamma, eps, 1, dtype)
+    if dtype == "float32":  # and the default 1e-6 would not: eps is 1e-2 of the mean square here
+        y_other, _ = nrm.rms_norm_forward(x, gamma)
+        assert not check_close(actual[0], y_other, dtype=dtype, m=16, show="none").passed
+
+
+def test_rms_norm_bad_input():
+    x, g = np.random.default_rng(0).normal(size=(4, 3)), np.ones(3)
+    with pytest.raises(ValueError, match="normalized_ndim must be an integer >= 1; got 0"):
+        nrm.rms_norm_forward(x, g, normalized_ndim=0)
+    with pytest.raises(ValueError, match=r"normalized_ndim must be at most the 2 dimensions of x \(4, 3\); got 3"):
+        nrm.rms_norm_forward(x, np.ones((1, 4, 3)), normalized_ndim=3)
+    with pytest.raises(ValueError, match=r"gamma must have shape \(3,\) to match the last 1 axes of x"):
+        nrm.rms_norm_forward(x, np.ones(4))
+    with pytest.raises(ValueError, match="x must have values to normalise over its last 1 axes"):
+        nrm.rms_norm_forward(np.ones((4, 0)), np.ones(0))
+    bad = x.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"x has non-finite values \(nan or inf\) at flat positions \[7\]"):
+        nrm.rms_norm_forward(bad, g)
+    with pytest.raises(ValueError, match="eps must be a positive finite number"):
+        nrm.rms_norm_forward(x, g, eps=-1e-6)
+    _, cache = nrm.rms_norm_forward(x, g)
+    with pytest.raises(ValueError, match=r"dy must have the forward input's shape \(4, 3\); got \(3, 4\)"):
+        nrm.rms_norm_backward(np.ones((3, 4)), cache)
+    with pytest.raises(TypeError, match="x must be a real floating-point array"):
+        nrm.rms_norm_forward(np.ones((4, 3), dtype=int), g)
+    with pytest.raises(TypeError, match=r"normalized_ndim must be an integer; got 1.0"):
+        nrm.rms_norm_forward(x, g, normalized_ndim=1.0)
+    with pytest.raises(TypeError, match="eps must be a real number; got True"):
+        nrm.rms_norm_forward(x, g, eps=True)
+    _, ln_cache = nrm.layer_norm_forward(x, g, np.zeros(3))
+    with pytest.raises(
+        TypeError, match="cache must be the RMSNormCache returned by rms_norm_forward; got LayerNormCache"
+    ):
+        nrm.rms_norm_backward(np.ones((4, 3)), ln_cache)
+    assert bnref.rms_norm_forward is nrm.rms_norm_forward and bnref.RMSNormCache is nrm.RMSNormCache
+
+
+@pytest.mark.parametrize("name", ["bnref.normalization", "bnref.batch_variants"])
+def test_docstring_examples_run(name):
     import doctest
     import importlib
 
-    module = importlib.import_module("bnref.normalization")
+    module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0

@@ -36,11 +36,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from conftest import EPS64
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 import bnref
 from bnref import (
+    FLAX,
+    FLAX_TWO_PASS,
     KERAS,
     PAPER,
     PYTORCH,
@@ -60,8 +63,8 @@ from bnref import (
     running_update,
     update_running_stats,
 )
+from bnref.testing import machine_eps, reduction_error
 
-EPS64 = float(np.finfo(np.float64).eps)  # 2.2e-16
 EPS32 = float(np.finfo(np.float32).eps)  # 1.2e-7
 FD_STEP = 1e-5  # the default relative step h of bnref.gradcheck
 BACKWARDS = pytest.mark.parametrize(
@@ -838,13 +841,45 @@ class TestRunningStatsBookkeeping:
     def test_rejects_a_cache_with_another_channel_count(self):
         stats = RunningStats(3, PYTORCH)
         _, cache = batch_norm_forward(np.random.default_rng(0).normal(size=(4, 2)), np.ones(2), np.zeros(2))
-        with pytest.raises(ValueError, match="2 channels.*3"):
+        with pytest.raises(ValueError, match="cache must hold 3 channels, as these statistics do; got 2"):
             stats.update(cache)
         assert stats.num_batches_tracked == 0  # a rejected update leaves no trace
 
     def test_unknown_convention_name(self):
         with pytest.raises(ValueError, match="unknown convention 'caffe'"):
             RunningStats(3, "caffe")
+
+
+@pytest.mark.parametrize("loc", [0.0, 1e3])
+def test_running_stats_feed_the_one_pass_variance_of_a_one_pass_convention(loc):
+    """FLAX (use_fast_variance=True) feeds mean(x^2) - mean(x)^2 to the running variance; FLAX_TWO_PASS the
+    two-pass variance. In float32 they differ as the one-pass law says (eq-fwd-one-pass): the two-pass variance
+    stays within ``e + (e (r + X))^2`` of the truth (appendix eq-bound-two-pass; ``e = reduction_error``,
+    ``r = |mean|/std``, ``X = max|x_hat|``); the one-pass one within ``4 e (r + 1)^2`` (the rounding of
+    mean(x^2), ``e (r^2 + 1)``, and of mean(x)^2, ``2 e (r + 1)^2``, relative to the variance), and at
+    ``r = 1e3`` it is off by the order of ``u r^2``: the spacing of float32 numbers near ``mean(x^2) = 1e6``.
+    With momentum 0 (weight 1 on the batch) the running variance is the variance fed."""
+    m, c = 256, 8
+    x = (loc + np.random.default_rng(5).normal(size=(m, c))).astype(np.float32)
+    _, cache = batch_norm_forward(x, np.ones(c), np.zeros(c), eps=FLAX.eps, axis=-1)
+    fed = {}
+    for conv in (FLAX, FLAX_TWO_PASS):
+        stats = RunningStats(c, conv.replace(momentum=0.0))
+        stats.update(cache)
+        fed[conv.var_method] = stats.var
+    x64 = x.astype(np.float64)  # the float32 values, exactly
+    truth = x64.var(axis=0)
+    r = np.abs(x64.mean(axis=0)) / np.sqrt(truth)
+    big_x = np.max(np.abs(x64 - x64.mean(axis=0)), axis=0) / np.sqrt(truth)
+    e = reduction_error("float32", m)
+    err_two = np.abs(fed["two-pass"] - truth) / truth
+    err_one = np.abs(fed["one-pass"] - truth) / truth
+    assert np.all(err_two <= e + (e * (r + big_x)) ** 2)
+    assert np.all(err_one <= 4 * e * (r + 1) ** 2)
+    if loc > 0:
+        u = machine_eps("float32") / 2
+        assert np.max(err_one) > u * np.min(r) ** 2 / 10  # the order of the one-pass law, u r^2
+        assert np.all(err_one > 0) and np.max(err_one) > 100 * np.max(e + (e * (r + big_x)) ** 2)
 
 
 # ====================================================================================================
@@ -932,13 +967,6 @@ def reference_buffers(batches, axis, convention):
         _, cache = batch_norm_forward(x.astype(np.float64), np.ones(c), np.zeros(c), eps=convention.eps, axis=axis)
         stats.update(cache)
     return stats
-
-
-@pytest.fixture(scope="module")
-def torch():
-    import torch  # installed wherever the suite runs: a missing framework is an error, not a skip
-
-    return torch
 
 
 @pytest.mark.parametrize("k", [1, 5])
@@ -1124,7 +1152,7 @@ class TestBadInput:
                 inference_affine(**args)
 
     def test_inference_affine_needs_vectors(self):
-        with pytest.raises(ValueError, match=r"gamma must be a vector of shape \(C,\)"):
+        with pytest.raises(ValueError, match=r"gamma must be a vector of shape \(C,\); got shape \(3, 1\)"):
             inference_affine(np.ones((3, 1)), np.zeros(3), np.zeros(3), np.ones(3))
 
     @pytest.mark.parametrize("axis", [2, -3, 7])
@@ -1138,7 +1166,7 @@ class TestBadInput:
 
     @pytest.mark.parametrize("axis", [1.0, "1", True, None])
     def test_axis_must_be_an_integer(self, axis):
-        with pytest.raises(ValueError, match="axis must be an integer"):
+        with pytest.raises(TypeError, match="axis must be an integer; got"):
             batch_norm_forward(ok_x(), np.ones(3), np.zeros(3), axis=axis)
 
     @pytest.mark.parametrize(
@@ -1167,10 +1195,13 @@ class TestBadInput:
         with pytest.raises(ValueError, match="eps must be a positive finite number"):
             inference_affine(np.ones(3), np.zeros(3), np.zeros(3), np.ones(3), eps=eps)
 
-    @pytest.mark.parametrize("eps", ["1e-5x", None, [1e-5, 1e-3]])
+    @pytest.mark.parametrize("eps", ["1e-5", None, [1e-5, 1e-3], True, np.bool_(True)])
     def test_eps_must_be_a_number(self, eps):
-        with pytest.raises(ValueError, match="eps must be a positive number"):
+        """A bool is an int in Python, but True is no stabiliser: a TypeError, as for a string."""
+        with pytest.raises(TypeError, match="eps must be a real number; got"):
             batch_norm_forward(ok_x(), np.ones(3), np.zeros(3), eps=eps)
+        with pytest.raises(TypeError, match="eps must be a real number; got"):
+            batch_norm_inference(ok_x(), np.ones(3), np.zeros(3), np.zeros(3), np.ones(3), eps=eps)
 
     @pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint8, np.bool_])
     def test_x_must_be_floating_point(self, dtype):
@@ -1179,19 +1210,19 @@ class TestBadInput:
             lambda x: batch_mean_var(x),
             lambda x: batch_norm_inference(x, np.ones(3), np.zeros(3), np.zeros(3), np.ones(3)),
         ):
-            with pytest.raises(ValueError, match=r"x must be a floating-point array.*got dtype.*astype"):
+            with pytest.raises(TypeError, match=r"x must be a real floating-point array.*got dtype.*astype"):
                 f(np.ones((4, 3), dtype=dtype))
 
     @pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
     def test_x_must_not_be_complex(self, dtype):
-        with pytest.raises(ValueError, match="x must be real floating point; got complex"):
+        with pytest.raises(TypeError, match="x must be a real floating-point array.*got dtype complex"):
             batch_norm_forward(np.ones((4, 3), dtype=dtype), np.ones(3), np.zeros(3))
 
     @pytest.mark.parametrize(
         "bad", [np.ones(3, dtype=complex), np.array([True, False, True]), np.array(["a", "b", "c"])]
     )
     def test_parameters_must_be_real_numbers(self, bad):
-        with pytest.raises(ValueError, match="gamma must be a real numeric array"):
+        with pytest.raises(TypeError, match="gamma must be a real numeric array; got dtype"):
             batch_norm_forward(ok_x(), bad, np.zeros(3))
 
     def test_integer_parameters_are_accepted(self):
@@ -1255,7 +1286,7 @@ class TestBadInput:
     def test_non_finite_parameters(self, name):
         args = {"gamma": np.ones(3), "beta": np.zeros(3)}
         args[name] = np.array([1.0, np.nan, np.inf])
-        with pytest.raises(ValueError, match=rf"{name} has non-finite values at channels \[1, 2\]"):
+        with pytest.raises(ValueError, match=rf"{name} has non-finite values \(nan or inf\) at channels \[1, 2\]"):
             batch_norm_forward(ok_x(), **args)
 
     @pytest.mark.parametrize("backward", [batch_norm_backward, batch_norm_backward_staged])
@@ -1273,13 +1304,13 @@ class TestBadInput:
         _, cache = batch_norm_forward(ok_x((5, 4)), np.ones(4), np.zeros(4))
         with pytest.raises(ValueError, match=r"dy must have the forward input's shape \(5, 4\); got \(4, 5\)"):
             backward(np.ones((4, 5)), cache)
-        with pytest.raises(ValueError, match="dy must be a floating-point array"):
+        with pytest.raises(TypeError, match="dy must be a real floating-point array"):
             backward(np.ones((5, 4), dtype=int), cache)
 
     @pytest.mark.parametrize("backward", [batch_norm_backward, batch_norm_backward_staged])
     @pytest.mark.parametrize("cache", [None, {"x_hat": np.ones((5, 4))}, (np.ones((5, 4)),)])
     def test_cache_must_come_from_the_forward_pass(self, backward, cache):
-        with pytest.raises(ValueError, match="cache must be the BatchNormCache returned by batch_norm_forward"):
+        with pytest.raises(TypeError, match="cache must be the BatchNormCache returned by batch_norm_forward; got"):
             backward(np.ones((5, 4)), cache)
 
     def test_negative_running_var_names_the_channels(self):
@@ -1290,9 +1321,9 @@ class TestBadInput:
             inference_affine(np.ones(4), np.zeros(4), np.zeros(4), rv)
 
     def test_batch_mean_var_method_and_size(self):
-        with pytest.raises(ValueError, match="method must be 'two-pass' or 'one-pass', got 'welford'"):
+        with pytest.raises(ValueError, match="method must be 'two-pass' or 'one-pass'; got 'welford'"):
             batch_mean_var(ok_x(), method="welford")
-        with pytest.raises(ValueError, match=r"shape \(0, 3\) has no values per channel"):
+        with pytest.raises(ValueError, match=r"x must have at least one value per channel; got shape \(0, 3\)"):
             batch_mean_var(np.ones((0, 3)))
 
     def test_running_update_arguments(self):
@@ -1301,7 +1332,7 @@ class TestBadInput:
         for w in (-0.1, 1.5, float("nan")):
             with pytest.raises(ValueError, match=r"weight of the new value must lie in \[0, 1\]"):
                 running_update(np.zeros(3), np.zeros(3), w)
-        with pytest.raises(ValueError, match="unbiased variance needs at least 2 values per channel, got m=1"):
+        with pytest.raises(ValueError, match="unbiased variance needs at least 2 values per channel; got m=1"):
             update_running_stats(np.zeros(2), np.ones(2), np.zeros(2), np.ones(2), m=1, step=1, convention=PYTORCH)
         with pytest.raises(ValueError, match="cumulative average needs step >= 1"):
             update_running_stats(np.zeros(2), np.ones(2), np.zeros(2), np.ones(2), m=4, step=0, convention=PAPER)
@@ -1310,9 +1341,9 @@ class TestBadInput:
         w = np.ones((5, 4))
         with pytest.raises(ValueError, match=r"out_axis 2 is out of range for a weight of shape \(5, 4\)"):
             fold_into_preceding(w, None, np.ones(4), np.zeros(4), out_axis=2)
-        with pytest.raises(ValueError, match=r"scale and shift must have shape \(4,\)"):
+        with pytest.raises(ValueError, match=r"scale must have shape \(4,\) to match axis -1 of the weight \(5, 4\)"):
             fold_into_preceding(w, None, np.ones(5), np.zeros(5), out_axis=-1)
-        with pytest.raises(ValueError, match=r"bias must have shape \(4,\), got \(5,\)"):
+        with pytest.raises(ValueError, match=r"bias must have shape \(4,\) to match .*; got shape \(5,\)"):
             fold_into_preceding(w, np.ones(5), np.ones(4), np.zeros(4), out_axis=-1)
 
     def test_import_bnref_loads_numpy_and_the_standard_library_only(self):
@@ -1328,3 +1359,108 @@ class TestBadInput:
     def test_cache_type_is_exported(self):
         _, cache = batch_norm_forward(ok_x(), np.ones(3), np.zeros(3))
         assert isinstance(cache, BatchNormCache) and bnref.BatchNormCache is BatchNormCache
+
+
+class TestNamedErrors:
+    """Inputs that used to return garbage or an unclear error (issue 19), each now a named error: ``TypeError``
+    for a wrong type, ``ValueError`` for a wrong value (``bnref.validation``)."""
+
+    def test_batch_mean_var_with_nan(self):
+        x = ok_x((5, 3))
+        x[2, 1] = np.nan
+        with pytest.raises(ValueError, match=r"x has non-finite values \(nan or inf\) in channels \[1\]"):
+            batch_mean_var(x)
+        mean, _ = batch_mean_var(x, check_finite=False)  # or let it propagate, as the frameworks do
+        assert np.isnan(mean[1]) and np.all(np.isfinite(mean[[0, 2]]))
+
+    @pytest.mark.parametrize("name", ["weight", "bias", "scale", "shift"])
+    def test_fold_into_preceding_with_nan(self, name):
+        args = {"weight": np.ones((5, 4)), "bias": np.zeros(4), "scale": np.ones(4), "shift": np.zeros(4)}
+        args[name] = args[name].copy()
+        args[name].flat[1] = np.nan
+        with pytest.raises(ValueError, match=rf"{name} has non-finite values \(nan or inf\) at .*\[1\]"):
+            fold_into_preceding(args["weight"], args["bias"], args["scale"], args["shift"], out_axis=-1)
+
+    def test_fold_into_preceding_with_a_float_axis_or_a_string_weight(self):
+        with pytest.raises(TypeError, match=r"out_axis must be an integer; got 1.5 \(float\)"):
+            fold_into_preceding(np.ones((5, 4)), None, np.ones(4), np.zeros(4), out_axis=1.5)
+        with pytest.raises(TypeError, match="weight must be a real numeric array; got dtype <U1"):
+            fold_into_preceding(np.full((5, 4), "1"), None, np.ones(4), np.zeros(4))
+
+    def test_update_running_stats_with_a_negative_batch_variance_or_a_nan_mean(self):
+        ok = dict(running_mean=np.zeros(3), running_var=np.ones(3), batch_mean=np.zeros(3), batch_var=np.ones(3))
+        kw = dict(m=4, step=1, convention=PYTORCH)
+        with pytest.raises(ValueError, match=r"batch_var must be >= 0; it is negative at channels \[1\]"):
+            update_running_stats(**{**ok, "batch_var": np.array([1.0, -50.0, 1.0])}, **kw)
+        with pytest.raises(ValueError, match=r"batch_mean has non-finite values \(nan or inf\) at channels \[0\]"):
+            update_running_stats(**{**ok, "batch_mean": np.array([np.nan, 0.0, 0.0])}, **kw)
+        with pytest.raises(ValueError, match=r"running_var must be >= 0; it is negative at channels \[2\]"):
+            update_running_stats(**{**ok, "running_var": np.array([1.0, 1.0, -1.0])}, **kw)
+        with pytest.raises(ValueError, match=r"batch_var must have shape \(3,\) to match running_mean; got shape"):
+            update_running_stats(**{**ok, "batch_var": np.ones(4)}, **kw)
+        with pytest.raises(TypeError, match=r"m must be an integer; got 4.0 \(float\)"):
+            update_running_stats(**ok, m=4.0, step=1, convention=PYTORCH)
+        with pytest.raises(TypeError, match=r"step must be an integer; got '1' \(str\)"):
+            update_running_stats(**ok, m=4, step="1", convention=PYTORCH)
+        with pytest.raises(TypeError, match=r"convention must be a Convention or the name of one; got \['pytorch'\]"):
+            update_running_stats(**ok, m=4, step=1, convention=["pytorch"])
+
+    @pytest.mark.parametrize(
+        "call",
+        [
+            lambda eps: batch_norm_forward(ok_x(), np.ones(3), np.zeros(3), eps=eps),
+            lambda eps: batch_norm_inference(ok_x(), np.ones(3), np.zeros(3), np.zeros(3), np.ones(3), eps=eps),
+            lambda eps: inference_affine(np.ones(3), np.zeros(3), np.zeros(3), np.ones(3), eps=eps),
+            lambda eps: PYTORCH.replace(eps=eps),
+            lambda eps: bnref.layer_norm_forward(ok_x(), np.ones(3), np.zeros(3), eps=eps),
+            lambda eps: bnref.fold_batch_norm(np.ones((3, 2)), None, *np.ones((4, 3)), eps=eps),
+        ],
+        ids=["forward", "inference", "inference_affine", "Convention", "layer_norm", "fold_batch_norm"],
+    )
+    def test_eps_true_is_a_type_error(self, call):
+        with pytest.raises(TypeError, match=r"eps must be a real number; got True \(bool\)"):
+            call(True)
+
+    @pytest.mark.parametrize(
+        "call",
+        [
+            lambda a: batch_norm_forward(a, np.ones(3), np.zeros(3)),
+            lambda a: batch_mean_var(a),
+            lambda a: batch_norm_inference(a, np.ones(3), np.zeros(3), np.zeros(3), np.ones(3)),
+            lambda a: batch_norm_forward(ok_x(), np.ma.masked_array(np.ones(3), [0, 1, 0]), np.zeros(3)),
+            lambda a: fold_into_preceding(a, None, np.ones(3), np.zeros(3)),
+            lambda a: running_update(a[0], np.ones(3), 0.1),
+            lambda a: numerical_gradients(lambda z: z, [a], np.ones((4, 3))),
+        ],
+        ids=["forward", "batch_mean_var", "inference", "gamma", "fold", "running_update", "numerical_gradients"],
+    )
+    def test_masked_arrays_are_refused_not_unmasked_silently(self, call):
+        """np.asarray drops a mask: a masked value would be used as if it were data. Refused, by name."""
+        x = np.ma.masked_greater(ok_x(), 1.0)
+        assert x.mask.any()
+        with pytest.raises(TypeError, match=r"must be a plain array; got a NumPy masked array.*compressed\(\)"):
+            call(x)
+
+    def test_running_stats_channels(self):
+        with pytest.raises(ValueError, match="channels must be an integer >= 1; got -1"):
+            RunningStats(-1, PYTORCH)
+        with pytest.raises(ValueError, match="channels must be an integer >= 1; got 0"):
+            RunningStats(0, PYTORCH)
+        with pytest.raises(TypeError, match=r"channels must be an integer; got 4.0 \(float\)"):
+            RunningStats(4.0, PYTORCH)
+        with pytest.raises(TypeError, match="dtype must be a floating-point dtype; got int64"):
+            RunningStats(4, PYTORCH, dtype=np.int64)
+
+    def test_running_stats_update_given_a_layer_norm_cache(self):
+        _, cache = bnref.layer_norm_forward(ok_x(), np.ones(3), np.zeros(3))
+        stats = RunningStats(4, PYTORCH)
+        message = "cache must be the BatchNormCache returned by batch_norm_forward; got LayerNormCache"
+        with pytest.raises(TypeError, match=message):
+            stats.update(cache)
+        assert stats.num_batches_tracked == 0
+
+    def test_running_update_weight(self):
+        with pytest.raises(TypeError, match="the weight of the new value must be a real number; got '0.1'"):
+            running_update(np.zeros(3), np.ones(3), "0.1")
+        with pytest.raises(ValueError, match=r"running value has non-finite values \(nan or inf\)"):
+            running_update(np.array([0.0, np.inf]), np.ones(2), 0.1)

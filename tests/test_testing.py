@@ -36,8 +36,11 @@ def test_compute_dtype_and_reduction_error():
     assert testing.compute_dtype("float64") == "float64"
     assert reduction_error("float32", 100) == BOUND_C * 2.0**-23 * 11
     assert reduction_error("float16", 100) == reduction_error("float32", 100)  # statistics in float32
-    for bad in (0, -3, 2.5, True):
-        with pytest.raises(ValueError, match="reduction length"):
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="m, the reduction length, must be an integer >= 1; got"):
+            reduction_error("float32", bad)
+    for bad in (2.5, True, "4"):
+        with pytest.raises(TypeError, match="m, the reduction length, must be an integer; got"):
             reduction_error("float32", bad)
 
 
@@ -109,6 +112,15 @@ def test_bad_input_raises_value_error():
         check_close(np.ones(2), np.ones(2), dtype="float32", m=3, show="loud")
     with pytest.raises(ValueError, match="reduction length"):
         check_close(np.ones(2), np.ones(2), dtype="float32", m=0)
+
+
+def test_wrong_types_raise_type_error():
+    with pytest.raises(TypeError, match="m, the reduction length, must be an integer; got 3.0"):
+        check_close(np.ones(2), np.ones(2), dtype="float32", m=3.0)
+    with pytest.raises(TypeError, match="cond, the condition factor, must be a real number; got '2'"):
+        check_close(np.ones(2), np.ones(2), dtype="float32", m=3, cond="2")
+    with pytest.raises(TypeError, match="expected must be a plain array; got a NumPy masked array"):
+        check_close(np.ones(2), np.ma.masked_array([1.0, 5.0], [0, 1]), dtype="float32", m=3)
 
 
 def _variances(x32: np.ndarray) -> tuple[float, float]:
