@@ -383,3 +383,190 @@ def test_glued_words_check_catches_missing_entry() -> None:
     assert bnref_glued_words.translated_or_problem("smaller by a planted margin", table)[1]
     assert bnref_glued_words.translated_or_problem("4 to 8", table) == ("4 至 8", "")
     assert bnref_glued_words.translated_or_problem("3.90 ± 0.28", table) == ("3.90 ± 0.28", "")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The term base: one Chinese term per English term (book/locales/zh_CN/termbase.json).
+# ---------------------------------------------------------------------------------------------------------------
+
+TERMBASE = LOCALE / "termbase.json"
+CHINESE_WORD = re.compile(r"[\u4e00-\u9fff]")
+
+
+@cache
+def termbase() -> dict:
+    return json.loads(TERMBASE.read_text(encoding="utf-8"))
+
+
+def termbase_text(text: str) -> str:
+    """``text`` as the term base reads it: inline code, math, role targets (a shown title stays: readers see it),
+    link targets and URLs masked as ``⟨code⟩``, ``⟨math⟩``, ``⟨target⟩``. The targets of ``{doc}`` and of
+    ``{ref}`ch-...``` stay (file names and labels, no Chinese): the chapter-reference patterns need them."""
+
+    roles: list[str] = []  # kept out of the way of the code pattern while it runs, then put back
+
+    def role(match: re.Match) -> str:
+        name, body = match.group(1), match.group(2)
+        if name == "doc" or role_target(body).startswith("ch-"):
+            roles.append(match.group(0))
+        else:
+            titled = re.fullmatch(r"(.*?)<([^<>]+)>\s*", body, re.DOTALL)
+            roles.append(f"{{{name}}}`{titled.group(1)}<⟨target⟩>`" if titled else f"{{{name}}}`⟨target⟩`")
+        return f"\0{len(roles) - 1}\0"
+
+    text = ROLE.sub(role, text)
+    text = CODE.sub("⟨code⟩", text)
+    text = MATH.sub("⟨math⟩", text)
+    text = LINK.sub("](⟨target⟩)", text)
+    text = URL.sub("⟨target⟩", text)
+    return re.sub(r"\0(\d+)\0", lambda m: roles[int(m.group(1))], text)
+
+
+def termbase_problems(english: str, translation: str, base: dict | None = None) -> list[str]:
+    """Variants of the term base that ``translation`` uses. A variant the English itself contains is a quotation
+    (a glossary line listing alternatives, an English sentence naming a Chinese term) and passes."""
+    base = termbase() if base is None else base
+    text = termbase_text(translation)
+    problems = []
+    for term in base["terms"]:
+        for variant in term["forbidden"]:
+            if variant in text and variant not in english:
+                problems.append(f"{variant!r} for {term['en']!r}: write {term['zh']!r}")
+    has_words = bool(CHINESE_WORD.search(ROLE.sub(" ", text)))
+    for pattern in base.get("patterns", []):
+        if pattern.get("prose_only") and not has_words:
+            continue  # a table cell or a list of files: "{doc}`forward`；tests/test_article.py"
+        for found in re.finditer(pattern["forbidden"], text):
+            problems.append(f"{found.group(0)!r} ({pattern['en']}): write {pattern['zh']!r}")
+    return problems
+
+
+@pytest.mark.parametrize("po", catalog_files(), ids=page_of)
+def test_catalogs_follow_the_term_base(po: Path) -> None:
+    problems = [
+        f"{problem}\n      in: {translation[:100]!r}"
+        for english, translation, fuzzy in messages(po)
+        if translation
+        for problem in termbase_problems(english, translation)
+    ]
+    assert not problems, f"{len(problems)} messages of {po.name} use variants ({TERMBASE.name}):\n  " + "\n  ".join(
+        problems
+    )
+
+
+def glossary_disagreements(base: dict) -> list[str]:
+    """Terms of ``base`` that name a glossary headword whose entry in the Chinese glossary (its term lines and its
+    translated definition) does not state the term, and variants that are another term's chosen word."""
+    glossary = messages(CATALOGS / "book" / "glossary.po")
+    ids = [english for english, _, _ in glossary]
+    problems = []
+    for term in base["terms"]:
+        headword = term.get("glossary")
+        if headword is None:
+            continue
+        if headword not in ids:
+            problems.append(f"{term['en']!r}: no glossary headword {headword!r}")
+            continue
+        entry = []  # the headword's messages: its term lines, then its definition (the first long message)
+        for english, translation, _ in glossary[ids.index(headword) :]:
+            entry.append(translation)
+            if len(english.split()) > 8:
+                break
+        if not any(term["zh"] in text for text in entry):
+            problems.append(f"{term['en']!r}: the glossary entry {headword!r} does not state {term['zh']!r}")
+    chosen = {term["zh"] for term in base["terms"]}
+    problems += [f"{v!r} is a variant and a chosen term" for t in base["terms"] for v in t["forbidden"] if v in chosen]
+    return problems
+
+
+def test_term_base_agrees_with_the_glossary() -> None:
+    problems = glossary_disagreements(termbase())
+    assert not problems, "\n".join(problems)
+
+
+def test_glossary_check_catches_a_planted_disagreement() -> None:
+    base = json.loads(json.dumps(termbase()))
+    base["terms"].append(
+        {"en": "gradient check", "zh": "梯度检查", "forbidden": ["梯度检验"], "glossary": "gradient check"}
+    )
+    problems = glossary_disagreements(base)
+    assert any("does not state '梯度检查'" in p for p in problems), problems
+    assert any("'梯度检验' is a variant" in p for p in problems), problems
+
+
+PLANTED_TERMS = {
+    # name: (English, broken translation, correct translation)
+    "calque 运行统计量": ("BN uses its running statistics.", "BN 使用其运行统计量。", "BN 使用其滑动统计量。"),
+    "移动平均": ("an exponential moving average", "一个指数移动平均", "一个指数滑动平均"),
+    "练习": ("See exercise {ref}`ex-fw-centre`.", "见练习 {ref}`ex-fw-centre`。", "见习题 {ref}`ex-fw-centre`。"),
+    "一遍法": ("The one-pass variance fails.", "一遍法方差失效。", "单遍方差失效。"),
+    "accuracy as 精度": ("test accuracy", "测试精度", "测试准确率"),
+    "小 … 倍": (
+        "smaller than PyTorch's by exactly $(m-1)/m$",
+        "比 PyTorch 的小 $(m-1)/m$ 倍",
+        "是 PyTorch 的 $(m-1)/m$ 倍",
+    ),
+    "小了 glue 倍": (
+        "{glue:text}`ics_factor` times less",
+        "小了 {glue:text}`claims.ipynb::ics_factor:s` 倍",
+        "仅为其 1/{glue:text}`claims.ipynb::ics_factor:s`",
+    ),
+    "bare chapter as subject": (
+        "{doc}`backward` derives all the gradients.",
+        "{doc}`backward`推导了全部梯度。",
+        "“{doc}`backward`”一章推导了全部梯度。",
+    ),
+    "chapter without quotes": (
+        "as in chapter {ref}`ch-claims`",
+        "见 {ref}`检验论断 <ch-claims>` 一章",
+        "见“{ref}`检验论断 <ch-claims>`”一章",
+    ),
+    "appendix without quotes": (
+        "the appendix {doc}`bounds` derives it",
+        "附录 {doc}`bounds` 推导了它",
+        "附录“{doc}`bounds`”推导了它",
+    ),
+    "heading of the errata": (
+        "**Where the book proves it.** See below.",
+        "**本书在哪里证明。** 见下文。",
+        "**本书中的证明。** 见下文。",
+    ),
+}
+# Variants where the reader does not see them, or where the English quotes them, pass.
+NOT_VARIANTS = {
+    "inside code": ("Call `f`.", "调用 `运行统计量`。"),
+    "inside math": ("The rule $a$.", "规则 $\\text{练习}$。"),
+    "role target": ("See {term}`x`.", "见 {term}`移动平均`。"),
+    "quoted by the English": ("Chinese texts say 移动平均.", "中文文献说移动平均。"),
+    "a factor above 1": ("ten times smaller", "小了一个数量级，是原来的 1/10，差 10 倍"),
+    "a table cell naming a chapter": (
+        "{doc}`mnist`; tests/test_article.py",
+        "{doc}`mnist`；tests/test_article.py（原样）",
+    ),
+    "not a chapter": ("listed in the {doc}`glossary`", "列在{doc}`glossary`中"),
+}
+
+
+@pytest.mark.parametrize("fault", PLANTED_TERMS)
+def test_term_base_catches_planted_variants(fault: str) -> None:
+    english, broken, correct = PLANTED_TERMS[fault]
+    assert termbase_problems(english, broken), f"the term base passes a translation with {fault}"
+    assert not termbase_problems(english, correct), f"the term base flags the correct form of {fault}"
+
+
+@pytest.mark.parametrize("case", NOT_VARIANTS)
+def test_term_base_passes_what_a_reader_does_not_see(case: str) -> None:
+    english, translation = NOT_VARIANTS[case]
+    assert not termbase_problems(english, translation), f"the term base flags a variant {case}"
+
+
+def test_term_base_catches_a_variant_planted_in_a_real_catalog() -> None:
+    """The catalog test itself fails: a real message of inference.po with its 滑动统计量 turned back into 运行统计量."""
+    po = CATALOGS / "book" / "inference.po"
+    planted = [
+        (english, translation.replace("滑动统计量", "运行统计量"), fuzzy)
+        for english, translation, fuzzy in messages(po)
+        if "滑动统计量" in translation
+    ]
+    assert planted, "inference.po no longer says 滑动统计量: plant another term"
+    assert all(termbase_problems(english, translation) for english, translation, _ in planted)
