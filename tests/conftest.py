@@ -79,11 +79,13 @@ def _switch_on() -> bool:
     return os.environ.get(REQUIRE_FRAMEWORKS) == "1"
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collectreport(report: pytest.CollectReport) -> None:
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
     """A module skipped at collection (a module-level importorskip) fails to collect under the switch."""
+    outcome = yield
+    report = outcome.get_result()
     if _switch_on() and report.skipped:
-        why = _not_allowed(_skip_reason(report.longrepr), str(report.fspath))
+        why = _not_allowed(_skip_reason(report.longrepr), str(collector.path))
         if why:
             report.outcome = "failed"
             report.longrepr = why
