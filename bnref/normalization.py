@@ -127,8 +127,25 @@ def _last_axes_input(
 # ----------------------------------------------------------------------------------------------------
 
 
+class _OverLastAxes:
+    """The axes of a cache whose statistics run over each example's last ``normalized_ndim`` axes."""
+
+    x_hat: np.ndarray
+    normalized_ndim: int
+
+    @property
+    def norm_axes(self) -> tuple[int, ...]:
+        """The axes a statistic runs over: the last ``normalized_ndim``."""
+        return tuple(range(self.x_hat.ndim - self.normalized_ndim, self.x_hat.ndim))
+
+    @property
+    def param_axes(self) -> tuple[int, ...]:
+        """The axes ``dgamma`` (and ``dbeta``) sum over: the leading (example) axes."""
+        return tuple(range(self.x_hat.ndim - self.normalized_ndim))
+
+
 @dataclass(frozen=True)
-class LayerNormCache:
+class LayerNormCache(_OverLastAxes):
     """What ``layer_norm_forward`` keeps for ``layer_norm_backward``.
 
     Attributes
@@ -150,16 +167,6 @@ class LayerNormCache:
     eps: float
     normalized_ndim: int
     m: int
-
-    @property
-    def norm_axes(self) -> tuple[int, ...]:
-        """The axes a statistic runs over: the last ``normalized_ndim``."""
-        return tuple(range(self.x_hat.ndim - self.normalized_ndim, self.x_hat.ndim))
-
-    @property
-    def param_axes(self) -> tuple[int, ...]:
-        """The axes ``dgamma`` and ``dbeta`` sum over: the leading (example) axes."""
-        return tuple(range(self.x_hat.ndim - self.normalized_ndim))
 
 
 def layer_norm_forward(
@@ -262,7 +269,7 @@ def layer_norm_backward(
 
 
 @dataclass(frozen=True)
-class RMSNormCache:
+class RMSNormCache(_OverLastAxes):
     """What ``rms_norm_forward`` keeps for ``rms_norm_backward``.
 
     Attributes
@@ -284,16 +291,6 @@ class RMSNormCache:
     eps: float
     normalized_ndim: int
     m: int
-
-    @property
-    def norm_axes(self) -> tuple[int, ...]:
-        """The axes the mean square runs over: the last ``normalized_ndim``."""
-        return tuple(range(self.x_hat.ndim - self.normalized_ndim, self.x_hat.ndim))
-
-    @property
-    def param_axes(self) -> tuple[int, ...]:
-        """The axes ``dgamma`` sums over: the leading (example) axes."""
-        return tuple(range(self.x_hat.ndim - self.normalized_ndim))
 
 
 def rms_norm_forward(
@@ -321,21 +318,7 @@ def rms_norm_forward(
     ``np.finfo(np.float64).eps`` for float64). Keras 3.15's ``RMSNormalization`` computes the same with
     ``epsilon=1e-6``, the default here.
 
-    Parameters
-    ----------
-    x : ndarray, shape (..., D_1, ..., D_k) with k = normalized_ndim
-        Real floating-point input; float16 is computed in float32.
-    gamma : array_like, shape (D_1, ..., D_k)
-    eps : float
-        Positive stabiliser inside the square root.
-    normalized_ndim : int, 1 <= normalized_ndim <= x.ndim
-    check_finite : bool
-        Raise a ValueError if x has non-finite values.
-
-    Returns
-    -------
-    y : ndarray, same shape and dtype as x
-    cache : RMSNormCache
+    Parameters and returns as in ``layer_norm_forward``, without ``beta``; the cache is an ``RMSNormCache``.
 
     Examples
     --------

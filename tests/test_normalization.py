@@ -895,6 +895,16 @@ def _rms_bounds_and_check(actual, expected, x, dy, gamma, eps, k, dtype):
         assert result.passed, str(result)
 
 
+def _torch_rms_run(torch, layer, gamma: np.ndarray, x: np.ndarray, dy: np.ndarray):
+    """y, dx, dgamma of a torch.nn.RMSNorm with weight gamma, on x and dy in the layer's dtype."""
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(gamma))
+    xt = torch.tensor(x, requires_grad=True)
+    yt = layer(xt)
+    yt.backward(torch.tensor(dy))
+    return yt.detach().numpy(), xt.grad.numpy(), layer.weight.grad.numpy()
+
+
 @pytest.mark.parametrize("seed", RNG_SEEDS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape,k,loc", [((16, 32), 1, 0.0), ((4, 8, 16), 2, 3.0), ((8, 5, 7), 1, 0.0)])
@@ -902,14 +912,8 @@ def test_rms_norm_agrees_with_torch(torch, seed, dtype, shape, k, loc):
     """torch.nn.RMSNorm (torch 2.13) forward and backward, float32 and float64, eps 1e-6 given explicitly."""
     x, dy = _case(seed, shape, loc)
     gamma = _rng(seed + 100).normal(size=shape[-k:])
-    tdtype = getattr(torch, dtype)
-    layer = torch.nn.RMSNorm(shape[-k:], eps=1e-6, dtype=tdtype)
-    with torch.no_grad():
-        layer.weight.copy_(torch.tensor(gamma))
-    xt = torch.tensor(x.astype(dtype), requires_grad=True)
-    yt = layer(xt)
-    yt.backward(torch.tensor(dy.astype(dtype)))
-    actual = (yt.detach().numpy(), xt.grad.numpy(), layer.weight.grad.numpy())
+    layer = torch.nn.RMSNorm(shape[-k:], eps=1e-6, dtype=getattr(torch, dtype))
+    actual = _torch_rms_run(torch, layer, gamma, x.astype(dtype), dy.astype(dtype))
     y, cache = nrm.rms_norm_forward(x, gamma, eps=1e-6, normalized_ndim=k)
     expected = (y, *nrm.rms_norm_backward(dy, cache))
     _rms_bounds_and_check(actual, expected, x, dy, gamma, 1e-6, k, dtype)
@@ -924,12 +928,7 @@ def test_rms_norm_default_eps_of_torch_is_the_machine_epsilon_of_its_compute_typ
     gamma = _rng(1).normal(size=16)
     layer = torch.nn.RMSNorm(16, dtype=getattr(torch, dtype))
     assert layer.eps is None
-    with torch.no_grad():
-        layer.weight.copy_(torch.tensor(gamma))
-    xt = torch.tensor(x.astype(dtype), requires_grad=True)
-    yt = layer(xt)
-    yt.backward(torch.tensor(dy.astype(dtype)))
-    actual = (yt.detach().numpy(), xt.grad.numpy(), layer.weight.grad.numpy())
+    actual = _torch_rms_run(torch, layer, gamma, x.astype(dtype), dy.astype(dtype))
     eps = float(np.finfo(dtype).eps)
     y, cache = nrm.rms_norm_forward(x, gamma, eps=eps)
     expected = (y, *nrm.rms_norm_backward(dy, cache))
