@@ -10,7 +10,7 @@ batch 128, 10 epochs, the test set evaluated after every epoch, trained
       that printing a progress bar costs Keras nothing), on the backend named by KERAS_BACKEND;
   (b) with the plain PyTorch loop of the tutorials: a ``DataLoader`` over a ``TensorDataset``,
       batches moved to the device one by one, ``loss.item()`` every step;
-  (c) with bnref's fast loop (``bnref.mnist.training.train_torch``: data on the device once, shuffled
+  (c) with bnref's fast loop (``bnref.mnist.torch_training.train_torch``: data on the device once, shuffled
       index per epoch, flat parameters with fused Adam, and a CUDA graph on a GPU).
 
 Timing: one-time costs of the process (imports, creating the CUDA context, PyTorch's lazy import
@@ -130,12 +130,13 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="OUT", help="write the measurements to this JSON file")
     args = ap.parse_args(argv)
 
-    from bnref.mnist import training
     from bnref.mnist.data import load_mnist
+    from bnref.mnist.keras_training import train_keras
+    from bnref.mnist.torch_training import device_name, select_device, train_torch
     from bnref.records import code_version, machine_info, now_utc
 
     data = load_mnist(args.data)
-    device = training.select_device(args.device)
+    device = select_device(args.device)
     warm_up_libraries(device)
     import keras
     import torch
@@ -145,10 +146,10 @@ def main(argv=None) -> int:
     rows = []
 
     t0 = time.perf_counter()
-    rec_a = training.train_keras(data, bn="native", placement="after", **kw)
+    rec_a = train_keras(data, bn="native", placement="after", **kw)
     rows.append(row_from_record("(a) keras model.fit", rec_a, time.perf_counter() - t0))
 
-    # (b) runs with the same number of CPU threads as (c) uses (bnref.mnist.training's default, one), so that
+    # (b) runs with the same number of CPU threads as (c) uses (train_torch's default, one), so that
     # the comparison measures the loops, not the thread setting.
     threads_default = torch.get_num_threads()
     if device.type == "cpu":
@@ -165,13 +166,13 @@ def main(argv=None) -> int:
             "epoch_s": [e["wall_s"] for e in plain["epochs"]],
             "setup_s": 0.0,
             "test_acc": plain["epochs"][-1]["test_acc"],
-            "device": training.device_name(device),
+            "device": device_name(device),
             "details": {},
         }
     )
 
     t0 = time.perf_counter()
-    rec_c = training.train_torch(data, bn="native", placement="after", device=str(device), **kw)
+    rec_c = train_torch(data, bn="native", placement="after", device=str(device), **kw)
     rows.append(row_from_record("(c) bnref fast loop", rec_c, time.perf_counter() - t0))
 
     a = rows[0]

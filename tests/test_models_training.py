@@ -1,4 +1,6 @@
-"""bnref.mnist.models, bnref.mnist.training and the bnref.mnist.cli command line, on tiny synthetic data (no MNIST)."""
+"""bnref.mnist.models, the trainers (bnref.mnist.common, torch_training, keras_training), the MNIST experiment
+(bnref.mnist.training), its verdict rule (bnref.mnist.verdicts) and the bnref.mnist.cli command line, on tiny
+synthetic data (no MNIST)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ import pytest
 import torch
 
 from bnref.layers import keras_bn, torch_bn
-from bnref.mnist import keras_training, models, torch_training, training
+from bnref.mnist import common, keras_training, models, torch_training, training, verdicts
 from bnref.mnist.models import build_keras_model, build_torch_model, initial_weights
-from bnref.records import load_experiment
+from bnref.records import load_experiment, load_record, load_records
 
 U32 = 2.0**-24  # unit roundoff of float32 (half of eps = 1.19e-7)
 
@@ -193,7 +195,7 @@ def test_torch_scratch_bn(placement):
     model = build_torch_model("scratch", placement, seed=0)
     assert len([m for m in model if isinstance(m, torch_bn.BatchNorm)]) == 2
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model)
-    rec = training.train_torch(
+    rec = torch_training.train_torch(
         easy_problem(), bn="scratch", placement=placement, epochs=2, batch_size=32, lr=1e-2, progress=False
     )
     assert rec.final.test_acc > 0.9
@@ -215,7 +217,7 @@ def test_keras_scratch_bn():
 
 def test_torch_run_learns_and_writes_a_record(tmp_path):
     out = tmp_path / "sub" / "run.json"
-    rec = training.train_torch(easy_problem(), epochs=3, batch_size=32, lr=1e-2, progress=False, out=out)
+    rec = torch_training.train_torch(easy_problem(), epochs=3, batch_size=32, lr=1e-2, progress=False, out=out)
     # Chance is 0.1; the clusters are ~17 sigma apart, so a working trainer gets nearly all right.
     assert rec.final.test_acc > 0.9
     assert rec.epochs[-1].train_loss < rec.epochs[0].train_loss
@@ -224,16 +226,16 @@ def test_torch_run_learns_and_writes_a_record(tmp_path):
     assert rec.device["type"] == "cpu" and rec.framework == "torch" and rec.framework_version == torch.__version__
     assert (rec.config.train_size, rec.config.test_size, rec.config.batch_size) == (512, 256, 32)
     assert "hostname" not in json.dumps(rec.to_dict()) and os.uname().nodename not in out.read_text()
-    again = training.load_record(out)
+    again = load_record(out)
     assert again == rec and again.to_dict() == rec.to_dict()
 
 
 def test_torch_runs_are_reproducible():
     kw = dict(epochs=2, batch_size=64, lr=1e-2, progress=False)
     metrics = lambda r: [(e.train_loss, e.train_acc, e.test_loss, e.test_acc) for e in r.epochs]  # noqa: E731
-    a = training.train_torch(easy_problem(), seed=1, **kw)
-    b = training.train_torch(easy_problem(), seed=1, **kw)
-    c = training.train_torch(easy_problem(), seed=2, **kw)
+    a = torch_training.train_torch(easy_problem(), seed=1, **kw)
+    b = torch_training.train_torch(easy_problem(), seed=1, **kw)
+    c = torch_training.train_torch(easy_problem(), seed=2, **kw)
     assert metrics(a) == metrics(b)
     assert metrics(a) != metrics(c)
 
@@ -243,7 +245,7 @@ def test_fast_loop_equals_textbook_loop(bn, placement):
     """Flat parameters and index_select batches change how, not what: same numbers as a plain loop."""
     x_train, y_train, x_test, y_test = easy_problem(n_train=300)  # 300 = 4 * 64 + 44: a short last batch
     seed, bs, lr, epochs = 3, 64, 1e-2, 2
-    rec = training.train_torch(
+    rec = torch_training.train_torch(
         (x_train, y_train, x_test, y_test),
         bn=bn,
         placement=placement,
@@ -289,12 +291,12 @@ def textbook_loop(x_train, y_train, bn, placement, seed, bs, lr, epochs) -> list
 
 def test_cpu_threads_are_restored():
     before = torch.get_num_threads()
-    rec = training.train_torch(
+    rec = torch_training.train_torch(
         easy_problem(n_train=64), epochs=1, batch_size=32, cpu_threads=1, device="cpu", progress=False
     )
     assert rec.config.details["torch_threads"] == 1 and torch.get_num_threads() == before
     with pytest.raises(ValueError, match="cpu_threads"):
-        training.train_torch(easy_problem(), cpu_threads=0, progress=False)
+        torch_training.train_torch(easy_problem(), cpu_threads=0, progress=False)
 
 
 def make_loop(seed=3, n_train=300, bs=64, cuda_graphs=False):
@@ -354,7 +356,7 @@ def test_restore_after_warm_up_steps_equals_a_fresh_start():
 
 def test_flat_parameters_keep_gradients_as_views():
     model = build_torch_model("native", seed=0, input_dim=16)
-    flat, flat_grad = training.flatten_parameters(model)
+    flat, flat_grad = torch_training.flatten_parameters(model)
     params = list(model.parameters())
     assert flat.numel() == sum(p.numel() for p in params) == flat_grad.numel()
     x = torch.from_numpy(easy_problem()[0][:32])
@@ -370,35 +372,35 @@ def test_flat_parameters_keep_gradients_as_views():
 
 def test_keras_run_learns_and_writes_a_record(tmp_path):
     out = tmp_path / "keras.json"
-    rec = training.train_keras(easy_problem(), epochs=3, batch_size=32, lr=1e-2, progress=False, out=out)
+    rec = keras_training.train_keras(easy_problem(), epochs=3, batch_size=32, lr=1e-2, progress=False, out=out)
     assert rec.final.test_acc > 0.9
     assert rec.framework == "keras" and rec.backend == keras.backend.backend()
     assert rec.framework_version == keras.__version__ and rec.backend_version
     assert len(rec.epochs) == 3 and all(e.eval_s > 0 and e.train_s > 0 for e in rec.epochs)
-    assert training.load_record(out) == rec
+    assert load_record(out) == rec
 
 
 def test_bad_arguments():
     data = easy_problem()
     with pytest.raises(ValueError, match="epochs"):
-        training.train_torch(data, epochs=0, progress=False)
+        torch_training.train_torch(data, epochs=0, progress=False)
     with pytest.raises(ValueError, match="batch_size"):
-        training.train_torch(data, batch_size=1, progress=False)
+        torch_training.train_torch(data, batch_size=1, progress=False)
     with pytest.raises(ValueError, match="labels in 0..9"):
-        training.train_torch((data[0], data[1] + 10, data[2], data[3]), progress=False)
+        torch_training.train_torch((data[0], data[1] + 10, data[2], data[3]), progress=False)
     with pytest.raises(ValueError, match="cuda_graphs"):
-        training.train_torch(data, device="cpu", cuda_graphs=True, progress=False)
+        torch_training.train_torch(data, device="cpu", cuda_graphs=True, progress=False)
 
 
 def test_device_selection():
     expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
-    assert training.select_device("auto").type == expected
-    assert training.select_device("cpu").type == "cpu"
+    assert torch_training.select_device("auto").type == expected
+    assert torch_training.select_device("cpu").type == "cpu"
     with pytest.raises(ValueError, match="unknown device"):
-        training.select_device("tpu-please")
+        torch_training.select_device("tpu-please")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="cuda"):
-            training.select_device("cuda")
+            torch_training.select_device("cuda")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,18 +409,20 @@ def test_device_selection():
 
 
 def test_load_records_reads_runs_and_skips_other_json(tmp_path):
-    rec = training.train_torch(easy_problem(), epochs=1, batch_size=64, progress=False, out=tmp_path / "b-run.json")
+    rec = torch_training.train_torch(
+        easy_problem(), epochs=1, batch_size=64, progress=False, out=tmp_path / "b-run.json"
+    )
     (tmp_path / "a-bench.json").write_text(json.dumps({"schema": "bnref.benchmark/1", "rows": []}))
-    assert training.load_records(tmp_path) == [rec]
-    assert training.load_records(tmp_path / "missing") == []
+    assert load_records(tmp_path) == [rec]
+    assert load_records(tmp_path / "missing") == []
     broken = rec.to_dict()
     del broken["device"]
     (tmp_path / "c-broken.json").write_text(json.dumps(broken))
     with pytest.raises(ValueError, match=r"c-broken.json: missing fields \['device'\]"):
-        training.load_records(tmp_path)
+        load_records(tmp_path)
     (tmp_path / "c-broken.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        training.load_records(tmp_path)
+        load_records(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,7 +481,7 @@ def test_cli_trains_and_writes(tmp_path, capsys):
         ]
     )
     assert rc == 0
-    rec = training.load_record(out)
+    rec = load_record(out)
     assert (rec.config.bn, rec.config.epochs, rec.config.train_size) == ("none", 1, 96)
     assert "final test accuracy" in capsys.readouterr().out
 
@@ -534,7 +538,7 @@ def test_load_linear_weights_copies_the_transpose_and_checks_shapes():
         (lambda: models.check_positive("lr", 0.0), "lr must be a positive number"),
         (lambda: models.check_positive("lr", float("nan")), "lr must be a positive number"),
         (lambda: models.check_positive("lr", "fast"), "lr must be a positive number"),
-        (lambda: training.check_training_args(1, 1, 1e-3), "batch_size"),
+        (lambda: common.check_training_args(1, 1, 1e-3), "batch_size"),
     ],
 )
 def test_argument_checks_name_the_argument(call, message):
@@ -593,23 +597,20 @@ def test_import_bnref_and_training_stay_framework_free():
     import sys
 
     code = (
-        "import sys, bnref, bnref.mnist.training, bnref.records, bnref.mnist.models, bnref.mnist.data\n"
-        "print(sorted(m for m in ('torch', 'keras', 'tensorflow', 'jax') if m in sys.modules))\n"
-        "bnref.mnist.training.train_torch\n"
-        "print('torch' in sys.modules)"
+        "import sys, bnref, bnref.mnist.training, bnref.mnist.common, bnref.mnist.verdicts, bnref.records, "
+        "bnref.mnist.models, bnref.mnist.data\n"
+        "print(sorted(m for m in ('torch', 'keras', 'tensorflow', 'jax') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split("\n")[:2] == ["[]", "True"]
+    assert out.stdout.strip() == "[]"
 
 
 def test_keras_recorder_is_a_module_level_callback():
     assert issubclass(keras_training.EpochRecorder, keras.callbacks.Callback)
-    assert training.train_keras is keras_training.train_keras
-    assert training.train_torch is torch_training.train_torch
 
 
 def test_import_keras_quietly_returns_keras():
-    assert training.import_keras_quietly() is keras
+    assert common.import_keras_quietly() is keras
 
 
 def test_import_keras_quietly_silences_the_import_only():
@@ -618,7 +619,7 @@ def test_import_keras_quietly_silences_the_import_only():
     import sys
 
     code = (
-        "import os, bnref.mnist.training as t\n"
+        "import os, bnref.mnist.common as t\n"
         "k = t.import_keras_quietly()\n"
         "os.write(2, b'after\\n')\n"
         "print(k.__name__, 'tensorflow' in __import__('sys').modules)"
@@ -638,7 +639,7 @@ def test_mnist_experiment_definition():
     assert training.MNIST.runs() == ["torch/native", "torch/none", "keras/native", "keras/none"]
     cfg = training.MNIST.config()
     assert (cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["placement"]) == (10, 128, 1e-3, "after")
-    assert len(training.MNIST_SEEDS) >= training.MIN_SEEDS >= 3
+    assert len(training.MNIST_SEEDS) >= verdicts.MIN_SEEDS >= 3
     with pytest.raises(ValueError, match="frameworks"):
         training.MnistExperiment(frameworks=("jax",))
     with pytest.raises(ValueError, match="epochs"):
@@ -657,7 +658,7 @@ def test_run_mnist_experiment_records_every_seed_and_run(tmp_path):
         assert f"{run.framework}/{run.config.bn}" == key and run.seed == seed and len(run.epochs) == 2
         assert run.machine == rec.machine and run.final.test_acc > 0.5
     # the same seed gives the same torch run, bit for bit, on one CPU
-    again = training.train_torch(
+    again = torch_training.train_torch(
         easy_problem(n_train=256, n_test=128),
         bn="native",
         epochs=2,
@@ -777,14 +778,14 @@ def test_gpu_command_dry_run_and_refusal_without_gpu(capsys):
     ],
 )
 def test_paired_verdict_rule(diffs, verdict):
-    assert training.paired_verdict(diffs) == verdict
+    assert verdicts.paired_verdict(diffs) == verdict
 
 
 def test_paired_verdict_needs_three_seeds():
     with pytest.raises(ValueError, match="at least 3 paired differences"):
-        training.paired_verdict([0.1, 0.2])
+        verdicts.paired_verdict([0.1, 0.2])
     with pytest.raises(ValueError, match="finite"):
-        training.paired_verdict([0.1, 0.2, float("nan")])
+        verdicts.paired_verdict([0.1, 0.2, float("nan")])
 
 
 def committed_mnist_records():

@@ -205,7 +205,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.framework == "keras":
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from bnref.mnist import training
     from bnref.mnist.data import MnistError, load_mnist
 
     try:
@@ -225,9 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.framework == "torch":
-            record = training.train_torch(data, device=args.device, **common)
+            from bnref.mnist.torch_training import train_torch
+
+            record = train_torch(data, device=args.device, **common)
         else:
-            record = training.train_keras(data, **common)
+            from bnref.mnist.keras_training import train_keras
+
+            record = train_keras(data, **common)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

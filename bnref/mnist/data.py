@@ -23,6 +23,7 @@ SHA-256 of each array's C-contiguous bytes, which is the same for every faithful
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import zipfile
@@ -41,6 +42,7 @@ __all__ = [
     "MnistNotFoundError",
     "Mnist",
     "load_mnist",
+    "mnist_features",
     "candidate_paths",
     "array_sha256",
     "validate_mnist",
@@ -318,6 +320,14 @@ def to_features(x: np.ndarray) -> np.ndarray:
     if x.ndim != 3 or x.shape[1:] != (28, 28):
         raise ValueError(f"expected images of shape (n, 28, 28); got {x.shape}")
     return (x.reshape(len(x), 28 * 28).astype(np.float32)) / np.float32(255.0)
+
+
+@functools.lru_cache(maxsize=1)
+def mnist_features() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST as ``(x_train, y_train, x_test, y_test)``: float32 features ``(n, 784)`` in [0, 1] and int64 labels,
+    read once per process (:func:`load_mnist`, :func:`to_features`). The arrays are shared: do not modify them."""
+    x_train, y_train, x_test, y_test = load_mnist()
+    return to_features(x_train), y_train.astype(np.int64), to_features(x_test), y_test.astype(np.int64)
 
 
 def one_hot(y: np.ndarray, num_classes: int = 10) -> np.ndarray:

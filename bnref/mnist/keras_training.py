@@ -7,11 +7,12 @@ backend picks.
 
 This module imports Keras (and so its backend) at the top; ``import bnref`` never imports it. To
 import it without TensorFlow's C++ start-up lines on stderr, call
-:func:`bnref.mnist.training.import_keras_quietly` first.
+:func:`bnref.mnist.common.import_keras_quietly` first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -20,12 +21,15 @@ from typing import Any
 import keras
 import numpy as np
 
+from bnref.mnist.common import checked_config, prepare_data, progress_bar, run_record
 from bnref.mnist.data import one_hot
-from bnref.mnist.models import NUM_CLASSES, build_keras_model, check_choice
-from bnref.mnist.training import check_training_args, prepare_data, progress_bar
-from bnref.records import EpochRecord, RunConfig, RunRecord, cpu_device, machine_info, now_utc
+from bnref.mnist.models import NUM_CLASSES, build_keras_model
+from bnref.records import EpochRecord, RunRecord, cpu_device
 
-__all__ = ["EpochRecorder", "keras_device", "backend_version", "train_keras"]
+__all__ = ["LOSS", "EpochRecorder", "keras_device", "backend_version", "train_keras"]
+
+#: The loss :func:`train_keras` minimises, as its records name it.
+LOSS = "categorical cross-entropy on softmax outputs, one-hot labels"
 
 
 class EpochRecorder(keras.callbacks.Callback):
@@ -143,8 +147,7 @@ def train_keras(
     Arguments as in :func:`bnref.mnist.torch_training.train_torch`; ``keras.utils.set_random_seed(seed)``
     fixes the shuffling.
     """
-    check_choice(bn, placement)
-    check_training_args(epochs, batch_size, lr)
+    config = checked_config(bn, placement, epochs, batch_size, lr, loss=LOSS, trainer="keras-fit")
     x_train, y_train, x_test, y_test = prepare_data(data)
     keras.utils.set_random_seed(seed)
     model = build_keras_model(bn, placement, seed, input_dim=x_train.shape[1])
@@ -170,30 +173,6 @@ def train_keras(
         "adam": "keras.optimizers.Adam, beta_1 0.9, beta_2 0.999, epsilon 1e-7",
         "jit_compile": str(getattr(model, "jit_compile", None)),
     }
-    record = RunRecord(
-        framework="keras",
-        framework_version=keras.__version__,
-        backend=backend,
-        backend_version=backend_version(backend),
-        device=keras_device(),
-        machine=machine_info(),
-        seed=seed,
-        config=RunConfig(
-            bn=bn,
-            placement=placement,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            loss="categorical cross-entropy on softmax outputs, one-hot labels",
-            train_size=len(y_train),
-            test_size=len(y_test),
-            trainer="keras-fit",
-            details=details,
-        ),
-        epochs=recorder.history,
-        setup_s=0.0,
-        created_utc=now_utc(),
-    )
-    if out is not None:
-        record.save(out)
-    return record
+    config = dataclasses.replace(config, train_size=len(y_train), test_size=len(y_test), details=details)
+    framework = ("keras", keras.__version__, backend, backend_version(backend))
+    return run_record(config, framework, keras_device(), seed=seed, history=recorder.history, setup_s=0.0, out=out)

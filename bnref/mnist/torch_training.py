@@ -21,6 +21,7 @@ This module imports PyTorch at the top; ``import bnref`` never imports it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 import time
@@ -31,12 +32,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from bnref.mnist.common import checked_config, prepare_data, progress_bar, run_record
 from bnref.mnist.data import as_labeled
-from bnref.mnist.models import build_torch_model, check_choice
-from bnref.mnist.training import check_training_args, prepare_data, progress_bar
-from bnref.records import EpochRecord, RunConfig, RunRecord, cpu_name, machine_info, now_utc
+from bnref.mnist.models import build_torch_model
+from bnref.records import EpochRecord, RunConfig, RunRecord, cpu_name
+
+#: The loss :func:`train_torch` minimises, as its records name it.
+LOSS = "cross-entropy on logits (torch.nn.functional.cross_entropy)"
 
 __all__ = [
+    "LOSS",
     "select_device",
     "device_name",
     "synchronize",
@@ -376,8 +381,7 @@ def train_torch(
     -------
     RunRecord
     """
-    check_choice(bn, placement)
-    check_training_args(epochs, batch_size, lr)
+    config = checked_config(bn, placement, epochs, batch_size, lr, loss=LOSS, trainer="torch-fast")
     dev = select_device(device)
     if cuda_graphs is None:
         cuda_graphs = dev.type == "cuda"
@@ -390,39 +394,26 @@ def train_torch(
     if dev.type == "cpu" and cpu_threads is not None:
         torch.set_num_threads(cpu_threads)
     try:
-        return _train(
-            x_train,
-            y_train,
-            x_test,
-            y_test,
-            dev,
-            bn=bn,
-            placement=placement,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            cuda_graphs=cuda_graphs,
-            progress=progress,
-            out=out,
-        )
+        data = (x_train, y_train, x_test, y_test)
+        return _train(data, dev, config, seed=seed, cuda_graphs=cuda_graphs, progress=progress, out=out)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _train(
-    x_train, y_train, x_test, y_test, dev, *, bn, placement, epochs, batch_size, lr, seed, cuda_graphs, progress, out
-) -> RunRecord:
+def _train(data, dev, config: RunConfig, *, seed, cuda_graphs, progress, out) -> RunRecord:
+    x_train, y_train, _, y_test = data
+    epochs = config.epochs
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    tensors = [torch.from_numpy(a).to(dev) for a in (x_train, y_train, x_test, y_test)]
-    model = build_torch_model(bn, placement, seed, input_dim=x_train.shape[1]).to(dev)
-    loop = FastTorchLoop(model, *tensors, batch_size=batch_size, lr=lr, seed=seed, cuda_graphs=cuda_graphs)
+    tensors = [torch.from_numpy(a).to(dev) for a in data]
+    model = build_torch_model(config.bn, config.placement, seed, input_dim=x_train.shape[1]).to(dev)
+    batching = {"batch_size": config.batch_size, "lr": config.lr, "seed": seed}
+    loop = FastTorchLoop(model, *tensors, **batching, cuda_graphs=cuda_graphs)
     synchronize(dev)
     setup_s = time.perf_counter() - t0
 
     history: list[EpochRecord] = []
-    bar = progress_bar(progress, epochs, f"torch bn={bn}")
+    bar = progress_bar(progress, epochs, f"torch bn={config.bn}")
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         train_loss, train_acc = loop.train_epoch()  # .item() at the end synchronises
@@ -442,30 +433,6 @@ def _train(
     }
     if loop.graph_error:
         details["cuda_graph_error"] = loop.graph_error
-    record = RunRecord(
-        framework="torch",
-        framework_version=torch.__version__,
-        backend=None,
-        backend_version=None,
-        device={"type": dev.type, "name": device_name(dev)},
-        machine=machine_info(),
-        seed=seed,
-        config=RunConfig(
-            bn=bn,
-            placement=placement,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            loss="cross-entropy on logits (torch.nn.functional.cross_entropy)",
-            train_size=len(y_train),
-            test_size=len(y_test),
-            trainer="torch-fast",
-            details=details,
-        ),
-        epochs=history,
-        setup_s=setup_s,
-        created_utc=now_utc(),
-    )
-    if out is not None:
-        record.save(out)
-    return record
+    config = dataclasses.replace(config, train_size=len(y_train), test_size=len(y_test), details=details)
+    framework, device = ("torch", torch.__version__, None, None), {"type": dev.type, "name": device_name(dev)}
+    return run_record(config, framework, device, seed=seed, history=history, setup_s=setup_s, out=out)

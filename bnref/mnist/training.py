@@ -1,171 +1,36 @@
-"""Train the article's model in PyTorch or Keras, record each run, and run the book's MNIST experiment.
+"""The book's MNIST experiment: the article's model in PyTorch and Keras, with and without BN, several seeds.
 
-Two trainers, one record format:
+:data:`MNIST` (a :class:`MnistExperiment`) defines the experiment once; :func:`run_mnist_experiment` trains every
+run of it with every seed and returns one :class:`bnref.records.ExperimentRecord`; :func:`experiment_runs` gives
+back the run records inside it. The trainers are :func:`bnref.mnist.torch_training.train_torch` (bnref's fast
+PyTorch loop) and :func:`bnref.mnist.keras_training.train_keras` (``model.fit``, as the article trains); what they
+share is in :mod:`bnref.mnist.common`, and the rule behind the chapter's verdicts in :mod:`bnref.mnist.verdicts`.
 
-* :func:`train_torch` (in :mod:`bnref.mnist.torch_training`): bnref's fast PyTorch loop, data on the
-  device, flat parameters with fused Adam, a CUDA graph on a GPU.
-* :func:`train_keras` (in :mod:`bnref.mnist.keras_training`): ``model.fit`` as the article uses it, with a
-  callback that records the same numbers per epoch.
-
-Both return and optionally save a :class:`~bnref.records.RunRecord`: configuration, framework and
-version (and the Keras backend), device name, machine (no hostname), seed, and per epoch the
-training loss and accuracy (the running mean over the epoch's batches in training mode, as Keras
-reports them), the test loss and accuracy (after the epoch, inference mode), and the wall time.
-The record format lives in :mod:`bnref.records`; its names are re-exported here.
-
-This module itself imports neither framework: ``train_torch``, ``train_keras``, ``select_device``,
-``device_name`` and ``flatten_parameters`` are loaded from the framework modules on first use
-(``bnref.mnist.training.train_torch(...)`` works as before). It holds what the trainers share
-(:func:`prepare_data`, :func:`check_training_args`, :func:`progress_bar`,
-:func:`import_keras_quietly`) and the book's MNIST experiment (:data:`MNIST`,
-:func:`run_mnist_experiment`, :func:`experiment_runs`).
+This module imports neither framework: the trainers are imported when the experiment runs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib
-import os
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from bnref.mnist.data import as_labeled
-from bnref.mnist.models import NUM_CLASSES, check_choice, check_int, check_positive
-from bnref.records import (  # the results-record schema lives in bnref.records; re-exported here
-    SCHEMA,
-    EpochRecord,
-    ExperimentRecord,
-    RunConfig,
-    RunRecord,
-    cpu_name,
-    load_record,
-    load_records,
-    machine_info,
-    now_utc,
-    with_current_module_names,
-)
+from bnref.mnist.common import check_training_args
+from bnref.mnist.models import check_choice
+from bnref.mnist.verdicts import MIN_SEEDS
+from bnref.records import SCHEMA, ExperimentRecord, RunRecord, with_current_module_names
 
-if TYPE_CHECKING:  # served lazily by __getattr__ below
-    from bnref.mnist.keras_training import train_keras
-    from bnref.mnist.torch_training import device_name, flatten_parameters, select_device, train_torch
-
-__all__ = [
-    "SCHEMA",
-    "EpochRecord",
-    "RunConfig",
-    "RunRecord",
-    "load_record",
-    "load_records",
-    "cpu_name",
-    "machine_info",
-    "now_utc",
-    "select_device",
-    "device_name",
-    "flatten_parameters",
-    "train_torch",
-    "train_keras",
-    "prepare_data",
-    "check_training_args",
-    "progress_bar",
-    "import_keras_quietly",
-    "MNIST",
-    "MNIST_SEEDS",
-    "MIN_SEEDS",
-    "MnistExperiment",
-    "run_mnist_experiment",
-    "experiment_runs",
-    "paired_verdict",
-]
-
-#: Names served by the framework modules, loaded when first asked for.
-_LAZY = {
-    "train_torch": "bnref.mnist.torch_training",
-    "select_device": "bnref.mnist.torch_training",
-    "device_name": "bnref.mnist.torch_training",
-    "flatten_parameters": "bnref.mnist.torch_training",
-    "train_keras": "bnref.mnist.keras_training",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# --------------------------------------------------------------------------------------------
-# what both trainers share
-# --------------------------------------------------------------------------------------------
-
-
-def prepare_data(data: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(x_train, y_train, x_test, y_test)`` -> float32 features ``(n, d)`` and int64 labels ``(n,)``.
-
-    Images ``uint8 (n, 28, 28)`` are flattened and scaled to [0, 1]; 2-D float inputs are used as
-    they are (tests feed small synthetic problems this way). See :func:`bnref.mnist.data.as_labeled`.
-    """
-    if len(data) != 4:
-        raise ValueError(f"data must be (x_train, y_train, x_test, y_test); got {len(data)} items")
-    x_train, y_train = as_labeled(data[0], data[1], name="train", num_classes=NUM_CLASSES)
-    x_test, y_test = as_labeled(data[2], data[3], name="test", num_classes=NUM_CLASSES)
-    if x_train.shape[1] != x_test.shape[1]:
-        raise ValueError(f"train and test features differ in width: {x_train.shape[1]} vs {x_test.shape[1]}")
-    return x_train, y_train, x_test, y_test
-
-
-def check_training_args(epochs: int, batch_size: int, lr: float) -> None:
-    """Raise ValueError unless ``epochs >= 1``, ``batch_size >= 2`` (BN needs two samples) and ``lr > 0``."""
-    check_int("epochs", epochs, low=1)
-    check_int("batch_size (BN needs two samples)", batch_size, low=2)
-    check_positive("lr", lr)
-
-
-def progress_bar(enabled: bool, epochs: int, desc: str) -> Any:
-    """A tqdm bar with one tick per epoch (disabled when ``enabled`` is False)."""
-    from tqdm import tqdm
-
-    return tqdm(total=epochs, desc=desc, unit="epoch", disable=not enabled, leave=False)
-
-
-@contextlib.contextmanager
-def _c_level_stderr_discarded() -> Iterator[None]:
-    """Point file descriptor 2 at /dev/null while the block runs; Python exceptions are unaffected."""
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def import_keras_quietly() -> Any:
-    """Import and return ``keras`` (with its backend) without TensorFlow's start-up log lines.
-
-    TensorFlow's C++ runtime writes lines such as "Could not find cuda drivers" straight to the
-    process's stderr while it loads, below Python's reach; they are discarded for the import only
-    (``TF_CPP_MIN_LOG_LEVEL`` is set to 3 unless already set). An import error still raises.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _c_level_stderr_discarded():
-        import keras
-
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow  # noqa: F401  (loads the runtime now, while stderr is quiet)
-    return keras
+__all__ = ["MNIST", "MNIST_SEEDS", "MnistExperiment", "run_mnist_experiment", "experiment_runs"]
 
 
 # --------------------------------------------------------------------------------------------
 # the book's MNIST experiment: both frameworks, with and without BN, several seeds
 # --------------------------------------------------------------------------------------------
 
-#: The seeds of the committed MNIST records, and the fewest seeds a verdict may rest on.
+#: The seeds of the committed MNIST records (a verdict needs at least :data:`bnref.mnist.verdicts.MIN_SEEDS`).
 MNIST_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
-MIN_SEEDS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,12 +43,12 @@ class MnistExperiment:
     Attributes
     ----------
     frameworks : tuple of str
-        ``"torch"`` (:func:`train_torch`) and ``"keras"`` (:func:`train_keras`, on the backend named by
-        ``KERAS_BACKEND``).
+        ``"torch"`` (:func:`bnref.mnist.torch_training.train_torch`) and ``"keras"``
+        (:func:`bnref.mnist.keras_training.train_keras`, on the backend named by ``KERAS_BACKEND``).
     bn : tuple of str
         :data:`bnref.mnist.models.BN_CHOICES` entries; ``"native"`` is each framework's own BN layer.
     placement, epochs, batch_size, lr
-        As in :func:`train_torch`.
+        As in :func:`bnref.mnist.torch_training.train_torch`.
     """
 
     frameworks: tuple[str, ...] = ("torch", "keras")
@@ -272,8 +137,8 @@ def run_mnist_experiment(
     seeds : sequence of int
         Distinct seeds; each seeds the initial weights and the shuffling of every run.
     device : str
-        The PyTorch device (:func:`select_device`). Keras trains on the device its backend picks;
-        it must be of the same kind (CPU or GPU), else ValueError: on a GPU machine without
+        The PyTorch device (:func:`bnref.mnist.torch_training.select_device`). Keras trains on the device its
+        backend picks; it must be of the same kind (CPU or GPU), else ValueError: on a GPU machine without
         TensorFlow, run with ``KERAS_BACKEND=torch``.
     progress : bool
         tqdm bars per run.
@@ -328,37 +193,6 @@ def run_mnist_experiment(
                     )
         results[str(seed)] = per_run
     return ExperimentRecord.create(experiment.name, experiment.config(), seeds, results, device=dev_info)
-
-
-def paired_verdict(differences: Sequence[float], *, min_seeds: int = MIN_SEEDS) -> int:
-    """The rule that turns per-seed paired differences (with BN minus without, same seed) into a verdict.
-
-    A difference counts only when it has the same sign for every seed *and* its mean lies more than
-    two standard errors from zero (standard error = sample standard deviation / sqrt(n)). The first
-    condition alone would accept a mean carried by one large seed among near-zeros; the second
-    alone, with few seeds, a mean dragged by one outlier of either sign.
-
-    Returns
-    -------
-    int
-        +1 (consistently positive), -1 (consistently negative) or 0 (no consistent difference).
-
-    Raises
-    ------
-    ValueError
-        Fewer than ``min_seeds`` differences, or a non-finite one.
-    """
-    d = np.asarray(differences, dtype=np.float64)
-    if d.ndim != 1 or len(d) < min_seeds:
-        raise ValueError(f"a verdict needs at least {min_seeds} paired differences; got {d.shape}")
-    if not np.all(np.isfinite(d)):
-        raise ValueError("paired differences must be finite")
-    se = d.std(ddof=1) / np.sqrt(len(d))
-    if np.all(d > 0) and d.mean() > 2 * se:
-        return 1
-    if np.all(d < 0) and d.mean() < -2 * se:
-        return -1
-    return 0
 
 
 def experiment_runs(record: ExperimentRecord) -> dict[tuple[str, int], RunRecord]:
