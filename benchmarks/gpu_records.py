@@ -13,12 +13,12 @@ The jobs, in this order (each a separate process, so that one failing does not s
    fast loop (``benchmarks/train_throughput.py --device cuda``) -> ``benchmark-<gpu>.json``;
 3. ``mnist``: the MNIST chapter's experiment, both frameworks with and without BN, every seed
    (``python -m bnref.train experiment mnist --device cuda``) -> ``mnist-<gpu>.json``;
-4. ``sync_bn``: ``nn.SyncBatchNorm`` (NCCL) against ``bnref.experiments.distributed.SyncBatchNorm``
+4. ``sync_bn``: ``nn.SyncBatchNorm`` (NCCL) against ``bnref.layers.sync_bn.SyncBatchNorm``
    (``benchmarks/sync_bn.py --device cuda``) -> ``distributed-sync-bn-<gpu>.json``;
 5. ``claims``: the claims chapter's experiments (``python -m bnref.experiments run claims --device cuda``), 3 seeds
    -> one record per experiment, named by that command;
 6. ``beyond``: the small-batch experiment of the "Beyond BN" chapter (BN, Ghost BN, Batch Renorm, GN, LN at batch
-   sizes 2 to 128, 3 seeds: ``python -m bnref.experiments.beyond run beyond-small-batch --device cuda``)
+   sizes 2 to 128, 3 seeds: ``python -m bnref.experiments run beyond-small-batch --device cuda``)
    -> one record, named by
    that command. Last, so that it uses only what the others leave of the budget.
 
@@ -74,7 +74,7 @@ def jobs(slug: str, out: Path, *, mnist_seeds: int = 5, claims_seeds: int | None
         raise ValueError(f"mnist_seeds must be at least 3 (the book's verdicts rest on >= 3 seeds); got {mnist_seeds}")
     py = sys.executable
     keras_torch = {"KERAS_BACKEND": "torch"}
-    claims = [py, "-m", "bnref.experiments.probes", "run", "claims", "--device", "cuda", "--out", str(out)]
+    claims = [py, "-m", "bnref.experiments", "run", "claims", "--device", "cuda", "--out", str(out)]
     if claims_seeds is not None:
         claims += ["--seeds", str(claims_seeds)]
     return [
@@ -122,7 +122,7 @@ def jobs(slug: str, out: Path, *, mnist_seeds: int = 5, claims_seeds: int | None
             [
                 py,
                 "-m",
-                "bnref.experiments.beyond",
+                "bnref.experiments",
                 "run",
                 "beyond-small-batch",
                 "--seeds",
@@ -133,7 +133,7 @@ def jobs(slug: str, out: Path, *, mnist_seeds: int = 5, claims_seeds: int | None
                 str(out),
             ],
             cap_s=180,
-            writes="beyond-small-batch.*.json (name chosen by bnref.experiments.beyond)",
+            writes="beyond-small-batch.*.json (name chosen by bnref.experiments)",
         ),
     ]
 

@@ -6,16 +6,16 @@ BN layers run a training step (forward and backward) on the rank's shard:
 * ``local``: ``bnref.layers.torch_bn.BatchNorm`` per rank, the same arithmetic as the synchronised layer without
   communication (unsynchronised BN);
 * ``native``: ``torch.nn.BatchNorm1d/2d`` per rank (PyTorch's own kernel, no communication);
-* ``sync``: ``bnref.experiments.distributed.SyncBatchNorm``.
+* ``sync``: ``bnref.layers.sync_bn.SyncBatchNorm``.
 
 Layers: the article's (BN over 64 and 32 features, global batch 128: ``dense``) and one NCHW layer (16
 channels, 14 x 14, global batch 32: ``nchw``). The variants are interleaved in one run (rounds of ``--steps``
 steps each, the median round kept), so the ratio ``sync / local`` is measured under the same conditions; the
-bytes per step are counted by ``bnref.experiments.distributed.count_collectives`` on rank 0.
+bytes per step are counted by ``bnref.experiments.launcher.count_collectives`` on rank 0.
 
 GPU (``--device cuda``): NCCL, one process per GPU, world sizes 1 and the number of GPUs (``--worlds`` to
 choose; in a world of one both layers are plain BN, as ``nn.SyncBatchNorm`` falls back to BN there), comparing
-``torch.nn.SyncBatchNorm`` with ``bnref.experiments.distributed.SyncBatchNorm``: time per step, bytes per step and the
+``torch.nn.SyncBatchNorm`` with ``bnref.layers.sync_bn.SyncBatchNorm``: time per step, bytes per step and the
 largest output difference from float64 BN over the whole batch. With ``--out`` it writes an experiment
 record (schema ``bnref.experiment/1``, name ``distributed-sync-bn-benchmark``) named after the GPU, e.g.
 ``book/results/distributed-sync-bn-h200.json``.
@@ -38,8 +38,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bnref.experiments.distributed import SyncBatchNorm, count_collectives, free_port, launch
+from bnref.experiments.launcher import count_collectives, launch
 from bnref.layers import torch_bn
+from bnref.layers.sync_bn import SyncBatchNorm
 
 LAYERS = {
     # name: (global batch, per-example shapes of the BN layers' inputs)
@@ -131,28 +132,6 @@ def _gpu_accuracy_worker(rank: int, world: int) -> dict:
     return errs
 
 
-def _launch_nccl(fn, world: int, *args):
-    """Like bnref.experiments.distributed.launch, with NCCL and one GPU per rank."""
-    import tempfile
-
-    import torch.multiprocessing as mp
-
-    with tempfile.TemporaryDirectory() as d:
-        mp.spawn(_nccl_entry, args=(world, free_port(), fn, args, d), nprocs=world, join=True)
-        return [torch.load(os.path.join(d, f"{r}.pt"), weights_only=False) for r in range(world)]
-
-
-def _nccl_entry(rank, world, port, fn, args, d):
-    torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        result = fn(rank, world, *args)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    torch.save(result, os.path.join(d, f"{rank}.pt"))
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -209,8 +188,8 @@ def main(argv=None) -> int:
     kinds = ("native-sync", "sync")
     per_world = {}
     for w in worlds:
-        timing = _launch_nccl(_time_worker, w, kinds, a.steps, a.rounds, "cuda")[0]
-        accuracy = _launch_nccl(_gpu_accuracy_worker, w)
+        timing = launch(_time_worker, w, kinds, a.steps, a.rounds, "cuda", threads=None, backend="nccl")[0]
+        accuracy = launch(_gpu_accuracy_worker, w, threads=None, backend="nccl")
         per_world[str(w)] = {"timing": timing, "max_abs_err_vs_float64": accuracy}
         for name, r in timing.items():
             nat, syn = r["native-sync"]["median_step_s"], r["sync"]["median_step_s"]

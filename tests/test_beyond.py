@@ -1,4 +1,4 @@
-"""Tests of bnref.experiments.beyond:
+"""Tests of bnref.layers.ghost_renorm and bnref.experiments.beyond:
 the torch Ghost BN and Batch Renorm layers against bnref.normalization in float64, the
 pluggable LeNet, the verdict rule, and the committed record of the small-batch experiment against its definition.
 
@@ -20,6 +20,7 @@ from torch import nn
 from bnref import normalization as nrm
 from bnref.experiments import beyond as by
 from bnref.experiments import dynamics as dyn
+from bnref.layers import ghost_renorm
 from bnref.records import load_experiments
 from bnref.testing import check_close
 
@@ -82,7 +83,7 @@ def _run(module: nn.Module, x: np.ndarray, dy: np.ndarray):
 def test_ghost_batch_norm_module_agrees_with_the_numpy_reference_in_float64(seed, shape, gb):
     x, gamma, beta, dy = _case(seed, shape)
     c, eps = shape[1], 1e-5
-    layer = by.GhostBatchNorm(c, gb, eps=eps, dtype=torch.float64)
+    layer = ghost_renorm.GhostBatchNorm(c, gb, eps=eps, dtype=torch.float64)
     with torch.no_grad():
         layer.weight.copy_(torch.tensor(gamma))
         layer.bias.copy_(torch.tensor(beta))
@@ -139,7 +140,7 @@ def test_planted_fault_whole_batch_statistics_fail_the_ghost_bound():
 def test_ghost_batch_norm_with_one_ghost_batch_is_torch_batch_norm_value_for_value():
     torch.manual_seed(0)
     x = torch.randn(8, 3, 5, 5) * 2 + 1
-    ghost, plain = by.GhostBatchNorm(3, 8), nn.BatchNorm2d(3)
+    ghost, plain = ghost_renorm.GhostBatchNorm(3, 8), nn.BatchNorm2d(3)
     assert torch.equal(ghost(x), plain(x))
     assert torch.equal(ghost.running_var, plain.running_var)
 
@@ -154,7 +155,7 @@ def test_batch_renorm_module_agrees_with_the_numpy_reference_in_float64(seed, sh
     c, eps, r_max, d_max, momentum = shape[1], 1e-5, 1.5, 0.4, 0.9
     rng = np.random.default_rng(seed + 10)
     rmean, rvar = rng.normal(scale=0.5, size=c), rng.uniform(0.5, 3.0, size=c)
-    layer = by.BatchRenorm(c, eps=eps, momentum=momentum).double()
+    layer = ghost_renorm.BatchRenorm(c, eps=eps, momentum=momentum).double()
     layer.r_max, layer.d_max = r_max, d_max
     with torch.no_grad():
         layer.weight.copy_(torch.tensor(gamma))
@@ -188,7 +189,7 @@ def test_batch_renorm_module_agrees_with_the_numpy_reference_in_float64(seed, sh
 def test_batch_renorm_with_r_max_1_and_d_max_0_is_torch_batch_norm_in_the_forward():
     torch.manual_seed(1)
     x = (torch.randn(16, 3, 4, 4) * 3 + 2).double()
-    renorm, plain = by.BatchRenorm(3).double().train(), nn.BatchNorm2d(3).double().train()
+    renorm, plain = ghost_renorm.BatchRenorm(3).double().train(), nn.BatchNorm2d(3).double().train()
     y, y_bn = renorm(x), plain(x)
     bound = check_close(y.detach().numpy(), y_bn.detach().numpy(), dtype="float64", m=16 * 16, cond=3.0, show="none")
     assert bound.passed
@@ -218,7 +219,7 @@ def test_renorm_schedule_is_batch_norm_during_warmup_then_reaches_the_final_clip
 def test_every_method_starts_from_the_weights_of_the_bn_lenet():
     reference = dyn.build_lenet(bn=True, seed=3)
     ref_weights = [p for p in reference.parameters() if p.dim() > 1]
-    for method in by.METHODS:
+    for method in ghost_renorm.METHODS:
         model = by.build_norm_lenet(method, seed=3)
         assert model(torch.rand(16, 784)).shape == (16, 10)
         weights = [p for p in model.parameters() if p.dim() > 1]
@@ -230,7 +231,7 @@ def test_every_method_starts_from_the_weights_of_the_bn_lenet():
 
 
 def test_layer_norm_is_group_norm_with_one_group_over_c_h_w():
-    layer = by.norm_layer("ln", 6)
+    layer = ghost_renorm.norm_layer("ln", 6)
     x = torch.randn(3, 6, 5, 5, dtype=torch.float64)
     ref = nn.functional.layer_norm(x, (6, 5, 5), eps=1e-5)  # gamma 1, beta 0 at initialisation
     assert torch.allclose(layer.double()(x), ref, rtol=0, atol=1e-12)
@@ -238,24 +239,24 @@ def test_layer_norm_is_group_norm_with_one_group_over_c_h_w():
 
 def test_bad_input_raises_named_value_errors():
     with pytest.raises(ValueError, match="method"):
-        by.norm_layer("weight-norm", 4)
+        ghost_renorm.norm_layer("weight-norm", 4)
     with pytest.raises(ValueError, match="does not divide the 6 channels"):
-        by.norm_layer("gn", 6, groups=4)
+        ghost_renorm.norm_layer("gn", 6, groups=4)
     with pytest.raises(ValueError, match="gn_groups"):
         by.build_norm_lenet("gn", gn_groups=(3, 4))
     with pytest.raises(ValueError, match="ghost_batch_size"):
-        by.GhostBatchNorm(3, 0)
-    ghost = by.GhostBatchNorm(3, 4).train()
+        ghost_renorm.GhostBatchNorm(3, 0)
+    ghost = ghost_renorm.GhostBatchNorm(3, 4).train()
     with pytest.raises(ValueError, match="does not divide"):
         ghost(torch.randn(6, 3))
     with pytest.raises(ValueError, match="larger than the batch"):
         ghost(torch.randn(2, 3))
-    renorm = by.BatchRenorm(3)
+    renorm = ghost_renorm.BatchRenorm(3)
     renorm.r_max = 0.5
     with pytest.raises(ValueError, match="r_max"):
         renorm(torch.randn(4, 3))
     with pytest.raises(ValueError, match="expects input"):
-        by.BatchRenorm(3)(torch.randn(4, 5))
+        ghost_renorm.BatchRenorm(3)(torch.randn(4, 5))
     with pytest.raises(ValueError, match="unknown experiment"):
         by.get_experiment("beyond-everything")
     with pytest.raises(ValueError, match="no method"):
@@ -290,7 +291,7 @@ def test_runner_on_synthetic_data_writes_every_method_and_batch_size(tmp_path):
     rec = by.run_experiment("beyond-small-batch", seeds=[0], data=data, overrides=overrides, out=tmp_path)
     assert (tmp_path / "beyond-small-batch.cpu.json").is_file()
     acc = by.accuracies(rec)
-    assert sorted(acc) == sorted([*by.METHODS, "bn-precise"])
+    assert sorted(acc) == sorted([*ghost_renorm.METHODS, "bn-precise"])
     assert all(sorted(acc[m]) == [4, 16] for m in acc)
     res = rec.result(0)
     assert res["bn"]["4"]["steps"] == 8 and res["renorm"]["16"]["steps"] == 2
@@ -378,12 +379,12 @@ def test_folded_copy_matches_torch_fusion_and_computes_the_same_function(seed):
 
 
 def test_command_line_lists_and_refuses_bad_runs(capsys):
-    """``python -m bnref.experiments.beyond`` (bnref.experiments.claims.experiments_cli):
+    """``python -m bnref.experiments.beyond`` (the registry's command line over the group ``beyond``):
     list names the experiment; a run with an unknown
     name, without --out, or with --seeds 0 stops with a usage error before anything trains."""
-    assert by.main(["list"]) == 0
+    assert by.REGISTRY.main(["list"]) == 0
     assert "beyond-small-batch" in capsys.readouterr().out
     for argv in (["run", "nothing", "--out", "/tmp/x"], ["run", "beyond-small-batch"], ["run", "--seeds", "0"]):
         with pytest.raises(SystemExit) as stop:
-            by.main(argv)
+            by.REGISTRY.main(argv)
         assert stop.value.code == 2, argv

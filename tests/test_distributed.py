@@ -1,4 +1,4 @@
-"""bnref.experiments.distributed: synchronised BN on gloo processes equals BN over the whole batch.
+"""bnref.layers.sync_bn: synchronised BN on gloo processes (bnref.experiments.launcher) equals BN over the whole batch.
 
 One ``torch.multiprocessing.spawn`` per world size (2 and 4 processes on localhost) runs every case of that
 world size; the ranks return raw arrays and this process checks them against ``torch.nn.BatchNorm`` in
@@ -14,7 +14,7 @@ order. The Chan merge is computed in float64 on W x C numbers and adds nothing v
 
 Unsynchronised BN (each rank's plain BN on its own shard) must differ from the reference by more than
 100 times the same bound, so the checks can tell the two apart. Communication is counted with
-``bnref.experiments.distributed.count_collectives``, a shim around ``torch.distributed``'s functions.
+``bnref.experiments.launcher.count_collectives``, a shim around ``torch.distributed``'s functions.
 """
 
 from __future__ import annotations
@@ -31,15 +31,9 @@ if not dist.is_available():  # pragma: no cover
 
 from torch import nn  # noqa: E402
 
-from bnref.experiments.distributed import (  # noqa: E402
-    SyncBatchNorm,
-    convert_sync_batchnorm,
-    count_collectives,
-    launch,
-    merge_statistics,
-    shard_bounds,
-)
+from bnref.experiments.launcher import count_collectives, launch, shard_bounds  # noqa: E402
 from bnref.layers import torch_bn  # noqa: E402
+from bnref.layers.sync_bn import SyncBatchNorm, convert_sync_batchnorm, merge_statistics  # noqa: E402
 from bnref.testing import (  # noqa: E402
     channel_summaries,
     check_close,
@@ -421,18 +415,25 @@ def test_convert_sync_batchnorm_converts_native_and_bnref_layers():
 
 
 def test_committed_ddp_record_matches_the_experiment_definition():
-    """The chapter's record describes the experiment bnref.experiments.distributed defines, with at least 3 seeds."""
+    """The chapter's record describes the experiment bnref.experiments.distributed declares, with at least 3 seeds."""
     from pathlib import Path
 
-    from bnref.experiments.distributed import DDP_EXPERIMENT, DDP_VARIANTS
-    from bnref.records import load_experiment, with_current_module_names
+    from bnref.experiments.distributed import DDP_EXPERIMENT, DDP_VARIANTS, REGISTRY
+    from bnref.records import load_experiment
 
-    path = Path(__file__).resolve().parents[1] / "book" / "results" / "distributed-ddp-mnist-cpu.json"
-    record = load_experiment(path)
-    assert record.name == DDP_EXPERIMENT["name"]
-    config = with_current_module_names(record.config)
-    assert {k: v for k, v in config.items() if k != "torch"} == DDP_EXPERIMENT
-    assert len(record.seeds) >= 3
+    experiment = REGISTRY.get(DDP_EXPERIMENT["name"])
+    folder = Path(__file__).resolve().parents[1] / "book" / "results"
+    record = load_experiment(folder / experiment.record_filename({"type": "cpu", "name": "any CPU"}))
+    assert record.device["type"] == "cpu"
+    REGISTRY.check(record)  # the config as defined (torch's version aside), the first k >= 3 seeds
+    assert REGISTRY.load(DDP_EXPERIMENT["name"], folder).to_dict() == record.to_dict()
     for _, result in record.per_seed():
         assert set(result) == set(DDP_VARIANTS)
         assert len(result["single"]["epochs"]) == DDP_EXPERIMENT["epochs"]
+
+
+def test_launch_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="world_size"):
+        launch(_run_cases, 0)
+    with pytest.raises(ValueError, match="backend"):
+        launch(_run_cases, 2, backend="mpi")

@@ -129,7 +129,7 @@ def test_scale_invariance_orthogonal_gradient_and_norm_step():
     x, y, _, _ = synthetic(64)
     model = ex.build_mlp(2, 16, bn=True, seed=3).double()
     xs, ys = torch.from_numpy(x).double(), torch.from_numpy(y)
-    layer = dyn._scale_invariant_layers(model)[1]
+    layer = dyn.scale_invariant_layers(model)[1]
 
     def loss_and_grad():
         model.zero_grad()
@@ -153,7 +153,7 @@ def test_scale_invariance_orthogonal_gradient_and_norm_step():
     assert abs(float(stepped.norm()) ** 2 - predicted) < 1e-3 * predicted
     # without BN no layer is scale invariant
     plain = ex.build_mlp(2, 16, bn=False, seed=3).double()
-    assert dyn._scale_invariant_layers(plain) == []
+    assert dyn.scale_invariant_layers(plain) == []
 
 
 def test_stopgrad_bias_grows_linearly_while_the_full_gradient_keeps_it():
@@ -220,9 +220,9 @@ def test_run_experiment_rejects_unknown_names_and_overrides():
 
 
 def test_command_lists_and_rejects(capsys):
-    assert dyn.main(["list"]) == 0
+    assert dyn.REGISTRY.main(["list"]) == 0
     assert "dynamics-lenet" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        dyn.main(["run", "nothing", "--out", "/tmp/x"])
+        dyn.REGISTRY.main(["run", "nothing", "--out", "/tmp/x"])
     with pytest.raises(SystemExit):
-        dyn.main(["run", "dynamics-resnet"])  # no --out
+        dyn.REGISTRY.main(["run", "dynamics-resnet"])  # no --out

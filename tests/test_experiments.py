@@ -1,4 +1,5 @@
-"""bnref.experiments.probes and bnref.experiments.claims on tiny synthetic data (no MNIST),
+"""bnref.experiments.probes, bnref.experiments.claims, the experiment registry (bnref.experiments.registry, the
+command line of bnref.experiments.cli) and the verdict rule (bnref.mnist.verdicts) on tiny synthetic data (no MNIST),
 and the committed claims records."""
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from bnref.experiments import claims
+from bnref.experiments import claims, cli
 from bnref.experiments import probes as ex
+from bnref.experiments.registry import Experiment, Registry
+from bnref.mnist import verdicts
 from bnref.mnist.models import glorot_uniform, he_uniform, linear_layers
 from bnref.mnist.torch_training import evaluate
 from bnref.records import load_experiment, load_experiments
@@ -45,7 +48,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("module", ["bnref.experiments.probes", "bnref.experiments.claims"])
+@pytest.mark.parametrize(
+    "module",
+    ["bnref.experiments.probes", "bnref.experiments.claims", "bnref.experiments.registry", "bnref.mnist.verdicts"],
+)
 def test_import_does_not_load_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -389,40 +395,49 @@ def test_step_seconds_times_every_model():
 def test_compare_paired_rule():
     base = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
     # every difference positive and the mean (0.5) far beyond two standard errors
-    assert claims.compare_paired(base + [0.5, 0.6, 0.4, 0.5, 0.5], base, "more", "less") == "more"
-    assert claims.compare_paired(base, base + [0.5, 0.6, 0.4, 0.5, 0.5], "more", "less") == "less"
+    assert verdicts.compare_paired(base + [0.5, 0.6, 0.4, 0.5, 0.5], base, "more", "less") == "more"
+    assert verdicts.compare_paired(base, base + [0.5, 0.6, 0.4, 0.5, 0.5], "more", "less") == "less"
     # identical differences: no spread, any positive mean counts
-    assert claims.compare_paired(base + 0.01, base, "more", "less") == "more"
+    assert verdicts.compare_paired(base + 0.01, base, "more", "less") == "more"
     # one seed with the other sign: not measured, however large the mean
-    assert claims.compare_paired(base + [3.0, 3.0, 3.0, 3.0, -0.1], base, "more", "less", "same") == "same"
+    assert verdicts.compare_paired(base + [3.0, 3.0, 3.0, 3.0, -0.1], base, "more", "less", "same") == "same"
     # every sign positive but the mean within two standard errors: d = (0.01, 0.01, 0.01, 2): mean 0.5075,
     # sd 0.995, se 0.4975, 2 se = 0.995 > mean
-    assert claims.compare_paired(base[:4] + [0.01, 0.01, 0.01, 2.0], base[:4], "more", "less", "same") == "same"
+    assert verdicts.compare_paired(base[:4] + [0.01, 0.01, 0.01, 2.0], base[:4], "more", "less", "same") == "same"
     for bad in ([1.0, 2.0], [[1.0, 2.0, 3.0]]):
         with pytest.raises(ValueError, match="3 seeds"):
-            claims.compare_paired(bad, bad, "more", "less")
+            verdicts.compare_paired(bad, bad, "more", "less")
     with pytest.raises(ValueError, match="finite"):
-        claims.compare_paired([1.0, np.inf, 2.0], [1.0, 1.0, 1.0], "more", "less")
+        verdicts.compare_paired([1.0, np.inf, 2.0], [1.0, 1.0, 1.0], "more", "less")
 
 
 def test_spread_and_within_spread():
     recorded = [1.0, 2.0, 3.0, 4.0, 5.0]  # mean 3, sample sd sqrt(2.5) = 1.581
-    mean, sd = claims.spread(recorded)
+    mean, sd = verdicts.spread(recorded)
     assert mean == 3.0 and abs(sd - np.sqrt(2.5)) < 1e-15
-    assert claims.within_spread(3.0 + 3 * sd - 1e-9, recorded)
-    assert not claims.within_spread(3.0 + 3 * sd + 1e-9, recorded)
-    assert not claims.within_spread(np.nan, recorded) and not claims.within_spread(np.inf, recorded)
+    assert verdicts.within_spread(3.0 + 3 * sd - 1e-9, recorded)
+    assert not verdicts.within_spread(3.0 + 3 * sd + 1e-9, recorded)
+    assert not verdicts.within_spread(np.nan, recorded) and not verdicts.within_spread(np.inf, recorded)
     # every recorded seed lies inside the spread: at most (n - 1) / sqrt(n) = 1.79 sd from the mean
-    assert all(claims.within_spread(v, recorded) for v in recorded)
+    assert all(verdicts.within_spread(v, recorded) for v in recorded)
     with pytest.raises(ValueError, match=">= 2"):
-        claims.spread([1.0])
+        verdicts.spread([1.0])
+
+
+def test_compare_paired_is_the_paired_verdict_in_words():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a, b = rng.normal(size=4), rng.normal(size=4) + rng.normal()
+        word = {1: "more", -1: "less", 0: "same"}[verdicts.paired_verdict(a - b)]
+        assert verdicts.compare_paired(a, b, "more", "less", "same") == word
 
 
 def test_experiment_names_and_definitions():
-    assert claims.experiment_names("claims") == list(claims.EXPERIMENTS)
-    assert claims.experiment_names("claims-cost") == ["claims-cost"]
+    assert claims.REGISTRY.names("claims") == list(claims.EXPERIMENTS)
+    assert claims.REGISTRY.names("all") == list(claims.EXPERIMENTS)
+    assert claims.REGISTRY.names("claims-cost") == ["claims-cost"]
     with pytest.raises(ValueError, match="unknown experiment"):
-        claims.experiment_names("claims-nothing")
+        claims.REGISTRY.names("claims-nothing")
     for name, exp in claims.EXPERIMENTS.items():
         assert exp.name == name and len(exp.seeds) >= 3 and len(set(exp.seeds)) == len(exp.seeds)
         json.dumps(exp.config)  # JSON-ready as it stands
@@ -435,9 +450,10 @@ def test_experiment_names_and_definitions():
 
 
 def test_record_filename():
-    assert claims.record_filename("claims-cost", {"type": "cpu", "name": "AMD EPYC"}) == "claims-cost.cpu.json"
+    cost = claims.EXPERIMENTS["claims-cost"]
+    assert cost.record_filename({"type": "cpu", "name": "AMD EPYC"}) == "claims-cost.cpu.json"
     gpu = {"type": "cuda", "name": "NVIDIA H200"}
-    assert claims.record_filename("claims-cost", gpu) == "claims-cost.h200.json"
+    assert cost.record_filename(gpu) == "claims-cost.h200.json"
 
 
 def synthetic_data(n_train: int = 300, n_test: int = 100):
@@ -498,22 +514,77 @@ def test_run_experiment_rejects_bad_arguments():
 
 def test_command_line(tmp_path):
     listed = subprocess.run(
-        [sys.executable, "-m", "bnref.experiments.probes", "list"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "bnref.experiments", "list"], capture_output=True, text=True, check=True
     ).stdout
-    assert all(name in listed for name in claims.EXPERIMENTS)
+    assert all(name in listed for name in cli.REGISTRY.experiments)
+    assert all(f"group {g}:" in listed for g in ("claims", "dynamics", "beyond", "distributed"))
     bad = subprocess.run(
-        [sys.executable, "-m", "bnref.experiments.probes", "run", "claims-nothing", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bnref.experiments", "run", "claims-nothing", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
     )
     assert bad.returncode == 2 and "unknown experiment" in bad.stderr
     bad = subprocess.run(
-        [sys.executable, "-m", "bnref.experiments.probes", "run", "claims", "--seeds", "0", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bnref.experiments", "run", "claims", "--seeds", "0", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
     )
     assert bad.returncode == 2 and "--seeds" in bad.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_command_line_show_and_check(tmp_path, capsys):
+    assert cli.main(["show", "claims-cost"]) == 0
+    shown = capsys.readouterr().out
+    assert "claims-cost.<cpu|gpu>.json" in shown and '"rounds": 30' in shown and "group claims" in shown
+    with pytest.raises(SystemExit):
+        cli.main(["show", "claims-nothing"])
+    # a changed record fails the check, a folder without records has none to check
+    changed = load_experiment(RESULTS / "claims-cost.cpu.json")
+    changed.config["rounds"] = 3
+    changed.save(tmp_path / "claims-cost.cpu.json")
+    assert cli.main(["check", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL claims-cost" in out and "none claims-speed" in out
+    assert cli.main(["check", str(tmp_path / "empty")]) == 0
+
+
+def test_registry_serves_every_group_by_name():
+    registry = cli.REGISTRY
+    assert list(registry.groups) == ["claims", "dynamics", "beyond", "distributed"]
+    assert registry.names("dynamics") == ["why-activations", "dynamics-lenet", "dynamics-scale",
+                                          "dynamics-init-scale", "dynamics-resnet"]  # fmt: skip
+    assert registry.group_of("distributed-ddp-mnist") == "distributed"
+    assert registry.get("claims-cost") is claims.EXPERIMENTS["claims-cost"]
+    ddp = registry.get("distributed-ddp-mnist")
+    assert ddp.record_filename({"type": "cpu", "name": "x"}) == "distributed-ddp-mnist-cpu.json"
+    with pytest.raises(ValueError, match="used twice"):
+        Registry.joined(claims.REGISTRY, claims.REGISTRY)
+
+
+def test_a_declared_experiment_runs_loads_and_checks(tmp_path):
+    """The registry's machinery on a toy experiment: the runner's results per seed, the versions it records."""
+
+    def runner(config, seed, device, data):
+        return {"mean": float(np.mean(data[0][: config["n"]])) + seed, "device": device.type}
+
+    toy = Experiment("toy", "none", "a toy", {"n": 3}, (0, 1, 2), runner, versions=("numpy",))
+    registry = Registry({"toys": [toy]})
+    data = (np.ones((5, 2), np.float32), np.zeros(5, np.int64), np.ones((2, 2), np.float32), np.zeros(2, np.int64))
+    record = registry.run("toy", out=tmp_path, data=data)
+    assert record.result(2) == {"mean": 3.0, "device": "cpu"} and record.config["numpy"] == np.__version__
+    loaded = registry.load("toy", tmp_path)
+    registry.check(loaded)
+    loaded.config["numpy"] = "0.0"  # the version describes the run, not the definition
+    registry.check(loaded)
+    del loaded.config["numpy"]
+    with pytest.raises(ValueError, match="versions"):
+        registry.check(loaded)
+    short = registry.run("toy", seeds=[0, 1], data=data)
+    with pytest.raises(ValueError, match="first k >= 3"):
+        registry.check(short)
+    with pytest.raises(ValueError, match="expected one gpu record"):
+        registry.load("toy", tmp_path, device_type="gpu")
 
 
 def test_committed_records_match_their_definitions():
@@ -527,7 +598,7 @@ def test_committed_records_match_their_definitions():
 
 
 def test_check_record_catches_a_changed_definition():
-    record = claims.load_claims_record("claims-lr-sweep", RESULTS)
+    record = claims.load_record("claims-lr-sweep", RESULTS)
     changed = load_experiment(RESULTS / "claims-lr-sweep.cpu.json")
     changed.config["steps"] = 200
     with pytest.raises(ValueError, match=r"config differs .*\['steps'\]"):
@@ -542,7 +613,7 @@ def test_check_record_catches_a_changed_definition():
 def test_best_rates_were_chosen_by_the_stated_rule_on_the_committed_sweep():
     # claims-best-lr-fresh runs each network at the rate with the lowest mean final training loss over the
     # seeds of claims-lr-sweep; if the sweep is run again and its record changes, the choice must be redone
-    sweep = claims.load_claims_record("claims-lr-sweep", RESULTS)
+    sweep = claims.load_record("claims-lr-sweep", RESULTS)
     lrs = sweep.config["lrs"]
     for bn in sweep.config["bn"]:
         mean_loss = np.mean([r[bn]["final_loss"] for _, r in sweep.per_seed()], axis=0)
@@ -550,4 +621,4 @@ def test_best_rates_were_chosen_by_the_stated_rule_on_the_committed_sweep():
     fresh = claims.EXPERIMENTS["claims-best-lr-fresh"]
     assert fresh.config["lr"] == claims.BEST_LR and not set(fresh.seeds) & set(sweep.seeds)
     with pytest.raises(ValueError, match="the record is of 'claims-lr-sweep'"):
-        claims.check_definition(sweep, claims.EXPERIMENTS["claims-cost"])
+        claims.EXPERIMENTS["claims-cost"].check(sweep)

@@ -1,3 +1,13 @@
-"""The book's experiments: each declared once (configuration, seeds, runner, record name), run by
-``python -m bnref.experiments`` into JSON records. The top layer: it may import everything below it.
+"""The book's experiments: each declared once (configuration, seeds, runner, record name) in one registry
+(:mod:`bnref.experiments.registry`) and run by ``python -m bnref.experiments`` into JSON records
+(:mod:`bnref.experiments.cli`). The top layer: it may import everything below it.
+
+* :mod:`~bnref.experiments.registry`: :class:`~bnref.experiments.registry.Experiment` and
+  :class:`~bnref.experiments.registry.Registry` (get, run, load, check, the command line);
+* :mod:`~bnref.experiments.claims`, :mod:`~bnref.experiments.dynamics`, :mod:`~bnref.experiments.beyond`,
+  :mod:`~bnref.experiments.distributed`: the chapters' experiments, one group each;
+* :mod:`~bnref.experiments.probes`: measuring helpers behind them (gradient norms, SGD runs, sweeps, timings);
+* :mod:`~bnref.experiments.launcher`: run a function on several gloo processes and count their collectives;
+* :mod:`~bnref.experiments.flax_sync`: Flax's synchronised BN, measured in its own process;
+* :mod:`~bnref.experiments.cli`: the one command line.
 """

@@ -1,7 +1,7 @@
-"""``python -m bnref.experiments``: the experiments' command line."""
+"""``python -m bnref.experiments``: the experiments' command line (:mod:`bnref.experiments.cli`)."""
 
 import sys
 
-from bnref.experiments.probes import main
+from bnref.experiments.cli import main
 
 sys.exit(main())

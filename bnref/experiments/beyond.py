@@ -1,31 +1,29 @@
-"""Beyond Batch Normalization: torch layers for Ghost BN and Batch Renorm, and the small-batch experiment.
+"""Beyond Batch Normalization: the small-batch experiment of the chapter ``beyond``, and BN folded away.
 
 The chapter ``beyond`` compares five normalisations in a LeNet-style network trained on MNIST with
-batches of 2 to 128 examples. The experiment is defined once here and run in full by::
+batches of 2 to 128 examples. The experiment is declared once here (the group ``beyond`` of :data:`REGISTRY`)
+and run in full by::
 
-    python -m bnref.experiments.beyond run beyond-small-batch --out book/results/
-    python -m bnref.experiments.beyond run beyond-small-batch --seeds 3 --device cuda --out /tmp/records
+    python -m bnref.experiments run beyond-small-batch --out book/results/
+    python -m bnref.experiments run beyond-small-batch --seeds 3 --device cuda --out /tmp/records
 
-which writes one :class:`bnref.records.ExperimentRecord` (``beyond-small-batch.cpu.json``). The chapter
-shows the committed record and runs a reduced configuration live (:func:`run_experiment` with
-``overrides``), checked against the record's spread with :func:`bnref.experiments.claims.within_spread`;
-:func:`check_record` fails when the record's configuration no longer matches the definition here.
+which writes one :class:`bnref.records.ExperimentRecord` (``beyond-small-batch.cpu.json``; ``python -m
+bnref.experiments.beyond run ...`` is the same command over this group). The chapter shows the committed record
+and runs a reduced configuration live (:func:`run_experiment` with ``overrides``), checked against the record's
+spread with :func:`bnref.mnist.verdicts.within_spread`; :func:`check_record` fails when the record's
+configuration no longer matches the definition here.
 
 What is here
 ------------
-* :class:`GhostBatchNorm`: BN whose training-mode statistics are computed per consecutive sub-batch of
-  ``ghost_batch_size`` examples (Hoffer et al. 2017), the torch twin of
-  :func:`bnref.normalization.ghost_batch_norm_forward` and its running update.
-* :class:`BatchRenorm`: Batch Renormalization (Ioffe 2017) with ``r`` and ``d`` held constant in the
-  gradient, the torch twin of :func:`bnref.normalization.batch_renorm_forward` and
-  :func:`~bnref.normalization.batch_renorm_running_update`.
-* :func:`norm_layer` and :func:`build_norm_lenet`: the LeNet of :func:`bnref.experiments.dynamics.build_lenet` with
-  a pluggable normalisation after each convolution and hidden linear layer.
+* :func:`build_norm_lenet`: the LeNet of :func:`bnref.experiments.dynamics.build_lenet` with a pluggable
+  normalisation (:func:`bnref.layers.ghost_renorm.norm_layer`: BN, Ghost BN, Batch Renorm, GroupNorm or
+  LayerNorm) after each convolution and hidden linear layer.
 * :func:`renorm_schedule`: the ``(r_max, d_max)`` schedule of a run, by
   :func:`bnref.normalization.batch_renorm_clipping` with its step counts scaled to the run's length.
 * :func:`verdicts` and :func:`winners`: the rule that turns the record's seeds into the chapter's verdicts
-  (:func:`bnref.experiments.claims.compare_paired`: the same sign for every seed and a mean difference beyond two
+  (:func:`bnref.mnist.verdicts.compare_paired`: the same sign for every seed and a mean difference beyond two
   standard errors).
+* :func:`folded_copy`: a model with every BN layer folded into the layer before it.
 
 PyTorch is imported at the top of this module; ``import bnref`` does not import it.
 """
@@ -35,36 +33,25 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from bnref.experiments import probes as ex
-from bnref.experiments.claims import (
-    Data,
-    Experiment,
-    check_definition,
-    compare_paired,
-    experiments_cli,
-    load_claims_record,
-    run_definition,
-)
 from bnref.experiments.dynamics import train_steps
+from bnref.experiments.registry import Data, Experiment, Registry
+from bnref.layers.ghost_renorm import METHODS, BatchRenorm, GhostBatchNorm, norm_layer
 from bnref.layers.precise_bn import precise_bn
 from bnref.mnist.torch_training import evaluate
+from bnref.mnist.verdicts import compare_paired
 from bnref.normalization import batch_renorm_clipping
 from bnref.records import ExperimentRecord
 
 __all__ = [
-    "METHODS",
+    "REGISTRY",
     "EXPERIMENTS",
-    "GhostBatchNorm",
-    "BatchRenorm",
-    "norm_layer",
     "build_norm_lenet",
     "renorm_schedule",
     "learning_rate",
@@ -76,172 +63,11 @@ __all__ = [
     "verdicts",
     "winners",
     "folded_copy",
-    "main",
 ]
 
-#: The normalisations compared, in the chapter's order, with what each one is in torch.
-METHODS: dict[str, str] = {
-    "bn": "Batch Normalization: nn.BatchNorm2d / nn.BatchNorm1d",
-    "ghost": "Ghost Batch Normalization: bnref.experiments.beyond.GhostBatchNorm",
-    "renorm": "Batch Renormalization: bnref.experiments.beyond.BatchRenorm",
-    "gn": "Group Normalization: nn.GroupNorm(G, C)",
-    "ln": "Layer Normalization over (C, H, W): nn.GroupNorm(1, C)",
-}
-
-
 # --------------------------------------------------------------------------------------------
-# layers
+# the network
 # --------------------------------------------------------------------------------------------
-
-
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-    return int(value)
-
-
-class GhostBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """Ghost Batch Normalization (Hoffer et al. 2017): BN over consecutive sub-batches ("ghost batches").
-
-    In training, a batch of ``N`` examples is split into ``N / ghost_batch_size`` consecutive ghost
-    batches; each is normalised with its own mean and biased variance over every axis but the channel
-    axis 1 (PyTorch's BN on that slice, eq. ``eq-ghost-bn``); ``gamma`` (``weight``) and ``beta`` (``bias``)
-    are shared. The running statistics get one PyTorch update per ghost batch, in order
-    (``r <- (1 - momentum) r + momentum b``, the unbiased ghost-batch variance for ``running_var``), as
-    :func:`bnref.normalization.ghost_batch_norm_running_update` with the PyTorch convention. In
-    inference it is plain BN with the running statistics. ``ghost_batch_size == N`` is
-    ``nn.BatchNorm*``, value for value.
-
-    A batch that ``ghost_batch_size`` does not divide, or one smaller than it, raises ValueError (the rule
-    of :func:`bnref.normalization.ghost_batch_norm_forward`). Input ``(N, C)``, ``(N, C, L)`` or
-    ``(N, C, H, W)``; a subclass of PyTorch's ``_BatchNorm``, so :func:`bnref.layers.precise_bn.precise_bn`
-    treats it as a BN layer.
-    """
-
-    def __init__(
-        self, num_features: int, ghost_batch_size: int, eps: float = 1e-5, momentum: float = 0.1, **kwargs: Any
-    ) -> None:
-        super().__init__(num_features, eps=eps, momentum=momentum, **kwargs)
-        self.ghost_batch_size = _check_int("ghost_batch_size", ghost_batch_size, 1)
-
-    def _check_input_dim(self, x: torch.Tensor) -> None:
-        if x.dim() not in (2, 3, 4):
-            raise ValueError(f"GhostBatchNorm expects (N, C), (N, C, L) or (N, C, H, W) input; got {tuple(x.shape)}")
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, ghost_batch_size={self.ghost_batch_size}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input_dim(x)
-        if not self.training:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        n, g = x.shape[0], self.ghost_batch_size
-        if g > n:
-            raise ValueError(f"ghost_batch_size={g} is larger than the batch of {n} examples")
-        if n % g:
-            raise ValueError(f"ghost_batch_size={g} does not divide the batch of {n} examples")
-        ghosts = []
-        for chunk in x.split(g, dim=0):
-            if self.num_batches_tracked is not None:
-                self.num_batches_tracked.add_(1)
-            ghosts.append(
-                F.batch_norm(
-                    chunk, self.running_mean, self.running_var, self.weight, self.bias, True, self.momentum, self.eps
-                )
-            )
-        return torch.cat(ghosts, dim=0) if len(ghosts) > 1 else ghosts[0]
-
-
-class BatchRenorm(nn.Module):
-    """Batch Renormalization (Ioffe 2017, Algorithm 1), channels on axis 1, eq. ``eq-batch-renorm``.
-
-    Training mode, per channel, with the batch mean ``mu_B`` and biased variance ``var_B``::
-
-        sigma_B = sqrt(var_B + eps),  sigma = sqrt(running_var + eps)
-        r = clip(sigma_B / sigma, 1 / r_max, r_max)        (no gradient)
-        d = clip((mu_B - running_mean) / sigma, -d_max, d_max)   (no gradient)
-        y = gamma * ((x - mu_B) / sigma_B * r + d) + beta
-
-    then the running statistics move with ``w = 1 - momentum`` (Keras' rule, ``momentum`` the weight of
-    the old value; the paper averages the standard deviation)::
-
-        running_mean <- momentum * running_mean + w * mu_B
-        sigma'       <- momentum * sigma + w * sigma_B,   running_var <- max(sigma'^2 - eps, 0)
-
-    as :func:`bnref.normalization.batch_renorm_running_update`. Inference:
-    ``y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta``. ``r_max`` and ``d_max`` are plain
-    attributes the training loop sets at every step (:func:`renorm_schedule`); ``r_max = 1, d_max = 0`` is
-    BN. The gradient is :func:`bnref.normalization.batch_renorm_backward`'s: autograd through
-    ``x_hat`` with ``r`` and ``d`` detached.
-    """
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.9) -> None:
-        super().__init__()
-        self.num_features = _check_int("num_features", num_features, 1)
-        if not (isinstance(eps, float) and eps > 0):
-            raise ValueError(f"eps must be a positive float; got {eps!r}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must lie in [0, 1]; got {momentum!r}")
-        self.eps, self.momentum = eps, momentum
-        self.r_max, self.d_max = 1.0, 0.0
-        self.weight = nn.Parameter(torch.ones(num_features))
-        self.bias = nn.Parameter(torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
-
-    def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, r_max={self.r_max}, d_max={self.d_max}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2 or x.shape[1] != self.num_features:
-            c = self.num_features
-            raise ValueError(f"BatchRenorm({c}) expects input (N, {c}, ...); got {tuple(x.shape)}")
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        gamma, beta = self.weight.view(shape), self.bias.view(shape)
-        if not self.training:
-            inv_std = torch.rsqrt(self.running_var + self.eps)
-            return gamma * (x - self.running_mean.view(shape)) * inv_std.view(shape) + beta
-        if self.r_max < 1.0 or self.d_max < 0.0:
-            raise ValueError(f"need r_max >= 1 and d_max >= 0; got {self.r_max}, {self.d_max}")
-        dims = [0, *range(2, x.dim())]
-        if x.numel() // self.num_features < 2:
-            raise ValueError("BatchRenorm needs at least 2 values per channel in training")
-        mu_b = x.mean(dim=dims)
-        sigma_b = torch.sqrt(x.var(dim=dims, unbiased=False) + self.eps)
-        with torch.no_grad():
-            sigma = torch.sqrt(self.running_var + self.eps)
-            r = torch.clamp(sigma_b / sigma, 1.0 / self.r_max, self.r_max)
-            d = torch.clamp((mu_b - self.running_mean) / sigma, -self.d_max, self.d_max)
-            w = 1.0 - self.momentum
-            self.running_mean.mul_(self.momentum).add_(w * mu_b)
-            new_sigma = self.momentum * sigma + w * sigma_b
-            self.running_var.copy_(torch.clamp(new_sigma**2 - self.eps, min=0.0))
-        x_hat = (x - mu_b.view(shape)) / sigma_b.view(shape)
-        return gamma * (x_hat * r.view(shape) + d.view(shape)) + beta
-
-
-def norm_layer(method: str, channels: int, *, groups: int = 1, ghost_batch_size: int = 1) -> nn.Module:
-    """One normalisation layer over ``channels`` (input ``(N, C)`` or ``(N, C, H, W)``).
-
-    ``"bn"``: ``nn.BatchNorm2d`` (``nn.BatchNorm1d`` works on both shapes, and gives the same numbers;
-    the 2-D version is used for images by :func:`build_norm_lenet`). ``"ghost"``: :class:`GhostBatchNorm`.
-    ``"renorm"``: :class:`BatchRenorm`. ``"gn"``: ``nn.GroupNorm(groups, C)``. ``"ln"``: ``nn.GroupNorm(1, C)``,
-    Layer Normalization over all of an example's ``(C, H, W)`` values with one ``gamma`` and ``beta`` per
-    channel (``nn.LayerNorm([C, H, W])`` normalises the same values but has one ``gamma`` per value).
-    """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {tuple(METHODS)}; got {method!r}")
-    channels = _check_int("channels", channels, 1)
-    if method == "bn":
-        return nn.BatchNorm1d(channels)
-    if method == "ghost":
-        return GhostBatchNorm(channels, ghost_batch_size)
-    if method == "renorm":
-        return BatchRenorm(channels)
-    groups = 1 if method == "ln" else _check_int("groups", groups, 1)
-    if channels % groups:
-        raise ValueError(f"groups={groups} does not divide the {channels} channels")
-    return nn.GroupNorm(groups, channels)
 
 
 def build_norm_lenet(
@@ -363,8 +189,8 @@ def _run_small_batch(cfg: dict[str, Any], seed: int, device: torch.device, data:
     return out
 
 
-def _experiments() -> dict[str, Experiment]:
-    defs = [
+def _experiments() -> list[Experiment]:
+    return [
         Experiment(
             "beyond-small-batch",
             "beyond",
@@ -392,38 +218,17 @@ def _experiments() -> dict[str, Experiment]:
             _run_small_batch,
         ),
     ]
-    return {e.name: e for e in defs}
 
 
-EXPERIMENTS: dict[str, Experiment] = _experiments()
+#: The chapter's experiment, the group ``beyond``.
+REGISTRY = Registry({"beyond": _experiments()}, module="bnref.experiments.beyond")
+EXPERIMENTS: dict[str, Experiment] = REGISTRY.experiments
+get_experiment, run_experiment, load_record, check_record = REGISTRY.get, REGISTRY.run, REGISTRY.load, REGISTRY.check
 
 
 # --------------------------------------------------------------------------------------------
-# records and verdicts
+# verdicts
 # --------------------------------------------------------------------------------------------
-
-
-def get_experiment(name: str) -> Experiment:
-    """The definition of one experiment of :data:`EXPERIMENTS` (ValueError naming the known ones if there is none)."""
-    if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; known: {sorted(EXPERIMENTS)}")
-    return EXPERIMENTS[name]
-
-
-def run_experiment(name: str, **options: Any) -> ExperimentRecord:
-    """Run one experiment over its seeds (:func:`bnref.experiments.claims.run_definition`: ``seeds``, ``device``,
-    ``overrides``, ``out``, ``data``) and return its record."""
-    return run_definition(get_experiment(name), **options)
-
-
-def load_record(name: str, folder: str | Path, device_type: str = "cpu") -> ExperimentRecord:
-    """The one committed record of ``name`` made on a device of ``device_type`` in ``folder``."""
-    return load_claims_record(name, folder, device_type)
-
-
-def check_record(record: ExperimentRecord) -> None:
-    """Raise ValueError unless ``record`` has its definition's configuration and the first ``k >= 3`` seeds."""
-    check_definition(record, get_experiment(record.name))
 
 
 def accuracies(record: ExperimentRecord, key: str = "test_acc") -> dict[str, dict[int, np.ndarray]]:
@@ -438,7 +243,7 @@ def accuracies(record: ExperimentRecord, key: str = "test_acc") -> dict[str, dic
 
 def verdicts(acc: dict[str, dict[int, np.ndarray]], baseline: str = "bn") -> dict[int, dict[str, str]]:
     """Each method against ``baseline`` at each batch size: ``"higher"``, ``"lower"`` or ``"no measurable
-    difference"`` by :func:`bnref.experiments.claims.compare_paired` (per-seed paired differences: the same sign for
+    difference"`` by :func:`bnref.mnist.verdicts.compare_paired` (per-seed paired differences: the same sign for
     every seed and a mean beyond two standard errors)."""
     if baseline not in acc:
         raise ValueError(f"no method {baseline!r} in the accuracies; have {sorted(acc)}")
@@ -451,7 +256,7 @@ def verdicts(acc: dict[str, dict[int, np.ndarray]], baseline: str = "bn") -> dic
 def winners(acc: dict[str, dict[int, np.ndarray]], batch_size: int, methods: Sequence[str] | None = None) -> list[str]:
     """The methods that no other method beats at ``batch_size`` by the paired rule, best mean first.
 
-    One name: that method is higher than every other (by :func:`bnref.experiments.claims.compare_paired`), or at
+    One name: that method is higher than every other (by :func:`bnref.mnist.verdicts.compare_paired`), or at
     least not beaten by any while all the others are. Several names: no measurable difference among them.
     """
     methods = list(acc if methods is None else methods)
@@ -523,10 +328,5 @@ def folded_copy(model: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(*out).eval()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bnref.experiments.beyond run NAME [--seeds N] [--device cpu|cuda] --out DIR``, or ``list``."""
-    return experiments_cli("bnref.experiments.beyond", EXPERIMENTS, run_experiment, argv)
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(REGISTRY.main())

@@ -1,18 +1,17 @@
 """What BN does to training: the experiments behind the chapters ``why`` and ``dynamics``.
 
-Each experiment is defined once here, as a :class:`bnref.experiments.claims.Experiment` (name, section, summary,
-full configuration, seeds, runner), and run in full by one command that writes one
-:class:`bnref.records.ExperimentRecord` per experiment::
+Each experiment is declared once here, as a :class:`bnref.experiments.registry.Experiment` (name, section,
+summary, full configuration, seeds, runner), in the group ``dynamics`` of :data:`REGISTRY`, and run in full by one
+command that writes one :class:`bnref.records.ExperimentRecord` per experiment::
 
-    python -m bnref.experiments.dynamics run all --seeds 3 --out book/results/
-    python -m bnref.experiments.dynamics run dynamics-lenet --device cuda --out /tmp/records
+    python -m bnref.experiments run dynamics --seeds 3 --out book/results/
+    python -m bnref.experiments run dynamics-lenet --device cuda --out /tmp/records
 
-The chapters draw their figures and verdicts from the committed records and run a reduced
-configuration live (:func:`run_experiment` with ``overrides``), checked against the records' spread
-with :func:`bnref.experiments.claims.within_spread`. :func:`check_record` fails when a record's configuration no
-longer matches its definition here. Running, loading and checking are :mod:`bnref.experiments.claims`'
-(:func:`~bnref.experiments.claims.run_definition`,
-:func:`~bnref.experiments.claims.check_definition`), shared by both chapters.
+(``python -m bnref.experiments.dynamics run all ...`` is the same command over this group.) The chapters draw
+their figures and verdicts from the committed records and run a reduced configuration live
+(:func:`run_experiment` with ``overrides``), checked against the records' spread with
+:func:`bnref.mnist.verdicts.within_spread`. :func:`check_record` fails when a record's configuration no longer
+matches its definition here.
 
 What is here
 ------------
@@ -26,7 +25,8 @@ What is here
   backward pass (the gradient is there, the step not yet taken), so an experiment can measure weights
   and gradients.
 * :func:`nonlinearity_inputs`: the values that enter each nonlinearity of a network on a batch.
-* :func:`weight_norm_step`: the squared-norm change of a weight matrix predicted by one SGD step.
+* :func:`weight_norm_step`: the squared-norm change of a weight matrix predicted by one SGD step, and
+  :func:`scale_invariant_layers`: the layers it applies to (a Linear layer followed by BN).
 * :func:`stopgrad_bias_demo`: Ioffe and Szegedy's example (section 2 of their paper) of a bias that grows
   without bound when the mean subtraction is left out of the gradient, in NumPy.
 
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,14 +44,7 @@ import torch
 from torch import nn
 
 from bnref.experiments import probes as ex
-from bnref.experiments.claims import (
-    Data,
-    Experiment,
-    check_definition,
-    experiments_cli,
-    load_claims_record,
-    run_definition,
-)
+from bnref.experiments.registry import Data, Experiment, Registry
 from bnref.mnist.models import (
     build_torch_model,
     check_int,
@@ -62,9 +54,9 @@ from bnref.mnist.models import (
     load_linear_weights,
 )
 from bnref.mnist.torch_training import as_tensors, evaluate, kept_buffers
-from bnref.records import ExperimentRecord
 
 __all__ = [
+    "REGISTRY",
     "EXPERIMENTS",
     "build_lenet",
     "build_resnet",
@@ -72,12 +64,12 @@ __all__ = [
     "train_steps",
     "nonlinearity_inputs",
     "weight_norm_step",
+    "scale_invariant_layers",
     "stopgrad_bias_demo",
     "get_experiment",
     "run_experiment",
     "load_record",
     "check_record",
-    "main",
 ]
 
 NONLINEARITIES = (nn.ReLU, nn.Tanh, nn.Sigmoid)
@@ -301,6 +293,13 @@ def weight_norm_step(w_norm: float, g_norm: float, lr: float, weight_decay: floa
     return (1.0 - lr * weight_decay) ** 2 * w_norm**2 + lr**2 * g_norm**2
 
 
+def scale_invariant_layers(model: nn.Module) -> list[nn.Linear]:
+    """The Linear layers followed directly by BN (no bias): the loss does not change when they are scaled."""
+    mods = list(model)
+    pairs = zip(mods[:-1], mods[1:], strict=True)
+    return [m for m, nxt in pairs if isinstance(m, nn.Linear) and isinstance(nxt, nn.BatchNorm1d)]
+
+
 def stopgrad_bias_demo(
     u: np.ndarray, target: np.ndarray, *, steps: int, lr: float, stop_gradient: bool
 ) -> dict[str, np.ndarray]:
@@ -440,13 +439,6 @@ def _run_lenet(cfg: dict[str, Any], seed: int, device: torch.device, data: Data)
     return out
 
 
-def _scale_invariant_layers(model: nn.Module) -> list[nn.Linear]:
-    """The Linear layers followed directly by BN (no bias): the loss does not change when they are scaled."""
-    mods = list(model)
-    pairs = zip(mods[:-1], mods[1:], strict=True)
-    return [m for m, nxt in pairs if isinstance(m, nn.Linear) and isinstance(nxt, nn.BatchNorm1d)]
-
-
 class _NormProbe:
     """``after_backward`` hook of ``dynamics-scale``: at every step, for each layer, ``||W||``, ``||g||`` and the
     cosine between ``W`` and its gradient ``g``, in float64."""
@@ -472,7 +464,7 @@ def _run_scale(cfg: dict[str, Any], seed: int, device: torch.device, data: Data)
     out: dict[str, Any] = {}
     for wd in cfg["weight_decays"]:
         model = ex.build_mlp(depth, width, bn=True, seed=seed).to(device)
-        probe = _NormProbe(_scale_invariant_layers(model))
+        probe = _NormProbe(scale_invariant_layers(model))
         loss = train_steps(
             model, x, y, steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed,
             weight_decay=wd, after_backward=probe,
@@ -538,8 +530,8 @@ def _run_resnet(cfg: dict[str, Any], seed: int, device: torch.device, data: Data
     return out
 
 
-def _experiments() -> dict[str, Experiment]:
-    defs = [
+def _experiments() -> list[Experiment]:
+    return [
         Experiment(
             "why-activations",
             "why",
@@ -624,52 +616,12 @@ def _experiments() -> dict[str, Experiment]:
             _run_resnet,
         ),
     ]
-    return {e.name: e for e in defs}
 
 
-EXPERIMENTS: dict[str, Experiment] = _experiments()
-
-
-# --------------------------------------------------------------------------------------------
-# running, loading and checking records
-# --------------------------------------------------------------------------------------------
-
-
-def get_experiment(name: str) -> Experiment:
-    """The definition of one experiment of :data:`EXPERIMENTS` (ValueError naming the known ones if there is none)."""
-    if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; known: {sorted(EXPERIMENTS)}")
-    return EXPERIMENTS[name]
-
-
-def run_experiment(name: str, **options: Any) -> ExperimentRecord:
-    """Run one experiment of :data:`EXPERIMENTS` over its seeds and return (with ``out``, write) its record.
-
-    :func:`bnref.experiments.claims.run_definition` does the running, with the same keyword options: ``seeds``
-    (default: the definition's), ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``; one PyTorch thread on
-    the CPU, so the numbers do not depend on the core count), ``overrides`` (configuration entries
-    replaced for a reduced run; the record carries the changed configuration), ``out`` (a folder; the
-    file is ``dynamics-lenet.cpu.json`` and the like) and ``data`` (float32 features ``(n, 784)`` in
-    [0, 1] and int64 labels; default MNIST; tests pass synthetic data).
-    """
-    return run_definition(get_experiment(name), **options)
-
-
-def load_record(name: str, folder: str | Path, device_type: str = "cpu") -> ExperimentRecord:
-    """The one committed record of ``name`` made on a device of ``device_type`` in ``folder``."""
-    return load_claims_record(name, folder, device_type)
-
-
-def check_record(record: ExperimentRecord) -> None:
-    """Raise ValueError unless ``record`` has its definition's configuration and the first ``k >= 3`` of its seeds
-    (:func:`bnref.experiments.claims.check_definition`)."""
-    check_definition(record, get_experiment(record.name))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bnref.experiments.dynamics run NAME|all [--seeds N] [--device cpu|cuda] --out DIR``, or ``list``."""
-    return experiments_cli("bnref.experiments.dynamics", EXPERIMENTS, run_experiment, argv, list_claims=True)
-
+#: The experiments of the chapters ``why`` and ``dynamics``, the group ``dynamics``.
+REGISTRY = Registry({"dynamics": _experiments()}, module="bnref.experiments.dynamics")
+EXPERIMENTS: dict[str, Experiment] = REGISTRY.experiments
+get_experiment, run_experiment, load_record, check_record = REGISTRY.get, REGISTRY.run, REGISTRY.load, REGISTRY.check
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(REGISTRY.main())

@@ -28,8 +28,8 @@ What is not here, because it has one home elsewhere: coercing inputs (:func:`bnr
 (:func:`bnref.mnist.models.check_int`, :func:`bnref.mnist.models.check_positive`), evaluation in inference mode
 (:func:`bnref.mnist.torch_training.evaluate`) and putting state back (:func:`bnref.mnist.torch_training.snapshot`,
 :func:`~bnref.mnist.torch_training.restore`, :func:`~bnref.mnist.torch_training.kept_buffers`). The experiments
-themselves, with their configurations and records, are defined in :mod:`bnref.experiments.claims`; ``python -m
-bnref.experiments.probes`` runs them (:func:`main`).
+themselves, with their configurations and records, are declared in :mod:`bnref.experiments.claims` and the other
+chapter modules; ``python -m bnref.experiments`` runs them (:mod:`bnref.experiments.cli`).
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ __all__ = [
     "train_sgd",
     "lr_sweep",
     "step_seconds",
-    "main",
 ]
 
 ACTIVATIONS: tuple[str, ...] = ("relu", "tanh", "linear")
@@ -671,57 +670,3 @@ def step_seconds(
             run_block(model, opts[name])
             times[name].append((time.perf_counter() - t0) / steps_per_round)
     return {name: np.array(t) for name, t in times.items()}
-
-
-# --------------------------------------------------------------------------------------------
-# the command: python -m bnref.experiments
-# --------------------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run experiments by name and write their records: ``python -m bnref.experiments run claims --out DIR``.
-
-    ``list`` prints the experiments and groups; ``run NAME`` runs a group (``claims``) or one
-    experiment with ``--seeds N`` (the first N of its seeds; default all), ``--device`` (``cpu``,
-    ``cuda``, ``cuda:N``) and ``--out`` (the folder for the records).
-    """
-    import argparse
-
-    from bnref.experiments import claims
-
-    parser = argparse.ArgumentParser(prog="python -m bnref.experiments", description=main.__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="the experiments and groups")
-    run = sub.add_parser("run", help="run a group or an experiment and write its records")
-    run.add_argument("name", help="a group (claims) or one experiment (see list)")
-    run.add_argument("--seeds", type=int, default=None, help="run the first N of each experiment's seeds")
-    run.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    run.add_argument("--out", required=True, help="folder for the records (created if missing)")
-    args = parser.parse_args(argv)
-    if args.command == "list":
-        for group, names in claims.GROUPS.items():
-            print(f"group {group}: {' '.join(names)}")
-        for name, e in claims.EXPERIMENTS.items():
-            print(f"{name:20s} claims {e.claims:5s} {len(e.seeds)} seeds: {e.summary}")
-        return 0
-    try:
-        names = claims.experiment_names(args.name)
-        if args.seeds is not None and args.seeds < 1:
-            raise ValueError(f"--seeds must be a positive integer; got {args.seeds}")
-    except ValueError as e:
-        parser.error(str(e))
-    for name in names:
-        seeds = claims.get_experiment(name).seeds
-        seeds = seeds if args.seeds is None else seeds[: args.seeds]
-        t0 = time.perf_counter()
-        record = claims.run_experiment(name, seeds=seeds, device=args.device, out=args.out)
-        path = f"{args.out}/{claims.record_filename(name, record.device)}"
-        print(
-            f"{name}: {len(seeds)} seeds on {record.device['name']} in {time.perf_counter() - t0:.0f} s -> {path}",
-            flush=True,
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -403,6 +403,20 @@ class BatchNorm(_BatchNorm):
             self._update_rule = PYTORCH.replace(momentum=self.momentum)
         return self._update_rule
 
+    def count_batch(self) -> float:
+        """Count this forward's batch and return ``w``, the weight of its statistics in the running update.
+
+        In training with running statistics tracked, ``num_batches_tracked`` grows by one and ``w`` is
+        ``momentum``, or ``1/k`` at the k-th batch for ``momentum=None``; otherwise nothing is counted and ``w = 0``.
+        """
+        if not (self.training and self.track_running_stats and self.num_batches_tracked is not None):
+            return 0.0
+        rule = self._running_update_rule()
+        self.num_batches_tracked.add_(1)
+        # w_k needs the step only for the cumulative average (momentum=None); avoid a device sync otherwise.
+        step = int(self.num_batches_tracked.item()) if rule.momentum is None else 1
+        return rule.new_value_weight(step)
+
     def reset_running_stats(self) -> None:
         """Running mean and variance back to ``PYTORCH.init_mean`` / ``init_var``, ``num_batches_tracked`` to 0."""
         if self.track_running_stats:
@@ -423,13 +437,7 @@ class BatchNorm(_BatchNorm):
             raise ShapeMismatchError(
                 f"expected {self.num_features} channels on dim 1, got input of shape {tuple(x.shape)}"
             )
-        rule = self._running_update_rule()
-        new_value_weight = 0.0
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            # w_k needs the step only for the cumulative average (momentum=None); avoid a device sync otherwise.
-            step = int(self.num_batches_tracked.item()) if rule.momentum is None else 1
-            new_value_weight = rule.new_value_weight(step)
+        new_value_weight = self.count_batch()
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         track = not self.training or self.track_running_stats
         return batch_norm(
@@ -442,7 +450,7 @@ class BatchNorm(_BatchNorm):
             new_value_weight,
             self.eps,
             channel_axis=1,
-            convention=rule,
+            convention=self._running_update_rule(),
         )
 
 
