@@ -91,13 +91,7 @@ from jax.experimental import checkify
 
 from bnref.conventions import FLAX, Convention, get_convention
 
-__all__ = [
-    "BatchNorm",
-    "batch_norm_infer",
-    "batch_norm_plain",
-    "batch_norm_train",
-    "running_update",
-]
+__all__ = ["BatchNorm", "batch_norm_infer", "batch_norm_plain", "batch_norm_train", "running_update"]
 
 
 # ----------------------------------------------------------------------------------------------------

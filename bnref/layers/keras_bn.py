@@ -40,7 +40,7 @@ Differences from Keras, deliberate:
 * ``synchronized=True`` is accepted and stored in the config; with one replica (no ``tf.distribute``
   strategy, or a strategy with one replica) the statistics are those of the whole batch, which is what
   synchronisation would give. Under a strategy with more than one replica the layer raises ValueError
-  rather than silently using per-replica statistics (cross-replica BN is ``bnref.experiments.distributed``'s topic).
+  rather than silently using per-replica statistics (cross-replica BN is ``bnref.layers.sync_bn``'s topic).
 
 This module imports TensorFlow and Keras at import time; ``import bnref`` does not import it.
 """
@@ -54,12 +54,7 @@ import tensorflow as tf
 
 from bnref.conventions import KERAS
 
-__all__ = [
-    "batch_norm_train",
-    "batch_norm_train_with_stats",
-    "batch_norm_inference",
-    "BatchNormalization",
-]
+__all__ = ["batch_norm_train", "batch_norm_train_with_stats", "batch_norm_inference", "BatchNormalization"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -363,27 +358,22 @@ class BatchNormalization(keras.layers.Layer):
         def state(name, initializer):
             return self.add_weight(shape=shape, name=name, initializer=initializer, trainable=False, autocast=False)
 
+        def trained(name, initializer, regularizer, constraint):
+            return self.add_weight(
+                shape=shape,
+                name=name,
+                initializer=initializer,
+                regularizer=regularizer,
+                constraint=constraint,
+                trainable=True,
+                autocast=False,
+            )
+
         # Same order and names as Keras: gamma, beta, moving_mean, moving_variance (+ the renorm weights).
         if self.scale:
-            self.gamma = self.add_weight(
-                shape=shape,
-                name="gamma",
-                initializer=self.gamma_initializer,
-                regularizer=self.gamma_regularizer,
-                constraint=self.gamma_constraint,
-                trainable=True,
-                autocast=False,
-            )
+            self.gamma = trained("gamma", self.gamma_initializer, self.gamma_regularizer, self.gamma_constraint)
         if self.center:
-            self.beta = self.add_weight(
-                shape=shape,
-                name="beta",
-                initializer=self.beta_initializer,
-                regularizer=self.beta_regularizer,
-                constraint=self.beta_constraint,
-                trainable=True,
-                autocast=False,
-            )
+            self.beta = trained("beta", self.beta_initializer, self.beta_regularizer, self.beta_constraint)
         self.moving_mean = state("moving_mean", self.moving_mean_initializer)
         self.moving_variance = state("moving_variance", self.moving_variance_initializer)
         if self.renorm:

@@ -30,7 +30,21 @@ import torch
 
 from bnref import relative_error
 
-__all__ = ["torch_to_keras", "keras_to_torch", "inference_gap"]
+__all__ = ["KERAS_NAMES", "torch_to_keras", "keras_to_torch", "inference_gap"]
+
+#: The Keras name of each PyTorch BN state vector (the table above).
+KERAS_NAMES: dict[str, str] = {
+    "weight": "gamma",
+    "bias": "beta",
+    "running_mean": "moving_mean",
+    "running_var": "moving_variance",
+}
+
+
+def _pairs(bn: Any, layer: Any) -> list[tuple[torch.Tensor, Any]]:
+    """``(torch tensor, Keras variable)`` for every state vector both layers have, in the order of the table."""
+    pairs = [(getattr(bn, t), getattr(layer, k)) for t, k in KERAS_NAMES.items()]
+    return [(tensor, var) for tensor, var in pairs if tensor is not None and var is not None]
 
 
 def _check_keras_built(layer: Any) -> None:
@@ -70,16 +84,8 @@ def torch_to_keras(bn: Any, layer: Any) -> None:
     """
     _check_pair(bn, layer)
     with torch.no_grad():
-        values = {
-            "gamma": bn.weight,
-            "beta": bn.bias,
-            "moving_mean": bn.running_mean,
-            "moving_variance": bn.running_var,
-        }
-        for name, tensor in values.items():
-            var = getattr(layer, name)
-            if var is not None and tensor is not None:
-                var.assign(tensor.detach().to("cpu", torch.float64).numpy().astype(var.dtype))
+        for tensor, var in _pairs(bn, layer):
+            var.assign(tensor.detach().to("cpu", torch.float64).numpy().astype(var.dtype))
     layer.epsilon = float(bn.eps)
     if bn.momentum is not None:
         layer.momentum = 1.0 - float(bn.momentum)
@@ -92,16 +98,8 @@ def keras_to_torch(layer: Any, bn: Any) -> None:
     """
     _check_pair(bn, layer)
     with torch.no_grad():
-        targets = {
-            "gamma": bn.weight,
-            "beta": bn.bias,
-            "moving_mean": bn.running_mean,
-            "moving_variance": bn.running_var,
-        }
-        for name, tensor in targets.items():
-            var = getattr(layer, name)
-            if var is not None and tensor is not None:
-                tensor.copy_(torch.as_tensor(np.asarray(var.numpy(), np.float64)))
+        for tensor, var in _pairs(bn, layer):
+            tensor.copy_(torch.as_tensor(np.asarray(var.numpy(), np.float64)))
     bn.eps = float(layer.epsilon)
     bn.momentum = 1.0 - float(layer.momentum)
 
