@@ -1,5 +1,8 @@
 """bnref.check.conformance: conventions inferred from behaviour, planted faults caught by their lines, every framework.
 
+The tool for engineers (the command line, ``assert_conforms``, the running-average rules, the adapter contract) is
+tested with pure-NumPy fake adapters in ``tests/test_conformance_tool.py``.
+
 The planted faults (``bnref.check.conformance.PlantedFault``) are float32 NumPy layers that claim PyTorch's convention
 and get one thing wrong each; the control (no fault) must pass every line. The framework reports are computed
 once per session (``reports``): the in-process ones here, Keras in one subprocess per backend (its backend is
@@ -17,7 +20,9 @@ import numpy as np
 import pytest
 
 from bnref.check import conformance
+from bnref.check.cases import to_2d, to_layout
 from bnref.check.conformance import FAULTS, NAMES, SWEEP, Adapter, PlantedFault, Report, check
+from bnref.check.report import snap
 from bnref.conventions import PYTORCH
 
 # What each installed framework's report fails, as measured; each entry is explained by a line of the framework's
@@ -221,22 +226,22 @@ def test_report_renders_and_round_trips(control: Report) -> None:
 def test_command_line(tmp_path) -> None:
     out = tmp_path / "r.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bnref.check.conformance", "fault:one-pass-variance", "--json", str(out)],
+        [sys.executable, "-m", "bnref.conformance", "fault:one-pass-variance", "--json", str(out)],
         capture_output=True,
         text=True,
         check=False,
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # a line failed
     assert f"FAILED: {SWEEP}" in done.stdout
     saved = json.loads(out.read_text())["reports"][0]
     assert saved["implementation"] == "fault:one-pass-variance" and not saved["passed"]
-    bad = subprocess.run([sys.executable, "-m", "bnref.check.conformance", "nonsense"], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "bnref.conformance", "nonsense"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown implementation" in bad.stderr
 
 
 def test_import_needs_numpy_only() -> None:
     code = (
-        "import sys, bnref.check.conformance, bnref.check.adapters\n"
+        "import sys, bnref.conformance, bnref.check.conformance, bnref.check.adapters, bnref.check.cli\n"
         "print(sorted(m for m in ('torch', 'jax', 'flax', 'keras', 'tensorflow') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -259,10 +264,10 @@ def test_bad_input_is_named() -> None:
 
 
 def test_snap_and_layouts() -> None:
-    assert conformance._snap(0.010000001, 1e-8) == 0.01
-    assert conformance._snap(0.0123456789, 1e-12) == 0.0123456789
+    assert snap(0.010000001, 1e-8) == 0.01
+    assert snap(0.0123456789, 1e-12) == 0.0123456789
     x = np.arange(2 * 3 * 2 * 2.0).reshape(8, 3)
     for layout in ("NC", "NCHW", "NHWC", "NCL"):
-        a = conformance._to_layout(x, layout)
+        a = to_layout(x, layout)
         assert a.shape[layout.index("C")] == 3
-        np.testing.assert_array_equal(conformance._to_2d(a, layout.index("C")), x)
+        np.testing.assert_array_equal(to_2d(a, layout.index("C")), x)

@@ -22,8 +22,9 @@ The laws they are held against are derived in the book's appendix "How the check
   relative error, ``u r^2 / 2``.
 
 ``verdict`` turns a sweep into one of three stable statements (the rule is in its docstring), so that a
-chapter can print it on any CPU. The Keras layer runs once per backend in its own process
-(``bnref.check.agreement.on_keras_backends``); PyTorch, Flax, JAX and the from-scratch layers run in this process.
+chapter can print it on any CPU. Every framework runs through its adapter (``bnref.check.adapters``, the drivers
+the conformance tool checks). The Keras layer runs once per backend in its own process
+(``bnref.check.backends.on_keras_backends``); PyTorch, Flax, JAX and the from-scratch layers run in this process.
 NumPy only at import; each implementation imports its framework when it runs.
 """
 
@@ -36,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from bnref.check.adapters import FlaxAdapter, JaxBnAdapter, KerasAdapter, TorchAdapter
+from bnref.check.contract import Adapter, as_float64
 from bnref.testing import channel_summaries, running_var_bound, training_bounds, unit_roundoff
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "M",
     "CHANNELS",
     "IMPLEMENTATIONS",
+    "BatchVariance",
     "sweep_data",
     "SweepResult",
     "sweep",
@@ -78,9 +82,11 @@ def sweep_data(ratio: float, seed: int, m: int = M, channels: int = CHANNELS) ->
 # The implementations: each maps a float32 (m, C) batch to (y, var, eps), float64 arrays
 # ----------------------------------------------------------------------------------------------------
 #
-# Reading the batch variance back. PyTorch's running_var = (1 - momentum) r + momentum * m/(m-1) var, so with
-# momentum = 1 it is the unbiased batch variance (one rounding); Keras' and Flax's moving variance is
-# momentum * r + (1 - momentum) var, so with momentum = 0 it is the batch variance itself.
+# Reading the batch variance back. Each framework runs through its adapter (bnref.check.adapters), built so that
+# one training step overwrites the running variance with the batch variance: PyTorch's running_var =
+# (1 - momentum) r + momentum * m/(m-1) var, so with momentum = 1 it is the unbiased batch variance (one rounding,
+# undone in float64 below); Keras' and Flax's moving variance is momentum * r + (1 - momentum) var, so with
+# momentum = 0 it is the batch variance itself.
 
 
 def _numpy_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -91,69 +97,29 @@ def _numpy_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     return y, cache.var, 1e-5
 
 
-def _torch(x: np.ndarray, scratch: bool) -> tuple[np.ndarray, np.ndarray, float]:
-    import torch
+class BatchVariance:
+    """``run(x) -> (y, var, eps)`` of ``sweep_function`` for an adapter whose running variance after one training
+    step is the batch variance (momentum 1 in PyTorch's meaning, 0 in Keras' and Flax's).
 
-    if scratch:
-        from bnref.layers.torch_bn import BatchNorm
+    ``make()`` builds the adapter; it is created once (float32, channels of the first batch) and serves every run:
+    each step overwrites the running variance. An unbiased running variance (the adapter's convention says which)
+    is turned back into the biased one in float64.
+    """
 
-        bn = BatchNorm(x.shape[1], momentum=1.0)
-    else:
-        bn = torch.nn.BatchNorm1d(x.shape[1], momentum=1.0)
-    y = bn.train()(torch.from_numpy(x)).detach().double().numpy()
-    m = x.shape[0]
-    var = bn.running_var.double().numpy() * (m - 1) / m  # unbiased -> biased, in float64
-    return y, var, bn.eps
+    def __init__(self, make: Callable[[], Adapter]) -> None:
+        self.make, self.adapter, self.channels = make, None, 0
 
-
-def _keras_layer(x: np.ndarray, scratch: bool) -> tuple[np.ndarray, np.ndarray, float]:
-    import keras
-
-    key = ("keras", scratch, keras.backend.backend())
-    if key not in _LAYERS:  # one layer serves every run: with momentum 0 a training call leaves no trace
-        if scratch:
-            from bnref.layers.keras_bn import BatchNormalization as cls
-        else:
-            cls = keras.layers.BatchNormalization
-        _LAYERS[key] = cls(momentum=0.0)
-    layer = _LAYERS[key]
-    y = layer(x, training=True)
-    y = np.asarray(keras.ops.convert_to_numpy(y), np.float64)
-    var = np.asarray(keras.ops.convert_to_numpy(layer.moving_variance), np.float64)
-    return y, var, layer.epsilon
-
-
-def _flax(x: np.ndarray, fast: bool) -> tuple[np.ndarray, np.ndarray, float]:
-    import flax.linen as nn
-    import jax
-
-    key = ("flax", fast, x.shape)
-    if key not in _LAYERS:  # init once and compile the training call once
-        bn = nn.BatchNorm(use_running_average=False, momentum=0.0, use_fast_variance=fast)
-        variables = bn.init(jax.random.PRNGKey(0), x)
-        train = jax.jit(lambda x: bn.apply(variables, x, mutable=["batch_stats"]))
-        _LAYERS[key] = (bn.epsilon, train)
-    eps, train = _LAYERS[key]
-    y, state = train(x)
-    return np.asarray(y, np.float64), np.asarray(state["batch_stats"]["var"], np.float64), eps
-
-
-def _jax_scratch(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    import jax
-    import jax.numpy as jnp
-
-    from bnref.layers.jax_bn import batch_norm_train
-
-    if "jax_bn" not in _LAYERS:
-        _LAYERS["jax_bn"] = jax.jit(
-            lambda x: batch_norm_train(x, jnp.ones(x.shape[1]), jnp.zeros(x.shape[1]), 1e-5, -1)
-        )
-    y, _, var = _LAYERS["jax_bn"](jnp.asarray(x))
-    return np.asarray(y, np.float64), np.asarray(var, np.float64), 1e-5
-
-
-#: Layers and compiled functions kept between runs (each run's result does not depend on the previous ones).
-_LAYERS: dict[Any, Any] = {}
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        if self.adapter is None or self.channels != x.shape[1]:
+            self.adapter, self.channels = self.make(), x.shape[1]
+            self.adapter.create(self.channels, "float32")
+        y = as_float64(self.adapter.train_forward(x))
+        var = as_float64(self.adapter.running_stats()[1])
+        convention = self.adapter.convention
+        if convention.running_var == "unbiased":
+            m = x.shape[0]
+            var = var * (m - 1) / m  # unbiased -> biased, in float64
+        return y, var, convention.eps
 
 
 def _versions(*modules: str) -> str:
@@ -167,12 +133,24 @@ def _versions(*modules: str) -> str:
 #: The Keras layer on each backend ("keras-tensorflow", "keras-jax", "keras-torch") runs in its own process.
 IMPLEMENTATIONS: dict[str, tuple[Callable[[np.ndarray], tuple], tuple[str, ...]]] = {
     "numpy reference (bnref)": (_numpy_reference, ()),
-    "torch nn.BatchNorm1d": (lambda x: _torch(x, scratch=False), ("torch",)),
-    "torch scratch (bnref.layers.torch_bn)": (lambda x: _torch(x, scratch=True), ("torch",)),
-    "keras scratch (bnref.layers.keras_bn)": (lambda x: _keras_layer(x, scratch=True), ("keras", "tensorflow")),
-    "flax BatchNorm, fast variance": (lambda x: _flax(x, fast=True), ("flax", "jax")),
-    "flax BatchNorm, two-pass": (lambda x: _flax(x, fast=False), ("flax", "jax")),
-    "jax scratch (bnref.layers.jax_bn)": (_jax_scratch, ("jax",)),
+    "torch nn.BatchNorm1d": (BatchVariance(lambda: TorchAdapter("native", "NC", momentum=1.0)), ("torch",)),
+    "torch scratch (bnref.layers.torch_bn)": (
+        BatchVariance(lambda: TorchAdapter("bnref", "NC", momentum=1.0)),
+        ("torch",),
+    ),
+    "keras scratch (bnref.layers.keras_bn)": (
+        BatchVariance(lambda: KerasAdapter("bnref", "NC", momentum=0.0)),
+        ("keras", "tensorflow"),
+    ),
+    "flax BatchNorm, fast variance": (
+        BatchVariance(lambda: FlaxAdapter(use_fast_variance=True, layout="NC", momentum=0.0)),
+        ("flax", "jax"),
+    ),
+    "flax BatchNorm, two-pass": (
+        BatchVariance(lambda: FlaxAdapter(use_fast_variance=False, layout="NC", momentum=0.0)),
+        ("flax", "jax"),
+    ),
+    "jax scratch (bnref.layers.jax_bn)": (BatchVariance(lambda: JaxBnAdapter(layout="NC", momentum=0.0)), ("jax",)),
 }
 
 
@@ -302,7 +280,8 @@ def keras_sweep(ratios: Sequence[float] = RATIOS, seeds: Sequence[int] = SEEDS) 
     import keras
 
     name = f"keras-{keras.backend.backend()}"
-    return sweep_function(name, lambda x: _keras_layer(x, scratch=False), "", ratios, seeds).to_json()
+    run = BatchVariance(lambda: KerasAdapter("native", "NC", jit=False, momentum=0.0))  # a bare layer(x), eager
+    return sweep_function(name, run, "", ratios, seeds).to_json()
 
 
 def keras_sweep_job(ratios: Sequence[float] = RATIOS, seeds: Sequence[int] = SEEDS) -> tuple[str, dict[str, Any]]:

@@ -2,6 +2,6 @@
 
 import sys
 
-from bnref.check.conformance import main
+from bnref.check.cli import main
 
 sys.exit(main())
