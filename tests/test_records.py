@@ -234,7 +234,8 @@ def test_moved_module_names_are_mapped_once():
     """Records written before the package moved into layers name the old modules; the map renames whole names only."""
     w = records.with_current_module_names
     assert w("glorot (bnref.models.initial_weights)") == "glorot (bnref.mnist.models.initial_weights)"
-    assert w({"a": ["bnref.distributed.SyncBatchNorm"]}) == {"a": ["bnref.experiments.distributed.SyncBatchNorm"]}
+    assert w({"a": ["bnref.distributed.SyncBatchNorm"]}) == {"a": ["bnref.layers.sync_bn.SyncBatchNorm"]}
+    assert w("bnref.distributed.merge_statistics") == "bnref.experiments.distributed.merge_statistics"
     assert w("bnref.experiments.train_sgd") == "bnref.experiments.probes.train_sgd"
     for current in ("bnref.experiments.claims.run", "bnref.mnist.models.x", "bnref.modelsX", "bnref.reference"):
         assert w(current) == current
