@@ -24,7 +24,17 @@ EXIT_PASSED, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 #: The JSON schema name of a run.
 RUN_SCHEMA = "bnref.conformance.run/1"
 
-_FAULT_LINES = "\n".join(f"  fault:{fault:<22s} caught by the line {line!r}" for fault, line in FAULTS.items())
+#: What each planted fault gets wrong (``PlantedFault``).
+_MISTAKES = {
+    "biased-running-var": "the biased batch variance fed to the running estimate",
+    "momentum-backwards": "r = momentum r + (1 - momentum) b with PyTorch's momentum 0.1",
+    "eps-outside-sqrt": "(x - mean) / (sqrt(var) + eps)",
+    "one-pass-variance": "var = mean(x^2) - mean(x)^2 in float32",
+}
+_FAULT_LINES = "\n".join(
+    f"  fault:{fault:<22s} {_MISTAKES.get(fault, '')}\n  {'':28s} caught by the line {line!r}"
+    for fault, line in FAULTS.items()
+)
 
 HELP = f"""\
 adapters (each ADAPTER is one of):
