@@ -34,13 +34,39 @@ from typing import Any
 import numpy as np
 
 from bnref.check.conformance import Adapter
+from bnref.check.rules import RunningRule
+from bnref.conventions import Convention
 
 from . import Output
 
-__all__ = ["EquinoxAdapter", "EquinoxEmaAdapter", "EquinoxBatchAdapter", "AXIS_NAME"]
+__all__ = ["EquinoxAdapter", "EquinoxEmaAdapter", "EquinoxBatchAdapter", "AXIS_NAME", "CONVENTIONS", "RULES"]
 
 #: The name of the vmapped batch axis the layer reduces over.
 AXIS_NAME = "batch"
+
+#: What each mode is meant to compute, as ``equinox/nn/_batch_norm.py`` (0.13.8) writes it: eps 1e-5 inside the square
+#: root, the biased two-pass batch variance fed to the running statistics, channels on axis 1 of the vmapped batch,
+#: momentum 0.99 on the old value. Mode "ema" starts its buffers at 0 (``jnp.empty``, zeros in JAX) and lets the first
+#: batch replace them; mode "batch" keeps a zero-debiased average (its comment: "Zero-debias approach") and reads 0 and
+#: 1 before any step. Held to this, mode "batch" fails "running variance fed": its hidden variance starts at 1.
+CONVENTIONS: dict[str, Convention] = {
+    mode: Convention(
+        name=f"equinox-{mode}",
+        eps=1e-5,
+        momentum=0.99,
+        momentum_weights="old",
+        running_var="biased",
+        axis=1,
+        init_mean=0.0,
+        init_var=0.0 if mode == "ema" else 1.0,
+    )
+    for mode in ("ema", "batch")
+}
+#: The running-average rule of each mode.
+RULES: dict[str, RunningRule] = {
+    "ema": RunningRule("first-replaces", 1.0 - 0.99),
+    "batch": RunningRule("debiased", 1.0 - 0.99),
+}
 
 
 class EquinoxAdapter(Adapter):
@@ -53,6 +79,7 @@ class EquinoxAdapter(Adapter):
             raise ValueError(f"mode must be 'ema' or 'batch', got {mode!r}")
         self.mode = mode
         self.name = f"equinox-{mode}"
+        self.convention, self.running_rule = CONVENTIONS[mode], RULES[mode]
 
     def versions(self) -> dict[str, str]:
         import equinox

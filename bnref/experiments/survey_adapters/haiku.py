@@ -27,13 +27,32 @@ from typing import Any
 import numpy as np
 
 from bnref.check.conformance import Adapter
+from bnref.check.rules import RunningRule
+from bnref.conventions import Convention
 
 from . import Output
 
-__all__ = ["HaikuAdapter", "DECAY_RATE"]
+__all__ = ["HaikuAdapter", "DECAY_RATE", "HAIKU", "HAIKU_RULE"]
 
 #: ``haiku.nets.ResNet``'s default ``decay_rate`` (dm-haiku 0.0.17); ``haiku.BatchNorm`` itself has none.
 DECAY_RATE = 0.9
+
+#: What ``haiku/_src/batch_norm.py`` (0.0.17) computes: eps 1e-5 inside the square root, the biased one-pass batch
+#: variance fed to the averages, channels last; the averages start at 0 (this adapter inits with zeros). Its
+#: running-average rule is not a constant weight: see ``HAIKU_RULE`` (``momentum`` here is the decay, for the record).
+HAIKU = Convention(
+    name="haiku",
+    eps=1e-5,
+    momentum=DECAY_RATE,
+    momentum_weights="old",
+    running_var="biased",
+    axis=-1,
+    init_mean=0.0,
+    init_var=0.0,
+    var_method="one-pass",
+)
+#: ``ExponentialMovingAverage(decay_rate, zero_debias=True)``: the zero-debiased average, ``w_k = (1 - d)/(1 - d^k)``.
+HAIKU_RULE = RunningRule("debiased", 1.0 - DECAY_RATE)
 
 
 class HaikuAdapter(Adapter):
@@ -41,9 +60,14 @@ class HaikuAdapter(Adapter):
 
     name = "haiku"
     layout = "NHWC"
+    convention = HAIKU
+    running_rule = HAIKU_RULE
 
     def __init__(self, decay_rate: float = DECAY_RATE) -> None:
         self.decay_rate = decay_rate
+        if decay_rate != DECAY_RATE:
+            self.convention = HAIKU.replace(momentum=decay_rate)
+            self.running_rule = RunningRule("debiased", 1.0 - decay_rate)
 
     def versions(self) -> dict[str, str]:
         import haiku
