@@ -5,7 +5,8 @@ The published site holds one Sphinx build per language side by side: ``_build/ht
 same name in each, and the other edition's copy of page ``book/why`` is ``../../zh_CN/book/why.html`` seen from
 ``en/book/why.html``: one ``../`` per folder of the page name, one for the edition folder. The link is a plain
 ``<a href>`` written into the page at build time (it works without JavaScript and over ``file://`` or http); a
-one-line ``onclick`` carries the reader's current ``#anchor`` along, since both editions keep the English anchors.
+one-line ``onclick`` carries the reader's current ``#anchor`` along, since both editions keep the English anchors, and
+the search page's query (``?q=...``), so switching edition on the search page searches the other edition.
 
 The link sits in the article header next to the theme's buttons: the template ``bnref-lang-switch.html`` (in the
 ``templates`` folder beside this file, added to ``templates_path`` here) is listed in sphinx-book-theme's
