@@ -32,6 +32,15 @@ $(MATHJAX):
 book: $(STAMP) $(MATHJAX)
 	$(BIN)/python tools/build_book.py book
 
+# The PDF editions, _build/pdf/bnref-en.pdf and _build/pdf/bnref-zh_CN.pdf (tools/build_pdf.py): each edition built
+# with Sphinx's singlehtml builder (reusing the site's doctrees), printed by the headless Chromium of the browser check,
+# with a table of contents and an outline added by pypdf; then copied into _build/html/pdf and linked from the site.
+# Run after `make book`. Not part of `make test` (about 3 minutes on 2 cores); tests/test_pdf.py checks the files
+# when they exist, and requires them under BNREF_REQUIRE_PDF=1 (the GitHub workflow).
+.PHONY: pdf
+pdf: $(STAMP) $(MATHJAX)
+	$(BIN)/python tools/build_pdf.py
+
 # After an English edit: extract the messages again and merge them into book/locales/zh_CN (sphinx-intl update).
 # New messages come in untranslated, changed ones marked fuzzy; both fall back to English until translated.
 catalogs: $(STAMP)

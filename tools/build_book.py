@@ -56,6 +56,7 @@ BIN = Path(sys.executable).parent
 LOCALES = REPO / "book" / "locales"
 EXTENSIONS = REPO / "book" / "_ext"
 SITE = REPO / "_build" / "html"
+TOC = REPO / "_toc.yml"  # the table of contents both editions are built from
 WORK = REPO / "build" / "book"
 # `make catalogs` keeps the folder the catalogs were first generated from: the `#:` source comments in the .po
 # files are paths relative to the .pot files (../../../book/why.ipynb), so the same depth keeps them unchanged.
@@ -148,7 +149,7 @@ def generate_conf(folder: Path, language: str | None, locales: Path | None = Non
     only a table of contents inside the book's folder)."""
     folder.mkdir(parents=True, exist_ok=True)
     config = book_config()
-    toc = yaml.safe_load((REPO / "_toc.yml").read_text(encoding="utf-8"))
+    toc = yaml.safe_load(TOC.read_text(encoding="utf-8"))
     sphinx = config.setdefault("sphinx", {})
     sphinx_config = sphinx.setdefault("config", {})
     if language:
@@ -211,8 +212,10 @@ def copy_catalogs(language: str, target: Path) -> None:
             copy.with_suffix(".mo").unlink(missing_ok=True)
 
 
-def start_translated(language: str, out: Path) -> subprocess.Popen[bytes]:
-    """Start the build of the edition in ``language`` into ``out/html`` (its log: ``out/build.log``)."""
+def start_translated(language: str, out: Path, builder: str = "html") -> subprocess.Popen[bytes]:
+    """Start the build of the edition in ``language`` into ``out/<builder>`` with Sphinx's ``builder`` (``html``, or
+    ``singlehtml`` for the PDF; its log: ``out/build.log``, or ``build-<builder>.log``). Builders share
+    ``out/doctrees``."""
     # The generated configuration lives in the repository's build folder (Jupyter Book wants the generated _toc.yml
     # inside the book), one folder per output folder, so that private builds running at the same time do not meet.
     inside = out.is_relative_to(REPO)
@@ -222,25 +225,33 @@ def start_translated(language: str, out: Path) -> subprocess.Popen[bytes]:
     command = [
         BIN / "sphinx-build",
         "-b",
-        "html",
+        builder,
         "-c",
         conf.parent,
         "-d",
         out / "doctrees",
         *STRICT,
         ".",
-        out / "html",
+        out / builder,
     ]
-    return run(command, log=out / "build.log")
+    return run(command, log=out / log_name(builder))
+
+
+def log_name(builder: str) -> str:
+    """The build log's name in the output folder: ``build.log`` for the site, ``build-<builder>.log`` for others."""
+    return "build.log" if builder == "html" else f"build-{builder}.log"
 
 
 def start_english(out: Path, builder: str = "html") -> subprocess.Popen[bytes]:
-    """Start ``jupyter-book build`` of the English book into ``out/_build/<builder>`` (its log: ``out/build.log``),
-    with ``_config.yml`` as ``book_config`` completes it (``out/conf/_config.yml``: the repository in force)."""
+    """Start ``jupyter-book build`` of the English book into ``out/_build/<builder>`` (its log: ``out/build.log``,
+    or ``build-<builder>.log``), with ``_config.yml`` as ``book_config`` completes it (``out/conf/_config.yml``: the
+    repository in force). Builders share ``out/_build/.doctrees``: a ``singlehtml`` build after the site's ``html``
+    build reads no page again."""
     out.mkdir(parents=True, exist_ok=True)
     config = write_yaml(out / "conf" / "_config.yml", book_config())
     command = [BIN / "jupyter-book", "build", ".", "--builder", builder, "--path-output", out, "--config", config]
-    return run([*command, *STRICT], log=out / "build.log")
+    command += ["--toc", TOC]
+    return run([*command, *STRICT], log=out / log_name(builder))
 
 
 def finish(process: subprocess.Popen[bytes], log: Path, what: str, started: float) -> bool:
@@ -251,13 +262,17 @@ def finish(process: subprocess.Popen[bytes], log: Path, what: str, started: floa
     return status == 0
 
 
-def landing_page(editions: dict[str, tuple[str, str, str]], root_page: str) -> str:
-    """``index.html`` of the site: the browser's language picks the edition; links to both without JavaScript.
+def landing_page(editions: dict[str, tuple[str, str, str]], root_page: str, pdfs: dict[str, str] | None = None) -> str:
+    """``index.html`` of the site: the browser's language picks the edition; links to both without JavaScript, and
+    to each edition's PDF when ``pdfs`` (folder -> path of its PDF in the site) names it.
 
     ``editions``: folder -> (language tag, name of the book in that language, link label)."""
+    pdfs = pdfs or {}
     links = "\n".join(
         f'    <li lang="{tag}"><a href="{folder}/{root_page}.html" hreflang="{tag}">{html.escape(label)}</a>'
-        f" · {html.escape(title)}</li>"
+        f" · {html.escape(title)}"
+        + (f' · <a href="{pdfs[folder]}" hreflang="{tag}" type="application/pdf">PDF</a>' if folder in pdfs else "")
+        + "</li>"
         for folder, (tag, title, label) in editions.items()
     )
     alternates = "\n".join(
@@ -302,17 +317,22 @@ def publish(builds: dict[str, Path], root_page: str) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     for edition, html_dir in builds.items():
         shutil.copytree(html_dir, staging / edition)
-    zh = edition_settings("zh_CN")
-    english_title = yaml.safe_load((REPO / "_config.yml").read_text(encoding="utf-8"))["title"]
-    editions = {"en": ("en", english_title, "English"), "zh_CN": ("zh-CN", zh["title"], "中文")}
-    (staging / "index.html").write_text(landing_page(editions, root_page), encoding="utf-8")
+    write_landing_page(staging)
     (staging / ".nojekyll").write_text("", encoding="utf-8")
     shutil.rmtree(SITE, ignore_errors=True)
     staging.rename(SITE)
 
 
+def write_landing_page(site: Path = SITE, pdfs: dict[str, str] | None = None) -> None:
+    """``site/index.html``: the landing page of both editions (and their PDFs: ``tools/build_pdf.py``)."""
+    zh = edition_settings("zh_CN")
+    english_title = yaml.safe_load((REPO / "_config.yml").read_text(encoding="utf-8"))["title"]
+    editions = {"en": ("en", english_title, "English"), "zh_CN": ("zh-CN", zh["title"], "中文")}
+    (site / "index.html").write_text(landing_page(editions, root_document(), pdfs), encoding="utf-8")
+
+
 def root_document() -> str:
-    return yaml.safe_load((REPO / "_toc.yml").read_text(encoding="utf-8"))["root"]
+    return yaml.safe_load(TOC.read_text(encoding="utf-8"))["root"]
 
 
 def build_book() -> None:
