@@ -1,6 +1,7 @@
 """Jittor ``jittor.nn.BatchNorm2d`` (survey pin: jittor 1.3.*, from the package registry; it compiles its C++ kernels
-with the system's g++ on first use, about 4 minutes on 2 cores, and runs offline with ``use_mkl=0``, ``nvcc_path=""``
-and a writable ``JITTOR_HOME``: the survey sets these).
+with the system's g++ on first use, about 4.5 minutes on 2 idle cores, and runs offline with ``use_mkl=0``,
+``nvcc_path=""`` and a writable ``JITTOR_HOME``: the survey sets these). The compiled kernels are cached under
+``JITTOR_HOME`` in a folder whose name hashes the installation's path, so a new environment compiles them again.
 
 Read in ``jittor/nn.py`` of jittor 1.3.11.0 (``class BatchNorm``; ``BatchNorm3d = BatchNorm2d = BatchNorm1d =
 BatchNorm``), the whole layer in Python:
