@@ -12,6 +12,19 @@ page is opened in headless Chromium, driven by Playwright for Python. For every 
 * every ``<img>`` has loaded (``naturalWidth > 0``);
 * every internal link answers HTTP 200, and its ``#anchor``, if any, names an element id of the target page.
 
+For every reader (issue 24):
+
+* on a phone (a 390x844 viewport, the page resized to it after the checks above) no page is wider than the screen
+  (``document.scrollWidth``; the elements that stick out are named);
+* every ``<img>`` has alt text that is not a file name, a figure drawn by a notebook says in Chinese what it shows in
+  the Chinese edition, and links to its file (opens at full size);
+* the search index, Sphinx's search scripts and Font Awesome's JavaScript are not loaded by any page but the search
+  page (the index), and by none (Font Awesome: the theme's web fonts draw the icons);
+* the Chinese edition's interface has no English label of the theme or the extensions left (``UI_ENGLISH``), and its
+  notebook pages say that Binder, Colab and the notebook download open the English notebooks;
+* the back-to-top button's text contrasts with its background at 4.5:1 at least; search snippets hold no raw TeX;
+  the language switch on the search page keeps the query.
+
 Every chapter in ``_toc.yml`` must be published with text. Screenshots of the landing page, the backward-pass
 chapter and the glossary go to ``_build/screenshots/`` (next to the ``html`` folder checked).
 
@@ -72,6 +85,7 @@ HTML_DIR = Path(os.environ.get("BNREF_BOOK_HTML", REPO_ROOT / "_build" / "html")
 SCREENSHOT_DIR = HTML_DIR.parent / "screenshots"
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 VIEWPORT = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
 
 # The flags headless Chromium needs on this project's machines (Playwright adds --headless and a fresh temporary
 # --user-data-dir itself), and a few more that keep the browser quiet and offline.
@@ -209,6 +223,36 @@ async () => {
   })));
   report.images = images.length;
   report.brokenImages = images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.currentSrc || i.src);
+  // Alt text: none, or a file name, is a problem; a notebook's figure should also link to its file.
+  report.badAlt = images.filter(i => !i.hasAttribute('alt') || /\.(png|jpe?g|svg|gif|webp)$/i.test(i.alt.trim()))
+      .map(i => `${i.getAttribute('src')} alt=${JSON.stringify(i.getAttribute('alt'))}`);
+  const figures = images.filter(i => i.closest('.cell_output'));
+  report.figureAlts = figures.map(i => i.alt);
+  report.unlinkedFigures = figures.filter(i => !i.closest('a[href]')).map(i => i.getAttribute('src'));
+  // The interface outside the article (and the prompts of hidden cells inside it): text, titles, labels, alt text.
+  const ui = [];
+  for (const e of document.querySelectorAll('body *')) {
+    if (e.closest('script, style, noscript, template')) continue;
+    const inArticle = e.closest('article') && !e.closest('details.hide > summary');
+    if (!inArticle) {
+      for (const n of e.childNodes) {
+        if (n.nodeType === Node.TEXT_NODE && n.nodeValue.trim()) ui.push(n.nodeValue.trim());
+      }
+    }
+    for (const a of ['title', 'aria-label', 'data-bs-title', 'placeholder']) {
+      if (e.hasAttribute(a) && (!inArticle || a !== 'title')) ui.push(e.getAttribute(a));
+    }
+    if (e.tagName === 'IMG' && !inArticle && e.alt) ui.push(e.alt);
+  }
+  if (typeof toggleHintShow !== 'undefined') ui.push(toggleHintShow, toggleHintHide);
+  report.interfaceText = ui;
+  report.launchTexts = [...document.querySelectorAll('.dropdown-launch-buttons a, .dropdown-download-buttons a')]
+      .map(a => [a.textContent, a.getAttribute('title'), a.getAttribute('data-bs-title')].filter(Boolean).join(' '));
+  const back = document.getElementById('pst-back-to-top');
+  if (back) {
+    const style = getComputedStyle(back);
+    report.backToTop = {color: style.color, background: style.backgroundColor};
+  }
 
   report.links = [...new Set([...document.querySelectorAll('a[href]')].map(a => a.href))];
   report.lang = document.documentElement.lang;
@@ -244,6 +288,26 @@ async () => {
 }
 """
 
+# The page's width on a phone, and the elements that stick out past the screen's right edge (the innermost ones).
+PHONE_WIDTH_JS = r"""
+() => {
+  const width = window.innerWidth;
+  const wide = [...document.querySelectorAll('body *')].filter(e => {
+    const box = e.getBoundingClientRect();
+    if (box.right <= width + 1 || box.width === 0) return false;
+    for (let p = e.parentElement; p && p !== document.body; p = p.parentElement) {
+      const overflow = getComputedStyle(p).overflowX;
+      if (overflow === 'auto' || overflow === 'scroll' || overflow === 'hidden') return false;  // scrolls in a box
+    }
+    return ![...e.children].some(c => c.getBoundingClientRect().right > width + 1);
+  });
+  const describe = e => `<${e.tagName.toLowerCase()}${e.className && typeof e.className === 'string' ? '.' +
+      e.className.trim().split(/\s+/).join('.') : ''}> ${Math.round(e.getBoundingClientRect().right)} px: ` +
+      (e.textContent || '').trim().slice(0, 60);
+  return {viewport: width, scrollWidth: document.documentElement.scrollWidth, wide: wide.slice(0, 5).map(describe)};
+}
+"""
+
 SCROLL_TO_MATH_JS = "() => document.querySelector('div.math')?.scrollIntoView({block: 'center'})"
 
 # Raw TeX that MathJax should have replaced: $$, \( \) \[ \], and any control word such as \frac or \begin.
@@ -264,6 +328,8 @@ class PageResult:
     console: list[str] = field(default_factory=list)
     outside_requests: list[str] = field(default_factory=list)
     failed_requests: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+    phone: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -327,6 +393,7 @@ class Tab:
             self.result.console.append(f"console.{message.type}: {message.text} {where}".strip())
 
     def on_request(self, request: Request) -> None:
+        self.result.requests.append(request.url)
         if not is_local(request.url):
             self.result.outside_requests.append(request.url)
 
@@ -362,6 +429,10 @@ class Tab:
             if result.report.get("cjkProbe"):
                 result.report["cjkFonts"] = self.probe_fonts()
             self.page.wait_for_timeout(SETTLE_S * 1000)
+            self.page.set_viewport_size(PHONE)
+            self.page.wait_for_timeout(100)
+            result.phone = self.page.evaluate(PHONE_WIDTH_JS)
+            self.page.set_viewport_size(VIEWPORT)
             for target, scroll_to_math in shots:
                 if scroll_to_math:
                     self.page.evaluate(SCROLL_TO_MATH_JS)
@@ -635,6 +706,112 @@ def chinese_problems(crawl: Crawl, families: frozenset[str] | None = None) -> Pr
     return problems
 
 
+def phone_problems(crawl: Crawl) -> Problems:
+    """No page wider than a phone's screen (390 px): ``document.scrollWidth`` against the viewport."""
+    problems: Problems = {}
+    for page, result in loaded(crawl):
+        phone = result.phone
+        if not phone:
+            problems[page] = ["not measured on a phone viewport"]
+        elif phone["scrollWidth"] > phone["viewport"]:
+            problems[page] = [f"{phone['scrollWidth']} px wide in a {phone['viewport']} px viewport: {phone['wide']}"]
+        else:
+            problems[page] = []
+    return problems
+
+
+HAN = re.compile(r"[\u3400-\u9fff]")
+
+
+def figure_problems(crawl: Crawl) -> Problems:
+    """Alt text on every image, not a file name; in a translated edition a notebook figure's alt text is in its
+    language; every notebook figure links to its file."""
+    translated = crawl.edition.startswith("zh")
+    problems: Problems = {}
+    for page, result in loaded(crawl):
+        report = result.report
+        items = [f"alt text missing or a file name: {bad}" for bad in report.get("badAlt", [])]
+        if translated:
+            items += [
+                f"figure alt text not in Chinese: {alt!r}"
+                for alt in report.get("figureAlts", [])
+                if not HAN.search(alt)
+            ]
+        items += [f"figure not linked to its file: {src}" for src in report.get("unlinkedFigures", [])]
+        problems[page] = items
+    return problems
+
+
+# Scripts no page may load, and scripts only the search page may load (tools/page_weight.py measures the pages).
+NEVER_LOADED = ("fontawesome.js",)
+SEARCH_PAGE_ONLY = ("searchindex.js", "searchtools.js", "language_data.js")
+
+
+def asset_problems(crawl: Crawl) -> Problems:
+    problems: Problems = {}
+    for page, result in loaded(crawl):
+        names = [urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1] for url in result.requests]
+        items = [f"loads {name}" for name in names if name in NEVER_LOADED]
+        if not page.endswith("search.html"):
+            items += [f"loads {name} (only the search page should)" for name in names if name in SEARCH_PAGE_ONLY]
+        problems[page] = sorted(set(items))
+    return problems
+
+
+# English labels of the theme and the extensions that must not reach the Chinese edition's interface.
+UI_ENGLISH = [
+    "Show code cell source",
+    "Hide code cell source",
+    "Show code cell outputs",
+    "Hide code cell outputs",
+    "Show code cell content",
+    "Hide code cell content",
+    "Click to show",
+    "Click to hide",
+    "Repository",
+    "Open issue",
+    "Launch on Binder",
+    "Launch on Colab",
+    "Launch interactive content",
+    "Download this page",
+    "Download source file",
+    "Download notebook file",
+    "Print to PDF",
+    "Fullscreen mode",
+    "Color mode",
+    "Toggle primary sidebar",
+    "Toggle secondary sidebar",
+    "Toggle hidden content",
+    "Link to this heading",
+    "Link to this equation",
+    "Skip to main content",
+    "Back to top",
+    "Source repositories",
+    "Copyright",
+    "Light",
+    "Dark",
+    "System Settings",
+    "列印成 PDF",
+]
+
+
+def chinese_interface_problems(crawl: Crawl) -> Problems:
+    """The Chinese edition's interface is Chinese, and its launch and download buttons say the notebooks are English."""
+    if not crawl.edition.startswith("zh"):
+        return {}
+    problems: Problems = {}
+    for page, result in loaded(crawl):
+        if not in_edition(crawl, page):
+            continue
+        texts = result.report.get("interfaceText", [])
+        items = [f"English label {label!r}" for label in UI_ENGLISH if any(label in text for text in texts)]
+        for text in result.report.get("launchTexts", []):
+            if re.search(r"Binder|Colab|\.ipynb", text) and "英文" not in text:
+                items.append(f"launch or download button does not say it opens the English notebook: {text!r}")
+        problems[page] = items
+    return problems
+
+
 def fail_on(problems: Problems, what: str) -> None:
     problems = {page: items for page, items in problems.items() if items}
     if problems:
@@ -737,6 +914,70 @@ def test_language_switch_leads_to_same_page(crawl: Crawl) -> None:
 
 def test_chinese_rendered_with_cjk_font(crawl: Crawl) -> None:
     fail_on(chinese_problems(crawl), "Chinese edition: language, fonts, or pages still in English")
+
+
+def test_no_page_wider_than_a_phone(crawl: Crawl) -> None:
+    fail_on(phone_problems(crawl), f"pages wider than a {PHONE['width']}x{PHONE['height']} viewport")
+
+
+def test_figures_have_alt_text_and_open_at_full_size(crawl: Crawl) -> None:
+    fail_on(figure_problems(crawl), "images without alt text, or figures that do not open at full size")
+
+
+def test_search_index_and_icon_script_not_on_every_page(crawl: Crawl) -> None:
+    fail_on(asset_problems(crawl), "pages loading what they do not use")
+
+
+def test_chinese_interface_is_chinese(crawl: Crawl) -> None:
+    fail_on(chinese_interface_problems(crawl), "Chinese edition: interface labels left in English")
+
+
+def contrast(foreground: str, background: str) -> float:
+    """WCAG contrast ratio of two CSS ``rgb()``/``rgba()`` colours (opaque)."""
+
+    def luminance(color: str) -> float:
+        channels = [float(c) / 255 for c in re.findall(r"[\d.]+", color)[:3]]
+        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    lighter, darker = sorted((luminance(foreground), luminance(background)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def test_back_to_top_button_contrast(crawl: Crawl) -> None:
+    """The back-to-top button's text against its background: at least 4.5:1 (WCAG AA)."""
+    problems: Problems = {}
+    for page, result in loaded(crawl):
+        colors = result.report.get("backToTop")
+        if colors:
+            ratio = contrast(colors["color"], colors["background"])
+            problems[page] = [] if ratio >= 4.5 else [f"contrast {ratio:.2f}:1 ({colors})"]
+    assert problems, "no page has the back-to-top button"
+    fail_on(problems, "back-to-top button below 4.5:1")
+
+
+def test_contrast_formula() -> None:
+    assert round(contrast("rgb(0, 0, 0)", "rgb(255, 255, 255)"), 1) == 21.0
+    assert contrast("rgb(255, 255, 255)", "rgb(238, 144, 64)") < 4.5  # the theme's white on orange
+
+
+def test_search_snippets_without_tex_and_switch_keeps_query(browser: Browser, site: str) -> None:
+    """English search for a word of the equation-heavy chapters: the snippets hold no raw TeX; then the language
+    switch leads to the Chinese search page with the same query."""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        page.goto(f"{site}en/search.html?q=variance", wait_until="load")
+        snippets = page.locator("#search-results ul.search li p.context")
+        snippets.first.wait_for(timeout=PAGE_TIMEOUT_S * 1000)
+        page.wait_for_timeout(1000)  # the snippets of the first results are filled in one after the other
+        texts = snippets.all_inner_texts()
+        raw = [t for t in texts if RAW_TEX.search(t)]
+        assert not raw, f"search snippets with raw TeX: {raw[:3]}"
+        page.click("a.bnref-lang")
+        page.wait_for_url(f"{site}zh_CN/search.html?q=variance", wait_until="load")
+    finally:
+        context.close()
 
 
 def site_editions() -> list[str]:
@@ -844,6 +1085,9 @@ INSERTIONS = {
     "planted-broken-image.html": '<img src="planted-missing.png" alt="planted">',
     "planted-dead-link.html": '<p><a href="planted-no-such-page.html">a page that does not exist</a></p>',
     "planted-dead-anchor.html": '<p><a href="intro.html#planted-no-such-anchor">an anchor that does not exist</a></p>',
+    "planted-wide.html": '<p style="white-space: nowrap">' + "a_long_identifier_that_never_wraps_" * 8 + "</p>",
+    "planted-file-alt.html": '<img src="../_static/favicon.svg" alt="../_images/planted.png">',
+    "planted-search-index.html": '<script src="../searchindex.js"></script>',
 }
 # Pages whose source is changed instead: MathJax's script removed; the article emptied.
 NO_MATHJAX = "planted-no-mathjax.html"
@@ -880,6 +1124,9 @@ CHECKS: dict[str, tuple[Callable[[Crawl], Problems], set[str]]] = {
         {f"{P}book/planted-raw-tex.html", f"{P}book/planted-undefined-macro.html", f"{P}book/{NO_MATHJAX}"},
     ),
     "images": (image_problems, {f"{P}book/planted-broken-image.html"}),
+    "phone": (phone_problems, {f"{P}book/planted-wide.html"}),
+    "alt text": (figure_problems, {f"{P}book/planted-file-alt.html"}),
+    "assets": (asset_problems, {f"{P}book/planted-search-index.html"}),
     "links": (link_problems, {f"{P}book/planted-dead-link.html", f"{P}book/planted-dead-anchor.html"}),
     "published": (
         lambda crawl: published_problems(crawl, PLANTED_TOC),
@@ -950,7 +1197,9 @@ def test_chinese_check_catches_planted_faults(crawl: Crawl) -> None:
     prefix = crawl.edition + "/"
     assert not any(chinese_problems(crawl).values()), "fix the real problems first (test_chinese_rendered_...)"
     probed = [p for p, r in loaded(crawl) if r.report.get("cjkProbe")]
-    no_font = chinese_problems(crawl, families=frozenset({"DejaVu Sans"}))
+    # No installed family covers Chinese (a paragraph mixing Chinese and English can draw as many glyphs with a Latin
+    # font as it has Chinese characters, so a Latin family is no planted fault).
+    no_font = chinese_problems(crawl, families=frozenset({"planted: no font covers Chinese"}))
     assert set(probed) <= {p for p, items in no_font.items() if items}, "a Chinese page drawn without a CJK font passed"
 
     def planted_copy(page: str, **report: Any) -> Crawl:

@@ -16,12 +16,15 @@
   their own (or a Traditional one) are translated here (``UI_STRINGS``), and the notebook pages' Binder, Colab and
   download buttons say that they open the English notebook.
 * **singlehtml** (the PDF's builder, ``tools/build_pdf.py``): nodes whose writers are registered for ``html`` only
-  (myst-nb's hidden cells) get the same writers for ``singlehtml``, which Sphinx otherwise reports as unknown.
+  (myst-nb's hidden cells, whose writers are replaced here by ones that translate their ``aria-label``) get the same
+  writers for ``singlehtml``, which Sphinx otherwise reports as unknown.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from html import escape
 from typing import Any
 
 from docutils import nodes
@@ -88,6 +91,8 @@ UI_STRINGS: dict[str, dict[str, str]] = {
 ENGLISH_NOTEBOOK = {"zh_CN": "（英文 notebook）"}
 ENGLISH_NOTEBOOK_TOOLTIP = {"zh_CN": "打开的是英文原版 notebook：本书的 notebook 只有英文版"}
 FIGURE = {"en": "Figure: {}", "zh_CN": "图：{}"}
+# Labels written by other extensions' JavaScript, translated in the page by book/_static/bnref.js.
+JS_LABELS = ("Toggle hidden content",)
 DROPPED_SCRIPTS = ("searchindex.js", "searchtools.js", "language_data.js", "fontawesome.js")
 
 
@@ -151,12 +156,21 @@ class TranslateCellToggles(SphinxPostTransform):
                 node["prompt_hide"] = ui(self.config, node["prompt_hide"])
 
 
+def ui_labels(app: Sphinx) -> None:
+    """The labels that other extensions' JavaScript writes into the page (sphinx-togglebutton's "Toggle hidden
+    content"), in the edition's language for ``book/_static/bnref.js`` to put in: ``BNREF_UI`` in every page."""
+    table = UI_STRINGS.get(language_of(app.config))
+    if table:
+        labels = {english: table[english] for english in JS_LABELS if english in table}
+        app.add_js_file(None, body=f"var BNREF_UI = {json.dumps(labels, ensure_ascii=False)};")
+
+
 def drop_scripts(html: str, *names: str) -> str:
     """``html`` without the ``<script>`` tags (and preloads) whose ``src`` ends in one of ``names``."""
     names = names or DROPPED_SCRIPTS
     pattern = "|".join(re.escape(n) for n in names)
-    html = re.sub(rf'\s*<script[^>]*src="[^"]*/(?:{pattern})(?:\?[^"]*)?"[^>]*>\s*</script>', "", html)
-    return re.sub(rf'\s*<link rel="preload" as="script" href="[^"]*/(?:{pattern})(?:\?[^"]*)?"\s*/?>', "", html)
+    html = re.sub(rf'\s*<script[^>]*src="(?:[^"]*/)?(?:{pattern})(?:\?[^"]*)?"[^>]*>\s*</script>', "", html)
+    return re.sub(rf'\s*<link rel="preload" as="script" href="(?:[^"]*/)?(?:{pattern})(?:\?[^"]*)?"\s*/?>', "", html)
 
 
 def translate_buttons(buttons: list[dict[str, Any]], config: Config, notebook: bool) -> None:
@@ -214,12 +228,36 @@ def translate_templates(app: Sphinx) -> None:
             catalog.update(table)
 
 
+def visit_hidden_cell(self: Any, node: nodes.Element) -> None:
+    """myst-nb's hidden cell (``<details>``) with its labels in the edition's language (myst-nb writes an English
+    ``aria-label``)."""
+    config = self.builder.config
+    classes = " ".join(node["classes"])
+    self.body.append(f'<details class="admonition hide {classes}">\n')
+    self.body.append(f'<summary aria-label="{escape(ui(config, "Toggle hidden content"))}">\n')
+    self.body.append(f'<p class="collapsed admonition-title">{escape(node["prompt_show"])}</p>\n')
+    self.body.append(f'<p class="expanded admonition-title">{escape(node["prompt_hide"])}</p>\n')
+    self.body.append("</summary>\n")
+
+
+def depart_hidden_cell(self: Any, node: nodes.Element) -> None:
+    self.body.append("</details>\n")
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
+    try:
+        from myst_nb.sphinx_ import HideCodeCellNode
+    except ImportError:  # a build without myst-nb has no hidden cells
+        pass
+    else:
+        writers = (visit_hidden_cell, depart_hidden_cell)
+        app.add_node(HideCodeCellNode, override=True, html=writers, singlehtml=writers)
     app.add_post_transform(FigureAltText)
     app.add_post_transform(TranslateCellToggles)
     app.connect("config-inited", translate_config, priority=100)  # before sphinx-togglebutton reads its hints
     app.connect("builder-inited", install_filters)
     app.connect("builder-inited", translate_templates)
+    app.connect("builder-inited", ui_labels)
     app.connect("html-page-context", page_context, priority=900)
     app.add_js_file("bnref.js", loading_method="defer")
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

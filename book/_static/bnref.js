@@ -30,10 +30,28 @@
     };
   }
 
-  snippetsWithoutTeX();
-  if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", linkFigures);
-  } else {
+  // Labels other extensions' scripts write in English (sphinx-togglebutton's buttons), in the edition's language:
+  // BNREF_UI, English -> translation, is written into the page by book/_ext/bnref_site.py.
+  function translateLabels() {
+    if (typeof BNREF_UI === "undefined") return;
+    document.querySelectorAll("[aria-label], [title]").forEach(function (e) {
+      ["aria-label", "title"].forEach(function (name) {
+        var value = e.getAttribute(name);
+        if (value && Object.prototype.hasOwnProperty.call(BNREF_UI, value)) e.setAttribute(name, BNREF_UI[value]);
+      });
+    });
+  }
+
+  function ready() {
     linkFigures();
+    translateLabels();
+  }
+
+  snippetsWithoutTeX();
+  // A deferred script runs before DOMContentLoaded: wait for it, so sphinx-togglebutton's handler has run first.
+  if (document.readyState !== "complete") {
+    document.addEventListener("DOMContentLoaded", ready);
+  } else {
+    ready();
   }
 })();
