@@ -1,4 +1,4 @@
-"""The package's shape, as rules a test can hold it to (README, "Layout").
+"""The package's shape, as rules a test can hold it to (CONTRIBUTING.md, "The package's layers").
 
 bnref is layered: the root (``bnref/*.py``, the NumPy oracle) < ``bnref.layers`` (from-scratch framework layers) <
 ``bnref.check`` (drivers, cases, agreement, precision, conformance) < ``bnref.mnist`` (data, models, trainers) <
