@@ -272,7 +272,7 @@ def coverage_table() -> tuple[str, float]:
     return "\n".join([header, *rows, total_row]), share
 
 
-#: Pages that stay English in both editions: the API reference is generated from the docstrings (tools/api_reference.py).
+#: Pages that stay English in both editions: the API reference, generated from the docstrings (tools/api_reference.py).
 ENGLISH_ONLY = {"book/api"}
 
 
