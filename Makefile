@@ -1,8 +1,9 @@
 # Two commands do everything on a fresh machine with Python 3.11:
 #   make book   -- create .venv, install requirements, build the static site into _build/html: the English and
 #                  the Chinese edition (_build/html/en, _build/html/zh_CN) and a landing page that picks one
-#   make test   -- lint (ruff), the same install and build, then unit tests, nbval over every notebook in
+#   make test   -- lint (ruff, actionlint), the same install and build, then unit tests, nbval over every notebook in
 #                  book/, and the headless-browser check of the built site
+# and, after `make book`, `make pdf` -- both editions as PDF files in _build/pdf, also published in _build/html/pdf
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin

@@ -1012,6 +1012,8 @@ def test_landing_page_links_without_javascript(browser: Browser, site: str) -> N
         assert page.url == site + "index.html"
         visible = {a.get_attribute("href"): a.inner_text() for a in page.locator("a[href]").all() if a.is_visible()}
         expected = {f"{edition}/{root}.html": EDITION_LANGUAGES[edition][0] for edition in EDITION_LANGUAGES}
+        # After `make pdf` (tools/build_pdf.py) the landing page links each edition's PDF too.
+        expected.update({pdf: "PDF" for e in EDITION_LANGUAGES if (HTML_DIR / (pdf := f"pdf/bnref-{e}.pdf")).is_file()})
         assert visible == expected
         for href in visible:
             assert fetch(site + href)[0] == 200, href

@@ -94,12 +94,17 @@ def outline(edition: str) -> list[tuple[int, str, int]]:
     return found
 
 
+def toc_documents() -> list[str]:
+    """The documents of _toc.yml, in order (``book/why``)."""
+    found = re.findall(r"^\s*-?\s*(?:root|file):\s*([^\s#]+)", TOC.read_text(encoding="utf-8"), re.MULTILINE)
+    return [document.removesuffix(".md").removesuffix(".ipynb") for document in found]
+
+
 def chapter_titles(edition: str) -> list[str]:
-    """The title of every chapter of _toc.yml as the site's page shows it (its <h1>, section number included)."""
-    documents = re.findall(r"^\s*-?\s*(?:root|file):\s*([^\s#]+)", TOC.read_text(encoding="utf-8"), re.MULTILINE)
+    """The title of every chapter of _toc.yml as the site's page shows it (its <h1>)."""
     titles = []
-    for document in documents:
-        page = SITE / edition / (document.removesuffix(".md").removesuffix(".ipynb") + ".html")
+    for document in toc_documents():
+        page = SITE / edition / f"{document}.html"
         if not page.is_file():
             pytest.skip(
                 f"{page.relative_to(REPO_ROOT)} is not built (make book): the chapter titles come from the site"
@@ -182,7 +187,10 @@ def test_figures_and_bibliography(edition: str) -> None:
         images += sum(1 for x in xobjects.values() if x.get_object().get("/Subtype") == "/Image")
     site_figures = len(list((SITE / edition / "_images").glob("*.png"))) if (SITE / edition).is_dir() else 1
     assert images >= min(site_figures, 10), f"only {images} images in {pdf_path(edition).name}"
-    assert "Ioffe" in squash("".join(texts(edition)[-30:])), "the bibliography (Ioffe and Szegedy) is not at the end"
+    bibliography = bookmark_of(chapter_titles(edition)[toc_documents().index("book/bibliography")], bookmarks(edition))
+    assert bibliography, "no bookmark for the bibliography"
+    pages = texts(edition)[bibliography[1] : bibliography[1] + 10]
+    assert "IoffeandChristianSzegedy" in squash("".join(pages)), "the bibliography lists no Ioffe and Szegedy (2015)"
 
 
 @functools.lru_cache(maxsize=1)

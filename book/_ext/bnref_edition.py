@@ -45,8 +45,11 @@ def other_edition_links(pagename: str, edition: str) -> list[dict[str, str]]:
 
 
 def add_templates(app: Sphinx, config: Config) -> None:
-    if str(TEMPLATES) not in config.templates_path:
-        config.templates_path.append(str(TEMPLATES))
+    """The book's templates first, before the themes' component folders (which they add to ``templates_path``), so
+    that they can replace a component (``bnref_site.py``: the sidebar toggles with translatable titles)."""
+    if str(TEMPLATES) in config.templates_path:
+        config.templates_path.remove(str(TEMPLATES))
+    config.templates_path.insert(0, str(TEMPLATES))
 
 
 def add_links(app: Sphinx, pagename: str, templatename: str, context: dict[str, Any], doctree: Any) -> None:
