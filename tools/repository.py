@@ -17,9 +17,10 @@ every notebook page's links against it, and every notebook's first cell against 
 Binder or in a downloaded notebook, that cell installs ``bnref`` from the repository when ``import bnref`` fails,
 and does nothing where ``bnref`` is importable (a checkout, CI).
 
-Text that cannot read the setting at run time names the URL literally: the README and the notebooks' install cells
-(Colab opens a notebook straight from GitHub). ``set URL`` rewrites the default in ``_config.yml`` and every literal
-copy of the old URL in those files, which is what a fork runs once.
+Text that cannot read the setting at run time names the URL literally: the README, CONTRIBUTING.md, the package's
+URLs in pyproject.toml and the notebooks' install cells (Colab opens a notebook straight from GitHub). ``set URL``
+rewrites the default in ``_config.yml`` and every literal copy of the old URL, and of the old GitHub Pages address
+(``pages_url``), in those files, which is what a fork runs once.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ CONFIG = REPO / "_config.yml"
 ENVIRONMENT = "BNREF_REPOSITORY"
 GITHUB = re.compile(r"^https://github\.com/[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+$")
 # Files that name the URL literally (besides _config.yml): rewritten by `set`.
-LITERAL = ["README.md", "book/*.ipynb", "book/*.md"]
+LITERAL = ["README.md", "CONTRIBUTING.md", "pyproject.toml", "book/*.ipynb", "book/*.md"]
 # The marker of the notebooks' install cell (its first line), by which tests and `set` find it.
 INSTALL_MARKER = "# Installs bnref from the book's repository"
 
@@ -82,18 +83,28 @@ def install_cell(url: str | None = None) -> str:
     )
 
 
+def pages_url(url: str | None = None) -> str:
+    """Where GitHub Pages publishes the site of repository ``url``: ``https://OWNER.github.io/NAME/``."""
+    owner, name = normalise(url or repository_url()).removeprefix("https://github.com/").split("/")
+    return f"https://{owner.lower()}.github.io/{name}/"
+
+
 def set_default(url: str) -> list[Path]:
-    """Make ``url`` the committed default: ``_config.yml``, and every literal copy of the old URL in ``LITERAL``."""
+    """Make ``url`` the committed default: ``_config.yml``, and every literal copy of the old URL (and of the old
+    GitHub Pages address) in ``LITERAL``."""
     new, old = normalise(url), default_url()
+    replacements = [(old, new), (pages_url(old), pages_url(new))]
     changed = []
     text = CONFIG.read_text(encoding="utf-8")
     CONFIG.write_text(re.sub(r"(?m)^(  url: ).*$", rf"\g<1>{new}", text, count=1), encoding="utf-8")
     changed.append(CONFIG)
     for pattern in LITERAL:
         for path in sorted(REPO.glob(pattern)):
-            text = path.read_text(encoding="utf-8")
-            if old in text:
-                path.write_text(text.replace(old, new), encoding="utf-8")
+            text = original = path.read_text(encoding="utf-8")
+            for before, after in replacements:
+                text = text.replace(before, after)
+            if text != original:
+                path.write_text(text, encoding="utf-8")
                 changed.append(path)
     return changed
 
