@@ -18,11 +18,14 @@ import os
 import re
 import shutil
 import subprocess
-import unicodedata
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import build_pdf as BUILD_PDF  # noqa: E402 (tools/ is not a package)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PDF_DIR = REPO_ROOT / "_build" / "pdf"
@@ -66,16 +69,8 @@ def texts(edition: str) -> tuple[str, ...]:
 
 
 def squash(text: str) -> str:
-    """Text without spaces, ligatures (NFKC: "ﬀ" is "ff") and typographic quotes: pypdf's extraction spaces CJK text
-    and inline code its own way, and gives ligatures as the font draws them."""
-    text = (
-        unicodedata.normalize("NFKC", text)
-        .replace("\u2019", "'")
-        .replace("\u2018", "'")
-        .replace("\u201c", '"')
-        .replace("\u201d", '"')
-    )
-    return re.sub(r"\s+", "", text)
+    """Text without spaces, ligatures and typographic quotes: the same normalisation make pdf uses to find chapters."""
+    return BUILD_PDF.normalise(text)
 
 
 def outline(edition: str) -> list[tuple[int, str, int]]:
