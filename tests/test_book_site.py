@@ -1217,3 +1217,17 @@ def test_chinese_check_catches_planted_faults(crawl: Crawl) -> None:
     }
     for page, planted_crawl in cases.items():
         assert chinese_problems(planted_crawl).get(prefix + page), f"the Chinese check missed the fault in {page}"
+
+
+def test_every_page_names_the_icon() -> None:
+    """A page that names no icon makes the browser ask for /favicon.ico, which the site lacks: a 404 in the console
+    whenever the request finishes before the page is left (it did, at random, for the editions' redirect pages)."""
+    # _static/ and the like hold the themes' template fragments, not pages
+    skip = {"_static", "_sources", "_images", "_downloads", "jupyter_execute"}
+    pages = sorted(p for p in HTML_DIR.rglob("*.html") if not skip & set(p.relative_to(HTML_DIR).parts))
+    if not pages:
+        if os.environ.get("BNREF_REQUIRE_BROWSER"):
+            pytest.fail(f"no built site in {HTML_DIR}: run `make book`")
+        pytest.skip(f"no built site in {HTML_DIR}: run `make book`")
+    missing = [str(p.relative_to(HTML_DIR)) for p in pages if 'rel="icon"' not in p.read_text(encoding="utf-8")]
+    assert not missing, f"pages without an icon link: {missing[:10]} ({len(missing)} in all)"

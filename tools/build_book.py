@@ -288,6 +288,7 @@ def landing_page(editions: dict[str, tuple[str, str, str]], root_page: str, pdfs
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(" · ".join(title for _, title, _ in editions.values()))}</title>
 {alternates}
+<link rel="icon" href="{english}/_static/favicon.svg" type="image/svg+xml">
 <script>
   // Readers whose browser prefers Chinese get the Chinese edition, everyone else the English one.
   (function () {{
@@ -317,10 +318,22 @@ def publish(builds: dict[str, Path], root_page: str) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     for edition, html_dir in builds.items():
         shutil.copytree(html_dir, staging / edition)
+        name_the_icon(staging / edition / "index.html")
     write_landing_page(staging)
     (staging / ".nojekyll").write_text("", encoding="utf-8")
     shutil.rmtree(SITE, ignore_errors=True)
     staging.rename(SITE)
+
+
+def name_the_icon(redirect: Path) -> None:
+    """Give an edition's ``index.html`` (sphinx-external-toc writes it as a bare ``<meta http-equiv="Refresh">``) the
+    book's icon: a page that names none makes the browser ask for ``/favicon.ico``, which the site does not have."""
+    if not redirect.is_file():
+        return
+    text = redirect.read_text(encoding="utf-8")
+    if 'rel="icon"' not in text:
+        icon = '<link rel="icon" href="_static/favicon.svg" type="image/svg+xml">\n'
+        redirect.write_text(icon + text, encoding="utf-8")
 
 
 def write_landing_page(site: Path = SITE, pdfs: dict[str, str] | None = None) -> None:
