@@ -39,6 +39,8 @@ import numpy as np
 from . import validation as v
 
 __all__ = [
+    "DirtyTreeError",
+    "require_clean_tree",
     "EXPERIMENT_SCHEMA",
     "SCHEMA",
     "EpochRecord",
@@ -532,6 +534,35 @@ def code_version() -> str:
     except Exception:  # no git, not a repository, not tracked, timeout: the version is unknown
         return "unknown"
     return f"{sha}+dirty" if dirty else sha
+
+
+class DirtyTreeError(RuntimeError):
+    """A record would name a commit whose code is not what ran: the working tree has uncommitted changes."""
+
+
+def require_clean_tree(allow_dirty: bool = False) -> str:
+    """The code version a record about to be written will carry; refuse a dirty tree unless told otherwise.
+
+    A record names the commit that made it (:func:`code_version`). From a working tree with uncommitted changes
+    to tracked files that commit is not the code that ran, so the commands that write records call this first
+    and stop. ``allow_dirty=True`` (their ``--allow-dirty`` flag) lets a trial run go on; its record is marked by
+    the ``"+dirty"`` ending of its code version, and ``tests/test_records.py`` fails on any such record committed
+    to ``book/results``. ``"unknown"`` (no git, or an installed copy outside a repository) is let through: it
+    claims no commit.
+
+    Raises
+    ------
+    DirtyTreeError
+        The tree is dirty and ``allow_dirty`` is false. The message names the flag.
+    """
+    version = code_version()
+    if version.endswith("+dirty") and not allow_dirty:
+        raise DirtyTreeError(
+            f"the working tree has uncommitted changes (code version {version}); a record must name the commit "
+            "that made it. Commit first and run from the clean tree (or a clean clone), or pass --allow-dirty "
+            "for a trial run whose record is marked '+dirty' and must not be committed."
+        )
+    return version
 
 
 #: Modules that moved when the package was split into layers (commit 5ee3ea0): old dotted name -> new one. Records

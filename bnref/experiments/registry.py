@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -34,7 +35,15 @@ from typing import Any
 import numpy as np
 
 from bnref.mnist.data import mnist_features
-from bnref.records import ExperimentRecord, device_slug, json_ready, load_experiments, with_current_module_names
+from bnref.records import (
+    DirtyTreeError,
+    ExperimentRecord,
+    device_slug,
+    json_ready,
+    load_experiments,
+    require_clean_tree,
+    with_current_module_names,
+)
 
 __all__ = ["Data", "Experiment", "Registry"]
 
@@ -273,13 +282,20 @@ class Registry:
         run.add_argument("--seeds", type=int, default=None, help="run the first N of each experiment's seeds")
         run.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
         run.add_argument("--out", required=True, help="folder for the records (created if missing)")
+        run.add_argument(
+            "--allow-dirty",
+            action="store_true",
+            help="run from a tree with uncommitted changes (a trial: the record's code version ends in +dirty "
+            "and a test refuses it in book/results)",
+        )
         check = sub.add_parser("check", help="check every record in a folder against its definition")
         check.add_argument("folder", nargs="?", default="book/results", help="default: %(default)s")
         return parser
 
     def main(self, argv: Sequence[str] | None = None) -> int:
         """The command line: ``list [GROUP]``, ``show NAME``, ``run NAME|GROUP|all ... [--seeds N] [--device D]
-        --out DIR`` and ``check [DIR]``. Returns the exit status."""
+        --out DIR [--allow-dirty]`` and ``check [DIR]``. Returns the exit status; ``run`` refuses a working tree with
+        uncommitted changes (exit 2, :func:`bnref.records.require_clean_tree`) unless ``--allow-dirty``."""
         parser = self.parser()
         args = parser.parse_args(argv)
         if args.command == "list":
@@ -299,6 +315,11 @@ class Registry:
                 raise ValueError(f"--seeds must be a positive integer; got {args.seeds}")
         except ValueError as e:
             parser.error(str(e))
+        try:
+            require_clean_tree(args.allow_dirty)
+        except DirtyTreeError as e:
+            print(f"{parser.prog}: error: {e}", file=sys.stderr)
+            return 2
         for name in names:
             exp = self.get(name)
             t0 = time.perf_counter()
