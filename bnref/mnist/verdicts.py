@@ -76,7 +76,7 @@ T975 = (
 )
 
 
-def paired_verdict(differences: Sequence[float], *, min_seeds: int = MIN_SEEDS) -> int:
+def paired_verdict(differences: Sequence[float], *, min_seeds: int = MIN_SEEDS, close_seeds: int = CLOSE_SEEDS) -> int:
     """The rule that turns per-seed paired differences (e.g. with BN minus without, same seed) into a verdict.
 
     A difference counts only when it has the same sign for every seed *and* its mean lies more than
@@ -108,7 +108,7 @@ def paired_verdict(differences: Sequence[float], *, min_seeds: int = MIN_SEEDS) 
         raise ValueError("paired differences must be finite")
     mean, sd = d.mean(), d.std(ddof=1)
     se = sd / np.sqrt(len(d))
-    if len(d) < CLOSE_SEEDS and abs(mean) < 2 * sd:
+    if len(d) < close_seeds and abs(mean) < 2 * sd:
         return 0
     if np.all(d > 0) and mean > 2 * se:
         return 1
@@ -201,15 +201,25 @@ def aa_rate(values: Sequence[float], n: int, *, draws: int = 20_000, seed: int =
 
 
 def compare_paired(
-    a: Sequence[float], b: Sequence[float], more: str, less: str, same: str = "no measurable difference"
+    a: Sequence[float],
+    b: Sequence[float],
+    more: str,
+    less: str,
+    same: str = "no measurable difference",
+    undecided: str = "undecided",
 ) -> str:
-    """:func:`paired_verdict` of ``a - b`` in words: ``more`` (+1), ``less`` (-1) or ``same`` (0).
+    """:func:`paired_verdict` of ``a - b`` in words: ``more`` (+1), ``less`` (-1), ``same`` (0), or ``undecided``
+    when the rule declines only because the difference is close and there are fewer than :data:`CLOSE_SEEDS`
+    seeds (the same sign on every seed and a mean beyond two standard errors, but within two standard deviations).
 
     ``a[i]`` and ``b[i]`` come from the same seed (same data, initial weights and batches). Needs at least
     :data:`MIN_SEEDS` seeds.
     """
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    return {1: more, -1: less, 0: same}[paired_verdict(d)]
+    verdict = paired_verdict(d)
+    if verdict == 0 and len(d) < CLOSE_SEEDS and paired_verdict(d, min_seeds=MIN_SEEDS, close_seeds=0) != 0:
+        return undecided
+    return {1: more, -1: less, 0: same}[verdict]
 
 
 def spread(values: Sequence[float]) -> tuple[float, float]:
