@@ -392,46 +392,6 @@ def test_step_seconds_times_every_model():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_compare_paired_rule():
-    base = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
-    # every difference positive and the mean (0.5) far beyond two standard errors
-    assert verdicts.compare_paired(base + [0.5, 0.6, 0.4, 0.5, 0.5], base, "more", "less") == "more"
-    assert verdicts.compare_paired(base, base + [0.5, 0.6, 0.4, 0.5, 0.5], "more", "less") == "less"
-    # identical differences: no spread, any positive mean counts
-    assert verdicts.compare_paired(base + 0.01, base, "more", "less") == "more"
-    # one seed with the other sign: not measured, however large the mean
-    assert verdicts.compare_paired(base + [3.0, 3.0, 3.0, 3.0, -0.1], base, "more", "less", "same") == "same"
-    # every sign positive but the mean within two standard errors: d = (0.01, 0.01, 0.01, 2): mean 0.5075,
-    # sd 0.995, se 0.4975, 2 se = 0.995 > mean
-    assert verdicts.compare_paired(base[:4] + [0.01, 0.01, 0.01, 2.0], base[:4], "more", "less", "same") == "same"
-    for bad in ([1.0, 2.0], [[1.0, 2.0, 3.0]]):
-        with pytest.raises(ValueError, match="3 seeds"):
-            verdicts.compare_paired(bad, bad, "more", "less")
-    with pytest.raises(ValueError, match="finite"):
-        verdicts.compare_paired([1.0, np.inf, 2.0], [1.0, 1.0, 1.0], "more", "less")
-
-
-def test_spread_and_within_spread():
-    recorded = [1.0, 2.0, 3.0, 4.0, 5.0]  # mean 3, sample sd sqrt(2.5) = 1.581
-    mean, sd = verdicts.spread(recorded)
-    assert mean == 3.0 and abs(sd - np.sqrt(2.5)) < 1e-15
-    assert verdicts.within_spread(3.0 + 3 * sd - 1e-9, recorded)
-    assert not verdicts.within_spread(3.0 + 3 * sd + 1e-9, recorded)
-    assert not verdicts.within_spread(np.nan, recorded) and not verdicts.within_spread(np.inf, recorded)
-    # every recorded seed lies inside the spread: at most (n - 1) / sqrt(n) = 1.79 sd from the mean
-    assert all(verdicts.within_spread(v, recorded) for v in recorded)
-    with pytest.raises(ValueError, match=">= 2"):
-        verdicts.spread([1.0])
-
-
-def test_compare_paired_is_the_paired_verdict_in_words():
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        a, b = rng.normal(size=4), rng.normal(size=4) + rng.normal()
-        word = {1: "more", -1: "less", 0: "same"}[verdicts.paired_verdict(a - b)]
-        assert verdicts.compare_paired(a, b, "more", "less", "same") == word
-
-
 def test_experiment_names_and_definitions():
     assert claims.REGISTRY.names("claims") == list(claims.EXPERIMENTS)
     assert claims.REGISTRY.names("all") == list(claims.EXPERIMENTS)
