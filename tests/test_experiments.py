@@ -16,7 +16,6 @@ import torch
 from bnref.experiments import claims, cli
 from bnref.experiments import probes as ex
 from bnref.experiments.registry import Experiment, Registry
-from bnref.mnist import verdicts
 from bnref.mnist.models import glorot_uniform, he_uniform, linear_layers
 from bnref.mnist.torch_training import evaluate
 from bnref.records import load_experiment, load_experiments
