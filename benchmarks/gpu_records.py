@@ -47,7 +47,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bnref.records import code_version, device_slug, machine_info, now_utc  # noqa: E402  (NumPy only)
+from bnref.records import (  # noqa: E402  (NumPy only)
+    DirtyTreeError,
+    code_version,
+    device_slug,
+    machine_info,
+    now_utc,
+    require_clean_tree,
+)
 
 
 @dataclasses.dataclass
@@ -66,8 +73,11 @@ class Job:
         return (env + " " if env else "") + " ".join(self.argv)
 
 
-def jobs(slug: str, out: Path, *, mnist_seeds: int = 5, claims_seeds: int | None = None) -> list[Job]:
-    """The book's GPU jobs for the GPU named ``slug``, writing under ``out``."""
+def jobs(
+    slug: str, out: Path, *, mnist_seeds: int = 5, claims_seeds: int | None = None, allow_dirty: bool = False
+) -> list[Job]:
+    """The book's GPU jobs for the GPU named ``slug``, writing under ``out``; with ``allow_dirty``, the jobs that
+    write experiment records get ``--allow-dirty`` (each refuses a dirty tree otherwise)."""
     if not slug:
         raise ValueError("slug must name the GPU (bnref.records.device_slug)")
     if mnist_seeds < 3:
@@ -77,7 +87,7 @@ def jobs(slug: str, out: Path, *, mnist_seeds: int = 5, claims_seeds: int | None
     claims = [py, "-m", "bnref.experiments", "run", "claims", "--device", "cuda", "--out", str(out)]
     if claims_seeds is not None:
         claims += ["--seeds", str(claims_seeds)]
-    return [
+    todo = [
         Job(
             "agreement",
             [py, "benchmarks/agreement_device.py", "--device", "cuda", "--out", str(out / f"agreement-{slug}.json")],
@@ -136,6 +146,11 @@ def jobs(slug: str, out: Path, *, mnist_seeds: int = 5, claims_seeds: int | None
             writes="beyond-small-batch.*.json (name chosen by bnref.experiments)",
         ),
     ]
+    if allow_dirty:
+        for job in todo:
+            if job.name in ("throughput", "mnist", "claims", "beyond"):
+                job.argv.append("--allow-dirty")
+    return todo
 
 
 def gpu_name() -> str | None:
@@ -198,7 +213,19 @@ def main(argv: list[str] | None = None) -> int:
         "--only", nargs="+", choices=("agreement", "throughput", "mnist", "claims"), help="run only these jobs"
     )
     ap.add_argument("--data", help="mnist.npz (default: $BNREF_MNIST)")
+    ap.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="run from a tree with uncommitted changes (trial records, code version ending in +dirty); passed on "
+        "to every job that writes a record",
+    )
     args = ap.parse_args(argv)
+    if not args.dry_run:
+        try:
+            require_clean_tree(args.allow_dirty)
+        except DirtyTreeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
 
     name = args.gpu_name or gpu_name()
     if name is None and not args.dry_run:
@@ -209,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     slug = device_slug(name) if name else "<gpu>"
     try:
-        todo = jobs(slug, args.out, mnist_seeds=args.mnist_seeds, claims_seeds=args.claims_seeds)
+        todo = jobs(
+            slug, args.out, mnist_seeds=args.mnist_seeds, claims_seeds=args.claims_seeds, allow_dirty=args.allow_dirty
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

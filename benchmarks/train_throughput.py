@@ -128,7 +128,19 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", help="PyTorch device for (b) and (c) (default: auto)")
     ap.add_argument("--data", help="mnist.npz (default: $BNREF_MNIST, then the Keras cache)")
     ap.add_argument("--json", metavar="OUT", help="write the measurements to this JSON file")
+    ap.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="run from a tree with uncommitted changes (a trial: the record's code version ends in +dirty)",
+    )
     args = ap.parse_args(argv)
+    if args.json:
+        from bnref.records import DirtyTreeError, require_clean_tree
+
+        try:
+            require_clean_tree(args.allow_dirty)
+        except DirtyTreeError as e:
+            ap.exit(2, f"{ap.prog}: error: {e}\n")
 
     from bnref.mnist.data import load_mnist
     from bnref.mnist.keras_training import train_keras

@@ -239,3 +239,67 @@ def test_moved_module_names_are_mapped_once():
     assert w("bnref.experiments.train_sgd") == "bnref.experiments.probes.train_sgd"
     for current in ("bnref.experiments.claims.run", "bnref.mnist.models.x", "bnref.modelsX", "bnref.reference"):
         assert w(current) == current
+
+
+# ---------------------------------------------------------------------------------------------
+# records name the commit that made them: the commands refuse a dirty tree, and no committed record comes from one
+# ---------------------------------------------------------------------------------------------
+
+RESULTS = Path(__file__).resolve().parents[1] / "book" / "results"
+
+
+def test_require_clean_tree_refuses_dirty_unless_allowed(monkeypatch):
+    monkeypatch.setattr(records, "code_version", lambda: "0123abcd+dirty")
+    with pytest.raises(records.DirtyTreeError, match="uncommitted changes.*--allow-dirty"):
+        records.require_clean_tree()
+    assert records.require_clean_tree(allow_dirty=True) == "0123abcd+dirty"
+    monkeypatch.setattr(records, "code_version", lambda: "0123abcd")
+    assert records.require_clean_tree() == "0123abcd"
+    monkeypatch.setattr(records, "code_version", lambda: "unknown")  # no repository: claims no commit
+    assert records.require_clean_tree() == "unknown"
+
+
+def test_experiments_run_refuses_a_dirty_tree(monkeypatch, tmp_path, capsys):
+    from bnref.experiments import cli
+
+    monkeypatch.setattr(records, "code_version", lambda: "0123abcd+dirty")
+    assert cli.main(["run", "claims-cost", "--out", str(tmp_path)]) == 2
+    assert "--allow-dirty" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def committed_code_versions() -> list[tuple[str, str]]:
+    """(file, code version) of every committed record in book/results that names the code it ran."""
+    found = []
+    for path in sorted(RESULTS.glob("*.json")):
+        record = json.loads(path.read_text())
+        for key in ("code_version", "code"):
+            if isinstance(record, dict) and isinstance(record.get(key), str):
+                found.append((path.name, record[key]))
+    return found
+
+
+def test_no_committed_record_comes_from_a_dirty_tree():
+    versions = committed_code_versions()
+    assert len(versions) >= 20  # every experiment, survey and benchmark record that names its code
+    dirty = [name for name, version in versions if version.endswith("+dirty")]
+    assert not dirty, f"records made from a tree with uncommitted changes (re-run them from a clean commit): {dirty}"
+    bad = [(name, v) for name, v in versions if not re.fullmatch(r"[0-9a-f]{40}", v)]
+    assert not bad, f"records whose code version is not a commit: {bad}"
+
+
+def test_committed_records_name_commits_of_this_history():
+    root = RESULTS.parents[1]
+    try:
+        shallow = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--is-shallow-repository"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    if shallow == "true":
+        pytest.skip("a shallow clone lacks the older commits")
+    for name, version in committed_code_versions():
+        ok = subprocess.run(
+            ["git", "-C", str(root), "merge-base", "--is-ancestor", version, "HEAD"], capture_output=True
+        ).returncode
+        assert ok == 0, f"{name}: code version {version} is not a commit in this branch's history"
