@@ -203,14 +203,25 @@ def test_planted_fault_renorm_without_the_correction_fails_the_bound():
     assert not check_close(y_bn, y_ref, dtype="float64", m=10, cond=10.0, show="none").passed
 
 
-def test_renorm_schedule_is_batch_norm_during_warmup_then_reaches_the_final_clipping():
+def test_renorm_schedule_is_fixed_in_steps_and_short_runs_get_no_verdict():
     cfg = by.get_experiment("beyond-small-batch").config
-    steps = 200
-    assert by.renorm_schedule(0, steps, cfg) == (1.0, 0.0)
-    assert by.renorm_schedule(int(cfg["renorm_warmup"] * steps) - 1, steps, cfg) == (1.0, 0.0)
-    assert by.renorm_schedule(steps - 1, steps, cfg) == (cfg["renorm_r_max"], cfg["renorm_d_max"])
-    r_mid, d_mid = by.renorm_schedule(steps // 4, steps, cfg)
+    warmup, d_end, r_end = cfg["renorm_warmup_steps"], cfg["renorm_d_max_steps"], cfg["renorm_r_max_steps"]
+    assert warmup < d_end <= r_end == by.renorm_steps(cfg)
+    assert by.renorm_schedule(0, cfg) == (1.0, 0.0)
+    assert by.renorm_schedule(warmup, cfg) == (1.0, 0.0)  # plain BN up to the end of the warm-up
+    r_mid, d_mid = by.renorm_schedule((warmup + d_end) // 2, cfg)
     assert 1.0 < r_mid < cfg["renorm_r_max"] and 0.0 < d_mid < cfg["renorm_d_max"]
+    r_d, d_d = by.renorm_schedule(d_end, cfg)
+    assert r_d < cfg["renorm_r_max"] and d_d == cfg["renorm_d_max"]  # d_max relaxed first, as in the paper
+    assert by.renorm_schedule(r_end, cfg) == (cfg["renorm_r_max"], cfg["renorm_d_max"])
+    assert by.renorm_schedule(10 * r_end, cfg) == (cfg["renorm_r_max"], cfg["renorm_d_max"])
+    # the schedule does not depend on the batch size; whether a run is judged does
+    for bs in cfg["batch_sizes"]:
+        long_enough = by.run_steps(cfg, bs) >= r_end
+        assert by.judged(cfg, "renorm", bs) == long_enough
+        assert all(by.judged(cfg, m, bs) for m in ghost_renorm.METHODS if m != "renorm")
+    assert by.judged(cfg, "renorm", min(cfg["batch_sizes"]))
+    assert not by.judged(cfg, "renorm", max(cfg["batch_sizes"]))  # 48 steps at batch 128
 
 
 # ---------------------------------------------------------------- networks and bad input
@@ -266,19 +277,38 @@ def test_bad_input_raises_named_value_errors():
 # ---------------------------------------------------------------- verdict rule
 
 
-def test_verdicts_and_winners_follow_the_paired_rule():
+def test_verdicts_and_unbeaten_follow_the_paired_rule():
     acc = {
         "bn": {2: np.array([0.50, 0.52, 0.51]), 128: np.array([0.90, 0.91, 0.92])},
         "gn": {2: np.array([0.80, 0.81, 0.83]), 128: np.array([0.905, 0.92, 0.915])},
-        "ln": {2: np.array([0.70, 0.53, 0.49]), 128: np.array([0.80, 0.82, 0.81])},
+        "ln": {2: np.array([0.60, 0.53, 0.49]), 128: np.array([0.80, 0.82, 0.81])},
     }
     v = by.verdicts(acc)
     assert v[2] == {"gn": "higher", "ln": "no measurable difference"}
     assert v[128] == {"gn": "no measurable difference", "ln": "lower"}
-    assert by.winners(acc, 2) == ["gn"]
-    assert by.winners(acc, 128) == ["gn", "bn"]  # tied by the rule, best mean first
+    assert by.unbeaten(acc, 2) == ["gn"]
+    assert by.unbeaten(acc, 128) == ["gn", "bn"]  # neither beats the other, highest mean first
     with pytest.raises(ValueError, match="batch size 64"):
-        by.winners(acc, 64)
+        by.unbeaten(acc, 64)
+
+
+def test_unbeaten_is_not_best_and_excludes_runs_without_a_verdict():
+    # a beats c on every seed; b is noisy and beats nobody, and nobody beats b: both a and b are unbeaten,
+    # although b's mean is below c's, which is beaten
+    acc = {
+        "a": {128: np.array([0.95, 0.96, 0.97])},
+        "b": {128: np.array([0.99, 0.80, 0.89])},
+        "c": {128: np.array([0.90, 0.91, 0.92])},
+    }
+    assert by.unbeaten(acc, 128) == ["a", "b"]
+    assert float(acc["b"][128].mean()) < float(acc["c"][128].mean())
+    # Batch Renorm at batch 128 (48 steps, shorter than its schedule) neither beats nor is listed
+    cfg = by.get_experiment("beyond-small-batch").config
+    acc = {"bn": {128: np.array([0.90, 0.91, 0.92])}, "renorm": {128: np.array([0.95, 0.96, 0.97])}}
+    assert by.unbeaten(acc, 128) == ["renorm"]
+    assert by.unbeaten(acc, 128, cfg=cfg) == ["bn"]
+    assert by.verdicts(acc, cfg=cfg)[128] == {"renorm": by.NO_VERDICT}
+    assert by.verdicts(acc)[128] == {"renorm": "higher"}
 
 
 def test_runner_on_synthetic_data_writes_every_method_and_batch_size(tmp_path):

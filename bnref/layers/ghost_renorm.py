@@ -109,7 +109,9 @@ class BatchRenorm(nn.Module):
         running_mean <- momentum * running_mean + w * mu_B
         sigma'       <- momentum * sigma + w * sigma_B,   running_var <- max(sigma'^2 - eps, 0)
 
-    as :func:`bnref.normalization.batch_renorm_running_update`. Inference:
+    as :func:`bnref.normalization.batch_renorm_running_update`. The layer thus keeps the paper's running standard
+    deviation ``sigma`` (it averages ``sigma_B``, not ``var_B``), stored as ``running_var = sigma^2 - eps`` so
+    that the buffers have BN's names and meaning. Inference:
     ``y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta``. ``r_max`` and ``d_max`` are plain
     attributes the training loop sets at every step (the chapter's schedule:
     :func:`bnref.experiments.beyond.renorm_schedule`); ``r_max = 1, d_max = 0`` is BN. The gradient is
