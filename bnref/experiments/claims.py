@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bnref.experiments import measures
 from bnref.experiments import probes as ex
 from bnref.experiments.registry import Data, Experiment, Registry
 
@@ -119,12 +120,23 @@ def _run_best_lr(cfg: dict[str, Any], seed: int, device: torch.device, data: Dat
 
 
 def _run_overfit(cfg: dict[str, Any], seed: int, device: torch.device, data: Data) -> dict[str, Any]:
-    x_test, y_test = data[2], data[3]
     out = {}
     for n, epochs in cfg["sizes"]:
-        x, y = _train_subset(data, n, seed)
-        runs = _adam_runs(cfg, (x, y, x_test, y_test), seed, device, epochs=epochs, batch_size=cfg["batch_size"])
-        out[str(n)] = {bn: _epochs(r) for bn, r in runs.items()}
+        split = measures.validation_split(data[0], data[1], n, cfg["val_size"], seed)
+        out[str(n)] = {
+            bn: measures.train_with_validation(
+                (*split, data[2], data[3]),
+                bn=bn,
+                placement=cfg["placement"],
+                epochs=epochs,
+                batch_size=cfg["batch_size"],
+                lr=cfg["lr"],
+                seed=seed,
+                device=device,
+                bins=cfg["ece_bins"],
+            )
+            for bn in cfg["bn"]
+        }
     return out
 
 
@@ -144,6 +156,11 @@ def _deep_net(cfg: dict[str, Any], net: str, seed: int, device: torch.device, ac
     return ex.build_mlp(cfg["depth"], cfg["width"], activation=activation, seed=seed, **kw).to(device)
 
 
+def _norms(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """Each Linear layer's gradient norm on one batch and its weight norm (input layer first)."""
+    return {"grad": ex.weight_gradient_norms(model, x, y), "weight": measures.weight_norms(model)}
+
+
 def _run_gradients(cfg: dict[str, Any], seed: int, device: torch.device, data: Data) -> dict[str, Any]:
     from bnref.mnist.torch_training import evaluate
 
@@ -151,7 +168,7 @@ def _run_gradients(cfg: dict[str, Any], seed: int, device: torch.device, data: D
     init: dict[str, dict[str, Any]] = {}
     for act in cfg["activations"]:
         nets = cfg["nets"] if act == "relu" else [n for n in cfg["nets"] if cfg["nets"][n]["bn"]]
-        init[act] = {n: ex.weight_gradient_norms(_deep_net(cfg, n, seed, device, act), x_b, y_b) for n in nets}
+        init[act] = {n: _norms(_deep_net(cfg, n, seed, device, act), x_b, y_b) for n in nets}
     tr = cfg["training"]
     x, y = _train_subset(data, tr["train_size"], seed)
     x_test, y_test = data[2], data[3]
@@ -165,7 +182,7 @@ def _run_gradients(cfg: dict[str, Any], seed: int, device: torch.device, data: D
                     model, x, y, steps=step - done, lr=tr["lr"], batch_size=tr["batch_size"], seed=1000 * seed + step
                 )
                 done = step
-            norms[str(step)] = ex.weight_gradient_norms(model, x_fixed, y_fixed)
+            norms[str(step)] = _norms(model, x_fixed, y_fixed)
         training[net] = {"norms": norms, "test_acc": evaluate(model, x_test, y_test)[1]}
     return {"init": init, "training": training}
 
@@ -213,13 +230,28 @@ def _run_ics(cfg: dict[str, Any], seed: int, device: torch.device, data: Data) -
             probe_layer=cfg["layer"],
             ics_layer=cfg["layer"],
             record_every=cfg["record_every"],
+            probe_eval=True,
         )
         out[name] = {
             "drift": ex.input_shift(run["probe_stats"]),
+            "drift_eval": ex.input_shift(run["probe_stats_eval"]),
             "grad_change": run["ics_rel"],
             "test_acc": evaluate(model, x_test, y_test)[1],
         }
     return out
+
+
+def _run_aa(cfg: dict[str, Any], seed: int, device: torch.device, data: Data) -> dict[str, Any]:
+    from bnref.mnist.models import build_torch_model
+
+    x, y = _train_subset(data, cfg["train_size"], seed)
+    run = {"steps": cfg["steps"], "lr": cfg["lr"], "batch_size": cfg["batch_size"], "tail": cfg["tail"]}
+    return {
+        bn: measures.aa_run(
+            build_torch_model(bn, cfg["placement"], seed=seed).to(device), x, y, data[2], data[3], seed=seed, **run
+        )
+        for bn in cfg["bn"]
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,8 +336,16 @@ def _experiments() -> list[Experiment]:
             "claims-overfit",
             "2, 3",
             "the article's recipe on 1,000 images for 60 epochs and on 5,000 images for 16 epochs, with and "
-            "without BN: training and test loss and accuracy after each epoch",
-            {**_ADAM, "batch_size": 128, "sizes": [[1000, 60], [5000, 16]]},
+            "without BN: after each epoch, loss and accuracy on the training images, on 1,000 held-out validation "
+            "images and on the test set (inference mode), and the test set's expected calibration error",
+            {
+                **_ADAM,
+                "batch_size": 128,
+                "sizes": [[1000, 60], [5000, 16]],
+                "val_size": 1000,
+                "val_from": "the training set, disjoint from each seed's training subset",
+                "ece_bins": 15,
+            },
             tuple(range(5)),
             _run_overfit,
         ),
@@ -315,14 +355,14 @@ def _experiments() -> list[Experiment]:
             "Adam on a 2,000-image subset for 3 epochs at batch sizes 2, 4, 16 and 128, with and without BN: "
             "final test accuracy (inference mode)",
             {**_ADAM, "train_size": 2000, "epochs": 3, "batch_sizes": [2, 4, 16, 128]},
-            tuple(range(3)),
+            tuple(range(5)),
             _run_small_batch,
         ),
         Experiment(
             "claims-gradients",
             "5",
-            "30 hidden layers of width 128: per-layer weight-gradient norms at initialisation (ReLU, tanh, "
-            "linear) and during 100 SGD steps, BN against the He-initialised network without BN",
+            "30 hidden layers of width 128: per-layer weight-gradient and weight norms at initialisation (ReLU, "
+            "tanh, linear) and during 100 SGD steps, BN against the He-initialised network without BN",
             {
                 "model": "deep MLP",
                 "depth": 30,
@@ -367,8 +407,8 @@ def _experiments() -> list[Experiment]:
             "claims-ics",
             "8",
             "10 hidden ReLU layers of 100 units trained by SGD (lr 0.3, 300 steps) without BN, with BN and with "
-            "random shifts injected after BN: drift of layer 6's inputs, Santurkar et al.'s gradient change, "
-            "test accuracy",
+            "random shifts injected after BN: drift of layer 6's inputs on fixed test images in training and in "
+            "inference mode, Santurkar et al.'s gradient change, test accuracy",
             _ICS,
             tuple(range(5)),
             _run_ics,
@@ -379,8 +419,25 @@ def _experiments() -> list[Experiment]:
             "claims-ics again on seeds never looked at before its verdict rule was fixed (its learning rate "
             "was chosen after trying others)",
             _ICS,
-            tuple(range(100, 103)),
+            tuple(range(100, 105)),
             _run_ics,
+        ),
+        Experiment(
+            "claims-aa",
+            "the verdict rule",
+            "an A/A experiment: the article's network, with BN and without, trained by SGD as in claims-lr-sweep at "
+            "one rate under 24 seeds; each network compared with itself measures the rule's false-positive rate",
+            {
+                **_ARTICLE,
+                "optimizer": "sgd",
+                "lr": LR_GRID[4],
+                "steps": 300,
+                "batch_size": 128,
+                "train_size": 10_000,
+                "tail": 20,
+            },
+            tuple(range(24)),
+            _run_aa,
         ),
     ]
 

@@ -330,12 +330,15 @@ def fitted_growth_factor(norms: np.ndarray, first: int = 1, last: int | None = N
     return float(np.exp(-slope))
 
 
-def _layer_input_stats(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    """Per-unit mean and standard deviation ``(2, units)`` of the input of ``layer`` over ``x``, training mode.
+def _layer_input_stats(
+    model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, *, train: bool = True
+) -> np.ndarray:
+    """Per-unit mean and standard deviation ``(2, units)`` of the input of ``layer`` over ``x``.
 
-    The forward pass runs in training mode, so BN layers use the batch statistics of ``x`` (as in a
-    training step) and shift-noise layers draw a new shift and scale, as they would in a training
-    step. BN running statistics are put back afterwards.
+    With ``train`` (the default) the forward pass runs in training mode, so BN layers use the batch
+    statistics of ``x`` (as in a training step) and shift-noise layers draw a new shift and scale, as they
+    would in a training step; BN running statistics are put back afterwards. Without it, in inference mode:
+    BN uses its running statistics and shift noise does nothing. The model's mode is put back.
     """
     import torch
 
@@ -343,11 +346,14 @@ def _layer_input_stats(model: torch.nn.Module, layer: torch.nn.Module, x: torch.
 
     captured: list[torch.Tensor] = []
     handle = layer.register_forward_pre_hook(lambda mod, args: captured.append(args[0].detach()))
+    was_training = model.training
+    model.train(train)
     try:
         with kept_buffers(model), torch.no_grad():
             model(x)
     finally:
         handle.remove()
+        model.train(was_training)
     h = captured[0]
     return np.stack([h.mean(dim=0).cpu().numpy(), h.std(dim=0, unbiased=False).cpu().numpy()]).astype(np.float64)
 
@@ -429,6 +435,7 @@ def train_sgd(
     ics_layer: int | None = None,
     record_every: int = 1,
     blowup: float = 1e3,
+    probe_eval: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` in place with minibatch SGD on mean cross-entropy; record what happened.
 
@@ -457,6 +464,8 @@ def train_sgd(
         measured every ``record_every`` steps (costs one more forward and backward pass).
     record_every : int
         Spacing of the probe and ICS measurements.
+    probe_eval : bool
+        Also measure the probe's statistics in inference mode (BN with its running statistics).
     blowup : float
         A loss above this ends the run as diverged.
 
@@ -466,7 +475,8 @@ def train_sgd(
         ``loss``: float64 ``(steps_done,)`` training loss of each step (on its batch, before the update);
         ``diverged``: bool; ``steps_done``: int; ``seconds``: wall time of the loop;
         with ``probe``: ``probe_steps`` ``(k,)`` and ``probe_stats`` ``(k, 2, units)`` (per-unit mean and
-        std of the layer's input, measured before the step of that index);
+        std of the layer's input, measured before the step of that index), with ``probe_eval`` also
+        ``probe_stats_eval`` (the same in inference mode);
         with ``ics_layer``: ``ics_steps`` ``(k,)``, ``ics_rel`` ``(k,)`` and ``ics_cos`` ``(k,)``.
     """
     import torch
@@ -495,6 +505,7 @@ def train_sgd(
     losses: list[float] = []
     probe_steps: list[int] = []
     probe_stats: list[np.ndarray] = []
+    probe_stats_eval: list[np.ndarray] = []
     ics_steps: list[int] = []
     ics_rel: list[float] = []
     ics_cos: list[float] = []
@@ -512,6 +523,8 @@ def train_sgd(
         if record and probe_t is not None:
             probe_steps.append(step)
             probe_stats.append(_layer_input_stats(model, lins[probe_layer], probe_t))
+            if probe_eval:
+                probe_stats_eval.append(_layer_input_stats(model, lins[probe_layer], probe_t, train=False))
         opt.zero_grad(set_to_none=True)
         rng_state = torch.get_rng_state() if record and ics_layer is not None else None
         loss = torch.nn.functional.cross_entropy(model(xb), yb)
@@ -540,6 +553,8 @@ def train_sgd(
     if probe_t is not None:
         out["probe_steps"] = np.array(probe_steps, dtype=np.int64)
         out["probe_stats"] = np.array(probe_stats)
+        if probe_eval:
+            out["probe_stats_eval"] = np.array(probe_stats_eval)
     if ics_layer is not None:
         out["ics_steps"] = np.array(ics_steps, dtype=np.int64)
         out["ics_rel"] = np.array(ics_rel)
