@@ -70,6 +70,25 @@ def test_lenet_shapes_and_channel_statistics_over_n_h_w():
         dyn.build_lenet(bn=True, activation="gelu")
 
 
+def test_lenet_he_initialisation_keeps_the_signal_where_the_default_shrinks_it():
+    # PyTorch's default weight variance is 1 / (3 fan_in), He's 2 / fan_in: 6 times larger, zero biases
+    default, he = dyn.build_lenet(bn=False, seed=0), dyn.build_lenet(bn=False, seed=0, init="he")
+    layers = [m for m in he.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    for m in layers:
+        fan_in = m.weight[0].numel()
+        var = float(m.weight.double().var())
+        n = m.weight.numel()
+        # sample variance of n normal draws: relative standard error sqrt(2 / n); 5 of them
+        assert abs(var / (2 / fan_in) - 1) < 5 * np.sqrt(2 / n), (m, var * fan_in)
+        assert torch.all(m.bias == 0)
+    x = torch.rand(256, 784)
+    with torch.no_grad():
+        s_default, s_he = float(default[:-1](x).std()), float(he[:-1](x).std())
+    assert s_he > 5 * s_default  # the default's five layers shrink the signal, He's keep it near the input's
+    with pytest.raises(ValueError, match="init"):
+        dyn.build_lenet(bn=False, init="xavier")
+
+
 def test_resnet_zero_gamma_blocks_branch_gradients_and_matches_plain_weights():
     x, y, _, _ = synthetic(32)
     zero = dyn.build_resnet(3, 16, last_gamma=0.0, seed=1)

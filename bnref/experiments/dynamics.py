@@ -80,7 +80,7 @@ NONLINEARITIES = (nn.ReLU, nn.Tanh, nn.Sigmoid)
 # --------------------------------------------------------------------------------------------
 
 
-def build_lenet(*, bn: bool, seed: int = 0, activation: str = "relu") -> nn.Sequential:
+def build_lenet(*, bn: bool, seed: int = 0, activation: str = "relu", init: str = "default") -> nn.Sequential:
     """A LeNet-style network for 28x28 images, input ``(n, 784)`` in [0, 1], logits ``(n, 10)``.
 
     ``conv 5x5, 6 channels (padding 2) -> [BN2d] -> act -> max-pool 2 -> conv 5x5, 16 channels -> [BN2d]
@@ -92,19 +92,26 @@ def build_lenet(*, bn: bool, seed: int = 0, activation: str = "relu") -> nn.Sequ
     ----------
     bn : bool
     seed : int
-        Seeds PyTorch's default initialisation (Kaiming-uniform), identical on every CPU.
+        Seeds the initialisation, identical on every CPU.
     activation : {"relu", "tanh"}
+    init : {"default", "he"}
+        ``"default"``: PyTorch's own (``kaiming_uniform_`` with ``a = sqrt(5)``: weight variance ``1 / (3 fan_in)``,
+        a sixth of what keeps a ReLU layer's signal variance constant, so without BN the signal shrinks at every
+        layer). ``"he"``: He et al. (2015), every convolution and Linear weight ``N(0, 2 / fan_in)``
+        (``kaiming_normal_`` for ReLU) and every bias zero, drawn after the default one from the same seed.
     """
     acts = {"relu": nn.ReLU, "tanh": nn.Tanh}
     if activation not in acts:
         raise ValueError(f"activation must be one of {tuple(acts)}; got {activation!r}")
+    if init not in ("default", "he"):
+        raise ValueError(f"init must be 'default' or 'he'; got {init!r}")
     act = acts[activation]
 
     def block(layer: nn.Module, norm: type[nn.Module], width: int) -> list[nn.Module]:
         return [layer, norm(width), act()] if bn else [layer, act()]
 
     torch.manual_seed(seed)
-    return nn.Sequential(
+    model = nn.Sequential(
         nn.Unflatten(1, (1, 28, 28)),
         *block(nn.Conv2d(1, 6, 5, padding=2, bias=not bn), nn.BatchNorm2d, 6),
         nn.MaxPool2d(2),
@@ -115,6 +122,13 @@ def build_lenet(*, bn: bool, seed: int = 0, activation: str = "relu") -> nn.Sequ
         *block(nn.Linear(120, 84, bias=not bn), nn.BatchNorm1d, 84),
         nn.Linear(84, 10),
     )
+    if init == "he":
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    return model
 
 
 class ResidualBlock(nn.Module):
@@ -416,13 +430,19 @@ def _run_why(cfg: dict[str, Any], seed: int, device: torch.device, data: Data) -
     return out
 
 
+#: The arms of ``dynamics-lenet``: ``(bn, init)`` for :func:`build_lenet`.
+LENET_ARMS = {"bn": (True, "default"), "none": (False, "default"), "none-he": (False, "he")}
+
+
 def _run_lenet(cfg: dict[str, Any], seed: int, device: torch.device, data: Data) -> dict[str, Any]:
-    """LeNet with and without BN: training loss and test accuracy after every epoch."""
+    """LeNet with BN, without BN, and without BN from He initialisation: training loss and test accuracy after
+    every epoch."""
     x, y, xt, yt = _subsets(cfg, data, seed)
     per_epoch = len(y) // cfg["batch_size"]
     out: dict[str, Any] = {}
-    for bn in (True, False):
-        model = build_lenet(bn=bn, seed=seed, activation=cfg["activation"]).to(device)
+    for arm in cfg["arms"]:
+        bn, init = LENET_ARMS[arm]
+        model = build_lenet(bn=bn, seed=seed, activation=cfg["activation"], init=init).to(device)
         curves: dict[str, list[float]] = {"train_loss": [], "test_loss": [], "test_acc": [], "seconds": []}
         for epoch in range(cfg["epochs"]):
             t0 = time.perf_counter()
@@ -435,7 +455,7 @@ def _run_lenet(cfg: dict[str, Any], seed: int, device: torch.device, data: Data)
             test_loss, test_acc = evaluate(model, xt, yt)
             curves["test_loss"].append(test_loss)
             curves["test_acc"].append(test_acc)
-        out["bn" if bn else "none"] = curves
+        out[arm] = curves
     return out
 
 
@@ -557,8 +577,10 @@ def _experiments() -> list[Experiment]:
         Experiment(
             "dynamics-lenet",
             "dynamics (a)",
-            "LeNet with and without BN, SGD with momentum on 6,000 MNIST images, test accuracy per epoch",
+            "LeNet with BN, without BN (PyTorch's default initialisation) and without BN from He initialisation, "
+            "SGD with momentum on 6,000 MNIST images, test accuracy per epoch",
             {
+                "arms": ["bn", "none", "none-he"],
                 "train_size": 6000,
                 "test_size": 5000,
                 "batch_size": 128,
@@ -567,7 +589,7 @@ def _experiments() -> list[Experiment]:
                 "epochs": 4,
                 "activation": "relu",
             },
-            (0, 1, 2),
+            (0, 1, 2, 3, 4),
             _run_lenet,
         ),
         Experiment(
