@@ -128,7 +128,11 @@ class EpochRecord:
 
     ``train_loss``/``train_acc`` average the training-mode batches of the epoch (weighted by batch
     size); ``test_loss``/``test_acc`` are measured on the whole test set after the epoch, in
-    inference mode. ``train_s`` + ``eval_s`` = ``wall_s`` (seconds).
+    inference mode. ``train_eval_loss``/``train_eval_acc``, when the run asked for them (the trainers'
+    ``train_eval`` option), are measured after the epoch in inference mode on a fixed subset of the training
+    set (the run's config says which); None otherwise, and then left out of the JSON, so records written
+    before these fields existed load as they are. ``train_s`` + ``eval_s`` = ``wall_s`` (seconds); ``eval_s``
+    covers every evaluation after the epoch.
     """
 
     epoch: int
@@ -139,6 +143,12 @@ class EpochRecord:
     train_s: float
     eval_s: float
     wall_s: float
+    train_eval_loss: float | None = None
+    train_eval_acc: float | None = None
+
+
+#: The optional fields of :class:`EpochRecord`: written to JSON only when set.
+OPTIONAL_EPOCH_FIELDS = ("train_eval_loss", "train_eval_acc")
 
 
 @dataclasses.dataclass
@@ -232,8 +242,13 @@ class RunRecord:
 
     # -- JSON ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """A plain dict (JSON-ready)."""
-        return json_ready(dataclasses.asdict(self))
+        """A plain dict (JSON-ready); an epoch's optional fields that are None are left out."""
+        d = json_ready(dataclasses.asdict(self))
+        for epoch in d["epochs"]:
+            for name in OPTIONAL_EPOCH_FIELDS:
+                if epoch.get(name) is None:
+                    epoch.pop(name, None)
+        return d
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the record as indented JSON (creating the folder); return the path."""

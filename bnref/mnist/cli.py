@@ -104,19 +104,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data", metavar="MNIST.npz", help="MNIST file to use (default: $BNREF_MNIST, then the Keras cache)"
     )
+    p.add_argument(
+        "--train-eval",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after every epoch also evaluate the first N training images in inference mode (default: %(default)s, "
+        "off)",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of the MNIST arrays (saves ~0.1 s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_allow_dirty(p)
     return p
+
+
+def add_allow_dirty(p: argparse.ArgumentParser) -> None:
+    """The ``--allow-dirty`` flag of the commands that write records."""
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="with --out: write the record from a tree with uncommitted changes (a trial: its code version ends in "
+        "+dirty and a test refuses it in book/results)",
+    )
+
+
+def refuse_dirty_tree(allow_dirty: bool) -> int:
+    """0 when a record may be written from this tree, else 2 after printing why
+    (:func:`bnref.records.require_clean_tree`)."""
+    from bnref.records import DirtyTreeError, require_clean_tree
+
+    try:
+        require_clean_tree(allow_dirty)
+    except DirtyTreeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 EXPERIMENT_DESCRIPTION = """\
 Run the book's MNIST experiment, defined once in bnref.mnist.training.MNIST: the article's model trained in
 PyTorch (bnref's fast loop) and in Keras (model.fit, on the backend named by KERAS_BACKEND), with the
-framework's own BN and without BN, 10 epochs, batch 128, Adam 1e-3, once per seed. Writes one experiment
+framework's own BN and without BN, 10 epochs, batch 128, Adam 1e-3, once per seed; after every epoch the
+test set and the first 10,000 training images are evaluated in inference mode. Writes one experiment
 record (JSON, schema bnref.experiment/1) holding the definition, the code version, the machine, the
 device and every run's per-epoch results. The book's chapter reads the committed records in
 book/results/. --epochs makes a reduced run (its record no longer matches the definition, so the
-book's test of committed records rejects it).
+book's test of committed records rejects it). A record names the commit that made it, so the command
+refuses a working tree with uncommitted changes (exit 2) unless --allow-dirty (a trial run).
 """
 
 EXPERIMENT_EPILOG = """\
@@ -152,6 +186,7 @@ def build_experiment_parser() -> argparse.ArgumentParser:
         "--data", metavar="MNIST.npz", help="MNIST file to use (default: $BNREF_MNIST, then the Keras cache)"
     )
     p.add_argument("--progress", action="store_true", help="show a progress bar per run")
+    add_allow_dirty(p)
     return p
 
 
@@ -160,6 +195,8 @@ def run_experiment_command(argv: Sequence[str]) -> int:
     args = build_experiment_parser().parse_args(argv)
     if args.seeds < 1:
         print("error: --seeds must be at least 1", file=sys.stderr)
+        return 2
+    if refuse_dirty_tree(args.allow_dirty):  # this command always writes a record
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import dataclasses
@@ -204,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.framework == "keras":
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.out and refuse_dirty_tree(args.allow_dirty):
+        return 2
 
     from bnref.mnist.data import MnistError, load_mnist
 
@@ -221,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         progress=not args.no_progress,
         out=args.out,
+        train_eval=args.train_eval,
     )
     try:
         if args.framework == "torch":
@@ -236,11 +276,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     print(f"{record.label} on {record.device['name']}")
-    print(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>9} {'test acc':>8} {'seconds':>7}")
+    seen = args.train_eval > 0
+    print(
+        f"{'epoch':>5} {'train loss':>10} {'train acc':>9} "
+        + (f"{'eval-mode train acc':>19} " if seen else "")
+        + f"{'test loss':>9} {'test acc':>8} {'seconds':>7}"
+    )
     for e in record.epochs:
         print(
-            f"{e.epoch:>5} {e.train_loss:>10.4f} {e.train_acc:>9.4f} {e.test_loss:>9.4f} {e.test_acc:>8.4f} "
-            f"{e.wall_s:>7.2f}"
+            f"{e.epoch:>5} {e.train_loss:>10.4f} {e.train_acc:>9.4f} "
+            + (f"{e.train_eval_acc:>19.4f} " if seen else "")
+            + f"{e.test_loss:>9.4f} {e.test_acc:>8.4f} {e.wall_s:>7.2f}"
         )
     print(
         f"final test accuracy {record.final.test_acc:.4f}; {record.mean_epoch_s:.3f} s per epoch "

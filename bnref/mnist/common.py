@@ -22,6 +22,7 @@ __all__ = [
     "prepare_data",
     "check_training_args",
     "checked_config",
+    "train_eval_subset",
     "progress_bar",
     "run_record",
     "import_keras_quietly",
@@ -48,6 +49,16 @@ def check_training_args(epochs: int, batch_size: int, lr: float) -> None:
     check_int("epochs", epochs, low=1)
     check_int("batch_size (BN needs two samples)", batch_size, low=2)
     check_positive("lr", lr)
+
+
+def train_eval_subset(n: int, n_train: int) -> str:
+    """What the trainers' ``train_eval`` option evaluates, in words for a run's config: the first ``n`` of the
+    ``n_train`` training examples, in inference mode, after every epoch. ValueError unless ``0 <= n <= n_train``
+    (0: the option is off; the words are then "none")."""
+    check_int("train_eval", n, low=0)
+    if n > n_train:
+        raise ValueError(f"train_eval={n} asks for more examples than the {n_train} of the training set")
+    return f"the first {n} training examples, inference mode, after every epoch" if n else "none"
 
 
 def progress_bar(enabled: bool, epochs: int, desc: str) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from bnref.mnist.common import checked_config, prepare_data, progress_bar, run_record
+from bnref.mnist.common import checked_config, prepare_data, progress_bar, run_record, train_eval_subset
 from bnref.mnist.data import one_hot
 from bnref.mnist.models import NUM_CLASSES, build_keras_model
 from bnref.records import EpochRecord, RunRecord, cpu_device
@@ -38,7 +38,7 @@ class EpochRecorder(keras.callbacks.Callback):
     ``fit`` must run with ``validation_data`` and the ``accuracy`` metric: the test loss and
     accuracy are fit's ``val_loss`` and ``val_accuracy``. The epoch's training time runs from
     ``on_epoch_begin`` to the start of the validation pass, the evaluation time from there to
-    ``on_epoch_end``.
+    ``on_epoch_end``, including the evaluation of ``train_eval``.
 
     Parameters
     ----------
@@ -48,10 +48,25 @@ class EpochRecorder(keras.callbacks.Callback):
         Show a tqdm bar, one tick per epoch.
     desc : str
         The bar's label.
+    train_eval : (x, y_one_hot), optional
+        Training examples to evaluate in inference mode (``model.evaluate``) at the end of every epoch; their
+        loss and accuracy go to ``EpochRecord.train_eval_loss`` and ``train_eval_acc``.
+    batch_size : int
+        The batch size of that evaluation (fit's validation pass uses fit's own).
     """
 
-    def __init__(self, epochs: int, progress: bool = False, desc: str = "keras") -> None:
+    def __init__(
+        self,
+        epochs: int,
+        progress: bool = False,
+        desc: str = "keras",
+        *,
+        train_eval: tuple[np.ndarray, np.ndarray] | None = None,
+        batch_size: int = 128,
+    ) -> None:
         super().__init__()
+        self.train_eval = train_eval
+        self.batch_size = batch_size
         self.history: list[EpochRecord] = []
         self.bar = progress_bar(progress, epochs, desc)
         self.t_begin = 0.0
@@ -65,6 +80,10 @@ class EpochRecorder(keras.callbacks.Callback):
         self.t_test = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        seen: dict[str, float] = {}
+        if self.train_eval is not None:
+            x, y = self.train_eval
+            seen = self.model.evaluate(x, y, batch_size=self.batch_size, verbose=0, return_dict=True)
         t_end = time.perf_counter()
         logs = logs or {}
         t_test = self.t_test if self.t_test is not None else t_end
@@ -78,6 +97,8 @@ class EpochRecorder(keras.callbacks.Callback):
                 train_s=t_test - self.t_begin,
                 eval_s=t_end - t_test,
                 wall_s=t_end - self.t_begin,
+                train_eval_loss=float(seen["loss"]) if seen else None,
+                train_eval_acc=float(seen["accuracy"]) if seen else None,
             )
         )
         self.bar.set_postfix(loss=f"{logs['loss']:.4f}", test_acc=f"{logs['val_accuracy']:.4f}")
@@ -137,6 +158,7 @@ def train_keras(
     seed: int = 0,
     progress: bool = True,
     out: str | os.PathLike | None = None,
+    train_eval: int = 0,
 ) -> RunRecord:
     """Train the article's model with ``model.fit``, as the article does, and record it.
 
@@ -145,10 +167,12 @@ def train_keras(
     with ``validation_data=(x_test, y_test)``, ``shuffle=True`` and ``verbose=0``. Runs on whatever
     backend Keras was started with (``KERAS_BACKEND``) and on the device that backend picks.
     Arguments as in :func:`bnref.mnist.torch_training.train_torch`; ``keras.utils.set_random_seed(seed)``
-    fixes the shuffling.
+    fixes the shuffling. ``train_eval`` > 0 also evaluates the first ``train_eval`` training examples in inference
+    mode (``model.evaluate``) at the end of every epoch (:class:`EpochRecorder`).
     """
     config = checked_config(bn, placement, epochs, batch_size, lr, loss=LOSS, trainer="keras-fit")
     x_train, y_train, x_test, y_test = prepare_data(data)
+    subset = train_eval_subset(train_eval, len(y_train))
     keras.utils.set_random_seed(seed)
     model = build_keras_model(bn, placement, seed, input_dim=x_train.shape[1])
     model.compile(
@@ -157,7 +181,8 @@ def train_keras(
         metrics=["accuracy"],
     )
     backend = keras.backend.backend()
-    recorder = EpochRecorder(epochs, progress, f"keras/{backend} bn={bn}")
+    seen = (x_train[:train_eval], one_hot(y_train[:train_eval], NUM_CLASSES)) if train_eval else None
+    recorder = EpochRecorder(epochs, progress, f"keras/{backend} bn={bn}", train_eval=seen, batch_size=batch_size)
     model.fit(
         x_train,
         one_hot(y_train, NUM_CLASSES),
@@ -173,6 +198,8 @@ def train_keras(
         "adam": "keras.optimizers.Adam, beta_1 0.9, beta_2 0.999, epsilon 1e-7",
         "jit_compile": str(getattr(model, "jit_compile", None)),
     }
+    if train_eval:
+        details["train_eval"] = subset
     config = dataclasses.replace(config, train_size=len(y_train), test_size=len(y_test), details=details)
     framework = ("keras", keras.__version__, backend, backend_version(backend))
     return run_record(config, framework, keras_device(), seed=seed, history=recorder.history, setup_s=0.0, out=out)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bnref.mnist.common import checked_config, prepare_data, progress_bar, run_record
+from bnref.mnist.common import checked_config, prepare_data, progress_bar, run_record, train_eval_subset
 from bnref.mnist.data import as_labeled
 from bnref.mnist.models import build_torch_model
 from bnref.records import EpochRecord, RunConfig, RunRecord, cpu_name
@@ -346,6 +346,7 @@ def train_torch(
     cpu_threads: int | None = 1,
     progress: bool = True,
     out: str | os.PathLike | None = None,
+    train_eval: int = 0,
 ) -> RunRecord:
     """Train the article's model with bnref's fast PyTorch loop.
 
@@ -376,6 +377,11 @@ def train_torch(
         Show a tqdm bar (one tick per epoch).
     out : path, optional
         Where to write the JSON record.
+    train_eval : int, default 0
+        After every epoch, also evaluate the first ``train_eval`` training examples in inference mode
+        (:func:`evaluate`) and record their loss and accuracy (``EpochRecord.train_eval_loss`` and
+        ``train_eval_acc``; :func:`bnref.mnist.common.train_eval_subset` checks the number). 0 (the default)
+        evaluates only the test set.
 
     Returns
     -------
@@ -390,17 +396,20 @@ def train_torch(
     if cpu_threads is not None and not (isinstance(cpu_threads, int) and cpu_threads >= 1):
         raise ValueError(f"cpu_threads must be a positive integer or None; got {cpu_threads!r}")
     x_train, y_train, x_test, y_test = prepare_data(data)
+    train_eval_subset(train_eval, len(y_train))
     threads_before = torch.get_num_threads()
     if dev.type == "cpu" and cpu_threads is not None:
         torch.set_num_threads(cpu_threads)
     try:
         data = (x_train, y_train, x_test, y_test)
-        return _train(data, dev, config, seed=seed, cuda_graphs=cuda_graphs, progress=progress, out=out)
+        return _train(
+            data, dev, config, seed=seed, cuda_graphs=cuda_graphs, progress=progress, out=out, train_eval=train_eval
+        )
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _train(data, dev, config: RunConfig, *, seed, cuda_graphs, progress, out) -> RunRecord:
+def _train(data, dev, config: RunConfig, *, seed, cuda_graphs, progress, out, train_eval) -> RunRecord:
     x_train, y_train, _, y_test = data
     epochs = config.epochs
     torch.manual_seed(seed)
@@ -419,8 +428,12 @@ def _train(data, dev, config: RunConfig, *, seed, cuda_graphs, progress, out) ->
         train_loss, train_acc = loop.train_epoch()  # .item() at the end synchronises
         t1 = time.perf_counter()
         test_loss, test_acc = loop.evaluate()
+        seen = (None, None)
+        if train_eval:
+            seen = evaluate(model, loop.X[:train_eval], loop.Y[:train_eval])
         t2 = time.perf_counter()
-        history.append(EpochRecord(epoch, train_loss, train_acc, test_loss, test_acc, t1 - t0, t2 - t1, t2 - t0))
+        times = (t1 - t0, t2 - t1, t2 - t0)
+        history.append(EpochRecord(epoch, train_loss, train_acc, test_loss, test_acc, *times, *seen))
         bar.set_postfix(loss=f"{train_loss:.4f}", test_acc=f"{test_acc:.4f}")
         bar.update(1)
     bar.close()
@@ -433,6 +446,8 @@ def _train(data, dev, config: RunConfig, *, seed, cuda_graphs, progress, out) ->
     }
     if loop.graph_error:
         details["cuda_graph_error"] = loop.graph_error
+    if train_eval:
+        details["train_eval"] = train_eval_subset(train_eval, len(y_train))
     config = dataclasses.replace(config, train_size=len(y_train), test_size=len(y_test), details=details)
     framework, device = ("torch", torch.__version__, None, None), {"type": dev.type, "name": device_name(dev)}
     return run_record(config, framework, device, seed=seed, history=history, setup_s=setup_s, out=out)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bnref.mnist.common import check_training_args
+from bnref.mnist.common import check_training_args, train_eval_subset
 from bnref.mnist.models import check_choice
 from bnref.mnist.verdicts import MIN_SEEDS
 from bnref.records import SCHEMA, ExperimentRecord, RunRecord, with_current_module_names
@@ -38,7 +38,8 @@ class MnistExperiment:
     """The MNIST experiment of the book's chapter ``mnist``, defined once.
 
     Every combination of ``frameworks`` and ``bn`` is trained with every seed, on the full MNIST
-    training set, the test set evaluated after every epoch. Adam with learning rate ``lr``.
+    training set, the test set evaluated after every epoch, and with it the first ``train_eval`` training
+    images, both in inference mode. Adam with learning rate ``lr``.
 
     Attributes
     ----------
@@ -47,8 +48,10 @@ class MnistExperiment:
         (:func:`bnref.mnist.keras_training.train_keras`, on the backend named by ``KERAS_BACKEND``).
     bn : tuple of str
         :data:`bnref.mnist.models.BN_CHOICES` entries; ``"native"`` is each framework's own BN layer.
-    placement, epochs, batch_size, lr
-        As in :func:`bnref.mnist.torch_training.train_torch`.
+    placement, epochs, batch_size, lr, train_eval
+        As in :func:`bnref.mnist.torch_training.train_torch`. ``train_eval`` = 10000: the first 10,000 of the
+        60,000 training images (the same for every seed and framework) are evaluated in inference mode after
+        every epoch, so that the train-test gap compares like with like.
     """
 
     frameworks: tuple[str, ...] = ("torch", "keras")
@@ -57,6 +60,7 @@ class MnistExperiment:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    train_eval: int = 10000
     name: str = "mnist"
 
     def __post_init__(self) -> None:
@@ -67,6 +71,7 @@ class MnistExperiment:
         for bn in self.bn:
             check_choice(bn, self.placement)
         check_training_args(self.epochs, self.batch_size, self.lr)
+        train_eval_subset(self.train_eval, 60000)
 
     def config(self) -> dict[str, Any]:
         """The definition as a JSON-ready dict: the ``config`` of the experiment's records."""
@@ -81,6 +86,7 @@ class MnistExperiment:
             "optimizer": "adam",
             "data": "MNIST, all 60000 training and 10000 test images (bnref.mnist.data.load_mnist)",
             "init": "glorot-uniform weights, zero biases (bnref.mnist.models.initial_weights)",
+            "train_eval": train_eval_subset(self.train_eval, 60000),
         }
 
     def runs(self) -> list[str]:
@@ -90,7 +96,8 @@ class MnistExperiment:
     def check_record(self, record: ExperimentRecord, *, full_data: bool = True) -> None:
         """Raise ValueError unless ``record`` holds this experiment: the same ``config``, at least
         :data:`MIN_SEEDS` seeds, every run of every seed, each run configured as defined (and, with
-        ``full_data``, trained on all 60000 MNIST images and tested on all 10000)."""
+        ``full_data``, trained on all 60000 MNIST images and tested on all 10000), every epoch with its
+        inference-mode training evaluation when the definition asks for one."""
         where = f"experiment record {record.name!r} ({record.device.get('name')}, {record.created_utc})"
         if record.name != self.name:
             raise ValueError(f"{where}: name {record.name!r}, expected {self.name!r}")
@@ -112,6 +119,8 @@ class MnistExperiment:
                 raise ValueError(f"{where}: run {key!r} seed {seed} is {got}, expected {want}")
             if full_data and (c.train_size, c.test_size) != (60000, 10000):
                 raise ValueError(f"{where}: run {key!r} seed {seed} used {c.train_size}/{c.test_size} images")
+            if self.train_eval and any(e.train_eval_acc is None or e.train_eval_loss is None for e in run.epochs):
+                raise ValueError(f"{where}: run {key!r} seed {seed} lacks the inference-mode training evaluation")
 
 
 #: The experiment whose records the chapter ``mnist`` shows.
@@ -167,6 +176,7 @@ def run_mnist_experiment(
         batch_size=experiment.batch_size,
         lr=experiment.lr,
         progress=progress,
+        train_eval=experiment.train_eval,
     )
     results: dict[str, dict[str, Any]] = {}
     for seed in seeds:
