@@ -165,7 +165,12 @@ def generate_conf(folder: Path, language: str | None, locales: Path | None = Non
             html_search_language=language.split("_")[0],
             bnref_glued_words=f"book/locales/{language}/glued_words.json",
         )
-        sphinx_config["extensions"] = [*sphinx_config.get("extensions", []), "bnref_glued_words", "bnref_search_zh"]
+        sphinx_config["extensions"] = [
+            *sphinx_config.get("extensions", []),
+            "bnref_glued_words",
+            "bnref_search_zh",
+            "bnref_exercise_terms",
+        ]
         if language.startswith("zh"):
             # jieba segments the text for the search index; the JavaScript search does not segment a query, so a
             # term jieba does not know as one word (滑动平均) would never be found. The glossary's Chinese terms
