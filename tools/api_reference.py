@@ -56,6 +56,7 @@ SECTIONS: dict[str, list[str]] = {
     ],
     "The book's experiments: `bnref.experiments`": [
         "bnref.experiments.registry",
+        "bnref.experiments.diagnostics",
     ],
 }
 
