@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -81,7 +82,8 @@ def documented(obj) -> bool:
 def signature(name: str, obj) -> str:
     if inspect.isfunction(obj) or inspect.isbuiltin(obj):
         try:
-            return f"{name}{inspect.signature(obj)}"
+            # a default that is a function prints with its memory address, different in every process
+            return re.sub(r"<function (\S+) at 0x[0-9a-f]+>", r"\1", f"{name}{inspect.signature(obj)}")
         except (TypeError, ValueError):
             return name
     if inspect.isclass(obj):
