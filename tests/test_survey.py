@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bnref import records
 from bnref.experiments import survey
 from bnref.experiments.survey_adapters import ADAPTERS, Output
 
@@ -97,12 +98,20 @@ def test_list_names_every_framework_and_installs_nothing(tmp_path, capsys):
     assert "not yet made" in out and list(tmp_path.iterdir()) == []
 
 
-def test_no_install_without_an_environment_fails_with_status_1(tmp_path, capsys):
+def test_no_install_without_an_environment_fails_with_status_1(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(records, "code_version", lambda: "0" * 40)  # a clean tree: the command may write records
     status = survey.main(
         ["--out", str(tmp_path / "out"), "--frameworks", "paddle", "--cache", str(tmp_path), "--no-install"]
     )
     assert status == 1
     assert "no environment" in capsys.readouterr().err
+
+
+def test_writing_records_refuses_a_dirty_tree(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(records, "code_version", lambda: "0" * 40 + "+dirty")
+    status = survey.main(["--out", str(tmp_path / "out"), "--frameworks", "paddle", "--cache", str(tmp_path)])
+    assert status == 2 and "--allow-dirty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing installed, nothing written
 
 
 def test_ensure_venv_makes_the_environment_then_installs_the_pins(tmp_path):
