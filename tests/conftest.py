@@ -1,6 +1,6 @@
 """Shared test helpers, and the switch that makes a missing framework a failure.
 
-Helpers, imported as ``from conftest import EPS64, cond``:
+Helpers, imported as ``from conftest import EPS64, cond, synthetic_mnist``:
 
 * ``EPS64``: float64's machine epsilon, 2**-52 (about 2.2e-16);
 * ``cond(scale, expected)``: the condition factor of ``bnref.testing.check_close`` for a result whose
@@ -44,6 +44,16 @@ def cond(scale: np.ndarray, expected: np.ndarray) -> float:
     """``max S / max |expected|``, at least 1: the cond of check_close for a result with condition scale S."""
     top = float(np.max(np.abs(expected)))
     return max(1.0, float(np.max(scale)) / top) if top > 0 else 1.0
+
+
+def synthetic_mnist(n: int, n_test: int, seed: int = 0):
+    """Ten Gaussian blobs in 784 dimensions, values in [0, 1], as MNIST-shaped features: ``(x_train, y_train,
+    x_test, y_test)``, float32 features and int64 labels, every class in turn, for the experiments' tiny runs."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0.2, 0.8, size=(10, 784))
+    y = np.arange(n + n_test) % 10
+    x = np.clip(centres[y] + 0.1 * rng.standard_normal((n + n_test, 784)), 0, 1).astype(np.float32)
+    return x[:n], y[:n].astype(np.int64), x[n:], y[n:].astype(np.int64)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic_mnist
 
 from bnref.experiments import recalibration as rc
 from bnref.layers.precise_bn import bn_layers
@@ -19,12 +20,8 @@ RESULTS = Path(__file__).resolve().parents[1] / "book" / "results"
 
 
 def synthetic(n: int = 96, n_test: int = 64, seed: int = 0):
-    """Ten Gaussian blobs in 784 dimensions, values in [0, 1], as MNIST-shaped features."""
-    rng = np.random.default_rng(seed)
-    centres = rng.uniform(0.2, 0.8, size=(10, 784))
-    y = np.arange(n + n_test) % 10
-    x = np.clip(centres[y] + 0.1 * rng.standard_normal((n + n_test, 784)), 0, 1).astype(np.float32)
-    return x[:n], y[:n].astype(np.int64), x[n:], y[n:].astype(np.int64)
+    """Ten Gaussian blobs in 784 dimensions as MNIST-shaped features (``conftest.synthetic_mnist``)."""
+    return synthetic_mnist(n, n_test, seed)
 
 
 TINY = {
