@@ -41,7 +41,7 @@ import torch
 
 from bnref.experiments.beyond import folded_copy
 from bnref.experiments.dynamics import build_lenet
-from bnref.records import DirtyTreeError, code_version, cpu_device, machine_info, now_utc, require_clean_tree
+from bnref.records import add_allow_dirty_argument, code_version, cpu_device, machine_info, now_utc, refuse_dirty_tree
 from bnref.testing import check_close
 
 
@@ -111,17 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="write the record here")
-    parser.add_argument(
-        "--allow-dirty",
-        action="store_true",
-        help="run from a tree with uncommitted changes (a trial: the record's code version ends in +dirty)",
-    )
+    add_allow_dirty_argument(parser)
     args = parser.parse_args(argv)
-    if args.json:
-        try:
-            require_clean_tree(args.allow_dirty)
-        except DirtyTreeError as e:
-            parser.exit(2, f"{parser.prog}: error: {e}\n")
+    if args.json and refuse_dirty_tree(args.allow_dirty):
+        return 2
     if args.repeats < 3 or args.warmup < 0 or args.threads < 1 or min(args.batch_sizes) < 1:
         parser.error("need --repeats >= 3, --warmup >= 0, --threads >= 1 and batch sizes >= 1")
     torch.set_num_threads(args.threads)

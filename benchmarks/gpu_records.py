@@ -48,12 +48,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bnref.records import (  # noqa: E402  (NumPy only)
-    DirtyTreeError,
+    add_allow_dirty_argument,
     code_version,
     device_slug,
     machine_info,
     now_utc,
-    require_clean_tree,
+    refuse_dirty_tree,
 )
 
 
@@ -218,19 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         "--only", nargs="+", choices=("agreement", "throughput", "mnist", "claims"), help="run only these jobs"
     )
     ap.add_argument("--data", help="mnist.npz (default: $BNREF_MNIST)")
-    ap.add_argument(
-        "--allow-dirty",
-        action="store_true",
-        help="run from a tree with uncommitted changes (trial records, code version ending in +dirty); passed on "
-        "to every job that writes a record",
-    )
+    add_allow_dirty_argument(ap)  # passed on to every job that writes a record
     args = ap.parse_args(argv)
-    if not args.dry_run:
-        try:
-            require_clean_tree(args.allow_dirty)
-        except DirtyTreeError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    if not args.dry_run and refuse_dirty_tree(args.allow_dirty):
+        return 2
 
     name = args.gpu_name or gpu_name()
     if name is None and not args.dry_run:

@@ -121,6 +121,8 @@ def row_from_record(name: str, rec, call_s: float) -> dict:
 
 
 def main(argv=None) -> int:
+    from bnref.records import add_allow_dirty_argument, refuse_dirty_tree
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -128,19 +130,10 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", help="PyTorch device for (b) and (c) (default: auto)")
     ap.add_argument("--data", help="mnist.npz (default: $BNREF_MNIST, then the Keras cache)")
     ap.add_argument("--json", metavar="OUT", help="write the measurements to this JSON file")
-    ap.add_argument(
-        "--allow-dirty",
-        action="store_true",
-        help="run from a tree with uncommitted changes (a trial: the record's code version ends in +dirty)",
-    )
+    add_allow_dirty_argument(ap)
     args = ap.parse_args(argv)
-    if args.json:
-        from bnref.records import DirtyTreeError, require_clean_tree
-
-        try:
-            require_clean_tree(args.allow_dirty)
-        except DirtyTreeError as e:
-            ap.exit(2, f"{ap.prog}: error: {e}\n")
+    if args.json and refuse_dirty_tree(args.allow_dirty):
+        return 2
 
     from bnref.mnist.data import load_mnist
     from bnref.mnist.keras_training import train_keras

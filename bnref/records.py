@@ -23,6 +23,7 @@ tuples and dataclasses into plain JSON values before writing.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime as _dt
 import json
@@ -30,6 +31,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,8 @@ from . import validation as v
 __all__ = [
     "DirtyTreeError",
     "require_clean_tree",
+    "add_allow_dirty_argument",
+    "refuse_dirty_tree",
     "EXPERIMENT_SCHEMA",
     "SCHEMA",
     "EpochRecord",
@@ -578,6 +582,27 @@ def require_clean_tree(allow_dirty: bool = False) -> str:
             "for a trial run whose record is marked '+dirty' and must not be committed."
         )
     return version
+
+
+def add_allow_dirty_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--allow-dirty`` flag of every command that writes records (read by :func:`refuse_dirty_tree`)."""
+    parser.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="write records from a tree with uncommitted changes (a trial: their code version ends in +dirty "
+        "and a test refuses them in book/results)",
+    )
+
+
+def refuse_dirty_tree(allow_dirty: bool) -> int:
+    """A command's exit status before it writes records: 0 when it may, else 2 after printing why to stderr
+    (:func:`require_clean_tree`)."""
+    try:
+        require_clean_tree(allow_dirty)
+    except DirtyTreeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 #: Modules that moved when the package was split into layers (commit 5ee3ea0): old dotted name -> new one. Records

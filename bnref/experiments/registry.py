@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import importlib
 import json
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,12 +35,12 @@ import numpy as np
 
 from bnref.mnist.data import mnist_features
 from bnref.records import (
-    DirtyTreeError,
     ExperimentRecord,
+    add_allow_dirty_argument,
     device_slug,
     json_ready,
     load_experiments,
-    require_clean_tree,
+    refuse_dirty_tree,
     with_current_module_names,
 )
 
@@ -282,12 +281,7 @@ class Registry:
         run.add_argument("--seeds", type=int, default=None, help="run the first N of each experiment's seeds")
         run.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
         run.add_argument("--out", required=True, help="folder for the records (created if missing)")
-        run.add_argument(
-            "--allow-dirty",
-            action="store_true",
-            help="run from a tree with uncommitted changes (a trial: the record's code version ends in +dirty "
-            "and a test refuses it in book/results)",
-        )
+        add_allow_dirty_argument(run)
         check = sub.add_parser("check", help="check every record in a folder against its definition")
         check.add_argument("folder", nargs="?", default="book/results", help="default: %(default)s")
         return parser
@@ -315,10 +309,7 @@ class Registry:
                 raise ValueError(f"--seeds must be a positive integer; got {args.seeds}")
         except ValueError as e:
             parser.error(str(e))
-        try:
-            require_clean_tree(args.allow_dirty)
-        except DirtyTreeError as e:
-            print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        if refuse_dirty_tree(args.allow_dirty):
             return 2
         for name in names:
             exp = self.get(name)

@@ -47,7 +47,7 @@ from typing import Any
 
 from bnref.experiments.survey_adapters import ADAPTERS
 from bnref.experiments.survey_adapters import jittor as jittor_adapter
-from bnref.records import DirtyTreeError, code_version, json_ready, machine_info, now_utc, require_clean_tree
+from bnref.records import add_allow_dirty_argument, code_version, json_ready, machine_info, now_utc, refuse_dirty_tree
 
 __all__ = [
     "SCHEMA",
@@ -418,11 +418,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         epilog="names: " + ", ".join([*FRAMEWORKS, *GROUPS]) + " (equinox = equinox-ema and equinox-batch)",
     )
     parser.add_argument("--out", type=Path, help="folder of the records, e.g. book/results/")
-    parser.add_argument(
-        "--allow-dirty",
-        action="store_true",
-        help="run from a tree with uncommitted changes (a trial: the record's code version ends in +dirty)",
-    )
+    add_allow_dirty_argument(parser)
     parser.add_argument("--frameworks", default="all", help="comma-separated names (default: all)")
     parser.add_argument("--list", action="store_true", help="list the frameworks and their environments, and exit")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"the environments' folder ({DEFAULT_CACHE})")
@@ -472,12 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         print(_list(args.frameworks, args.cache))
         return 0
-    if args.out is not None:
-        try:
-            require_clean_tree(args.allow_dirty)
-        except DirtyTreeError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    if args.out is not None and refuse_dirty_tree(args.allow_dirty):
+        return 2
     options = {"seeds": args.seeds} if args.seeds else {}
     status = 0
     installed: dict[str, tuple[Path, float | None]] = {}

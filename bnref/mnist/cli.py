@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from bnref.mnist.models import BN_CHOICES, PLACEMENTS
+from bnref.records import add_allow_dirty_argument, refuse_dirty_tree
 
 DESCRIPTION = """\
 Train the model of the Batch Normalization article on MNIST, once, and save what happened.
@@ -114,31 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of the MNIST arrays (saves ~0.1 s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_allow_dirty(p)
+    add_allow_dirty_argument(p)
     return p
-
-
-def add_allow_dirty(p: argparse.ArgumentParser) -> None:
-    """The ``--allow-dirty`` flag of the commands that write records."""
-    p.add_argument(
-        "--allow-dirty",
-        action="store_true",
-        help="with --out: write the record from a tree with uncommitted changes (a trial: its code version ends in "
-        "+dirty and a test refuses it in book/results)",
-    )
-
-
-def refuse_dirty_tree(allow_dirty: bool) -> int:
-    """0 when a record may be written from this tree, else 2 after printing why
-    (:func:`bnref.records.require_clean_tree`)."""
-    from bnref.records import DirtyTreeError, require_clean_tree
-
-    try:
-        require_clean_tree(allow_dirty)
-    except DirtyTreeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 EXPERIMENT_DESCRIPTION = """\
@@ -186,7 +164,7 @@ def build_experiment_parser() -> argparse.ArgumentParser:
         "--data", metavar="MNIST.npz", help="MNIST file to use (default: $BNREF_MNIST, then the Keras cache)"
     )
     p.add_argument("--progress", action="store_true", help="show a progress bar per run")
-    add_allow_dirty(p)
+    add_allow_dirty_argument(p)
     return p
 
 
