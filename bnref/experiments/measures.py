@@ -169,8 +169,9 @@ def train_with_validation(
 
 
 def weight_norms(model: torch.nn.Module) -> np.ndarray:
-    """Frobenius norm of each Linear layer's weight matrix, input layer first (float64), in the order of
-    :func:`bnref.experiments.probes.weight_gradient_norms`."""
+    """Frobenius norm of each Linear layer's weight matrix, input layer first, in the order of
+    :func:`bnref.experiments.probes.weight_gradient_norms`: computed in the weights' own dtype (as the claims
+    records were made), returned as a float64 array."""
     return np.array([float(lin.weight.detach().norm()) for lin in linear_layers(model)])
 
 
